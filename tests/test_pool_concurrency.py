@@ -1,0 +1,80 @@
+"""Many threads allocating, reading, freeing and compacting: nothing lost, nothing mixed."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+
+import pytest
+
+from zramd import ZsPool
+from zramd.testing import check_pool_invariants
+
+
+@pytest.fixture(autouse=True)
+def fast_switching() -> object:
+    # Switch threads every 50 µs instead of 5 ms so critical sections really interleave.
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(5e-5)
+    yield
+    sys.setswitchinterval(old)
+
+
+def tagged(owner: int, serial: int, size: int) -> bytes:
+    tag = owner.to_bytes(2, "little") + serial.to_bytes(4, "little")
+    return (tag * (size // 6 + 1))[:size]
+
+
+def test_threads_with_compaction_lose_and_mix_nothing() -> None:
+    pool = ZsPool(256 << 20)
+    shared = {pool.store(tagged(99, i, 50 + i * 7)): tagged(99, i, 50 + i * 7) for i in range(500)}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    results: dict[int, dict[int, bytes]] = {}
+
+    def worker(owner: int) -> None:
+        rng = random.Random(owner)
+        mine: dict[int, bytes] = {}
+        try:
+            for serial in range(6000):
+                r = rng.random()
+                if r < 0.5 or not mine:
+                    size = rng.choice((rng.randint(1, 4096), rng.randint(20, 200)))
+                    data = tagged(owner, serial, size)
+                    mine[pool.store(data)] = data
+                elif r < 0.8:
+                    h = rng.choice(list(mine))
+                    assert pool.read(h) == mine.pop(h)
+                    pool.free(h)
+                else:
+                    h = rng.choice(list(shared))
+                    assert pool.read(h) == shared[h]
+            results[owner] = mine
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    def compactor() -> None:
+        try:
+            while not stop.is_set():
+                pool.compact()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    comp = threading.Thread(target=compactor)
+    comp.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    comp.join()
+    assert not errors, errors
+    assert pool.stats().pages_compacted > 0  # compaction really ran alongside
+    for mine in [shared, *results.values()]:
+        for h, data in mine.items():
+            assert pool.read(h) == data
+    check_pool_invariants(pool)
+    assert pool.stats().objects == len(shared) + sum(map(len, results.values()))
+    pool.close()

@@ -1,0 +1,73 @@
+"""Exceptions of the zramd library.
+
+Each exception carries the errno the kernel's zram would return for the same condition, so the
+edges (the nbdkit plugin, the control directory) translate without a lookup table of their own.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class ZramdError(Exception):
+    """Base class; ``errno`` is what a client or a control-file writer sees."""
+
+    errno: int = _errno.EIO
+
+
+class PoolExhaustedError(ZramdError):
+    """The allocator's arena has no free frame left (the device reports ENOSPC)."""
+
+    errno = _errno.ENOSPC
+
+
+class MemLimitError(ZramdError):
+    """A write would take the pool over ``mem_limit``, even after direct compaction."""
+
+    errno = _errno.ENOSPC
+
+
+class InvalidHandleError(ZramdError, LookupError):
+    """A handle that was never returned by ``malloc``, or was already freed."""
+
+    errno = _errno.EINVAL
+
+
+class CorruptionError(ZramdError):
+    """An internal consistency check failed; the operation was refused rather than guessed."""
+
+    errno = _errno.EIO
+
+
+class CompressionError(ZramdError):
+    """A backend failed to compress or decompress a page."""
+
+    errno = _errno.EIO
+
+
+class ControlError(ZramdError):
+    """Base for control-attribute errors; the subclasses fix the errno."""
+
+
+class InvalidValueError(ControlError):
+    """EINVAL: the value does not parse, or the operation is not valid in this state."""
+
+    errno = _errno.EINVAL
+
+
+class DeviceBusyError(ControlError):
+    """EBUSY: the device is initialised (or open) and the attribute cannot change now."""
+
+    errno = _errno.EBUSY
+
+
+class ValueTooLongError(ControlError):
+    """E2BIG: an algorithm name of 128 bytes or more."""
+
+    errno = _errno.E2BIG
+
+
+class OutOfRangeError(ControlError):
+    """ERANGE: a number does not fit the attribute's type."""
+
+    errno = _errno.ERANGE

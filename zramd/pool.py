@@ -1,0 +1,468 @@
+"""zsmalloc in userspace: a pool of compressed objects on 4 KiB frames.
+
+Design (after mm/zsmalloc.c)
+============================
+
+Compressed pages come in every size from a few bytes to 4 KiB. Giving each its own frame wastes
+half the memory; a general heap fragments and cannot give frames back. zsmalloc instead sorts
+objects into *size classes* 16 bytes apart and packs each class into *zspages*: chains of up to
+``chain`` independent frames (8 by default) sized so the chain's tail waste is minimal, objects
+laid end to end across frame boundaries. Frames come from one mmap reservation (``frames``) and
+go back to the OS with madvise when their zspage empties.
+
+Users hold *handles*, never locations. A handle names an entry of its class's handle table; the
+entry records where the object is now. Compaction moves an object by copying its bytes and
+rewriting that one entry, so the device's slot table never changes when objects move::
+
+    handle = slot << 8 | class index
+       |
+       v
+    cls.handles[slot] = zspage id << 37 | arena offset          (the "location"; huge objects:
+       |                     |                                   size << 37 | frame offset)
+       |                     v
+       |           zspages: inuse, freeobj, first frame, prev/next in the fullness list
+       |                     |
+       v                     v
+    arena: frame f ---link---> frame g ---link---> 0           (frames of one zspage)
+           [hdr|obj 0 ...][hdr|obj 1 .....|..... obj 1][hdr|obj 2 ...] ...
+             ^ header = size | handle | 1: the way back from an object to its handle
+
+Allocation takes an object from the fullest non-full zspage of the class (fullness groups in
+10 % steps, kernel >= 6.4); a zspage whose last object is freed is released at once.
+Compaction (``compaction.py``) walks classes from the largest down, moving objects from the
+emptiest zspage into the fullest until ``can_compact`` is zero.
+
+Metadata per live object: 8 bytes of handle table plus the zspage's descriptor (22 bytes) and
+its frames' link words (4 bytes each) shared by all objects of the zspage; the test suite holds
+the total to at most 16 bytes per object.
+
+Locking
+=======
+
+Lock order (outermost first)::
+
+    pool._compact_lock  (single flight: a second compact() returns 0 at once)
+      -> cls.lock       (one per size class: its lists, counters, handle table, object bytes)
+        -> pool._page_lock  (leaf: frame arena, zspage ids)
+
+The device adds its slot locks outside all of these. No code holds two class locks at once.
+Compaction takes a class lock per source zspage and drops it in between, so I/O on the class is
+never stalled for a whole pass. The GIL makes each array store atomic but not the multi-step
+updates, which is why every step above runs under its class lock.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from zramd._types import BytesLike
+from zramd.compaction import compact_class
+from zramd.errors import CorruptionError, InvalidHandleError, PoolExhaustedError
+from zramd.frames import MAX_FRAMES, RELEASE_BATCH, FrameArena
+from zramd.size_class import (
+    DEFAULT_CHAIN_SIZE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    ZS_HANDLE_SIZE,
+    ZS_INUSE_RATIO_100,
+    ZS_MAX_ALLOC_SIZE,
+    ClassSpec,
+    SizeClass,
+    build_class_table,
+)
+from zramd.stats import ClassStat, PoolStats
+from zramd.zspage import (
+    HDR_HANDLE_MASK,
+    HDR_SIZE_SHIFT,
+    MAX_HANDLE,
+    OBJ_ALLOCATED_TAG,
+    ZspageTable,
+)
+
+LOC_SHIFT = 37  # arena offsets below 2**37 (MAX_FRAMES frames); zspage id or huge size above
+LOC_OFF_MASK = (1 << LOC_SHIFT) - 1
+HANDLE_CLASS_BITS = 8  # 255 class slots
+HANDLE_CLASS_MASK = (1 << HANDLE_CLASS_BITS) - 1
+PAGE_MASK = PAGE_SIZE - 1
+FULL = ZS_INUSE_RATIO_100
+
+assert MAX_FRAMES << PAGE_SHIFT <= 1 << LOC_SHIFT
+
+
+class ZsPool:
+    """A zsmalloc pool of at most ``max_bytes`` of frames.
+
+    ``max_bytes`` sizes the address-space reservation (nothing is committed up front);
+    ``chain`` is CONFIG_ZSMALLOC_CHAIN_SIZE (4..16). All methods are thread-safe.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int,
+        *,
+        chain: int = DEFAULT_CHAIN_SIZE,
+        release_batch: int = RELEASE_BATCH,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"pool size {max_bytes} must be positive")
+        max_frames = -(-max_bytes // PAGE_SIZE) + 1  # + the guard frame 0
+        if max_frames > MAX_FRAMES:
+            raise ValueError(f"pool size {max_bytes} exceeds {(MAX_FRAMES - 1) * PAGE_SIZE} bytes")
+        self.class_table = build_class_table(chain)
+        self.huge_class_size = self.class_table.huge_class_size
+        self.arena = FrameArena(max_frames, release_batch)
+        self.zspages = ZspageTable(max_frames)
+        self.words = self.arena.view.cast("Q")  # 64-bit view for object headers
+        self.classes = tuple(SizeClass(spec) for spec in self.class_table.classes)
+        by_index: list[SizeClass | None] = [None] * (HANDLE_CLASS_MASK + 1)
+        for cls in self.classes:
+            by_index[cls.index] = cls
+        self._by_index = by_index
+        self._by_size: list[SizeClass] = [self.classes[0]] + [
+            self._class_at(self.class_table.for_size(size))
+            for size in range(1, ZS_MAX_ALLOC_SIZE + 1)
+        ]
+        self._page_lock = threading.Lock()
+        self._compact_lock = threading.Lock()
+        self.pages_compacted = 0
+        self.bytes_moved = 0  #: object bytes (headers included) copied by compaction
+        self._closed = False
+
+    def _class_at(self, spec: ClassSpec) -> SizeClass:
+        cls = self._by_index[spec.index]
+        assert cls is not None
+        return cls
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    @property
+    def total_pages(self) -> int:
+        """Frames held by live zspages (``zs_get_total_pages``)."""
+        return self.arena.in_use
+
+    def class_for_size(self, size: int) -> ClassSpec:
+        """The class a ``malloc(size)`` lands in (``zs_lookup_class_index``)."""
+        return self.class_table.for_size(size)
+
+    def _class_of(self, handle: int) -> SizeClass:
+        cls = self._by_index[handle & HANDLE_CLASS_MASK] if handle > HANDLE_CLASS_MASK else None
+        if cls is None:
+            raise InvalidHandleError(f"handle {handle} was not returned by malloc")
+        return cls
+
+    def _location(self, cls: SizeClass, handle: int) -> int:
+        """The live location of ``handle`` (caller holds ``cls.lock``)."""
+        slot = handle >> HANDLE_CLASS_BITS
+        handles = cls.handles
+        if slot >= len(handles) or (loc := handles[slot]) < 0:
+            raise InvalidHandleError(f"handle {handle} is not allocated (freed, or never returned)")
+        return loc
+
+    def _header(self, cls: SizeClass, handle: int, off: int) -> int:
+        hdr: int = self.words[off >> 3]
+        if hdr & HDR_HANDLE_MASK != (handle << 1) | OBJ_ALLOCATED_TAG:
+            raise CorruptionError(
+                f"object at arena offset {off} has header {hdr:#x}, expected handle {handle} "
+                f"(class {cls.size})"
+            )
+        return hdr
+
+    def locate(self, handle: int) -> tuple[int, int]:
+        """(zspage id, arena offset) of a live object; zspage 0 for a huge object."""
+        cls = self._class_of(handle)
+        with cls.lock:
+            loc = self._location(cls, handle)
+        return (0 if cls.huge else loc >> LOC_SHIFT), loc & LOC_OFF_MASK
+
+    def object_size(self, handle: int) -> int:
+        """The size ``handle`` was allocated with."""
+        cls = self._class_of(handle)
+        with cls.lock:
+            loc = self._location(cls, handle)
+            if cls.huge:
+                return loc >> LOC_SHIFT
+            return self._header(cls, handle, loc & LOC_OFF_MASK) >> HDR_SIZE_SHIFT
+
+    # -- allocation ----------------------------------------------------------------------------
+
+    def malloc(self, size: int) -> int:
+        """Allocate an object of ``size`` bytes (1..4096) and return its handle.
+
+        Raises ValueError for a bad size, PoolExhaustedError when the arena has no frame left.
+        The object's contents are undefined until written.
+        """
+        if not 0 < size <= ZS_MAX_ALLOC_SIZE:
+            raise ValueError(f"object size {size} outside 1..{ZS_MAX_ALLOC_SIZE}")
+        cls = self._by_size[size]
+        with cls.lock:
+            return self._obj_malloc(cls, size)[0]
+
+    def store(self, data: BytesLike) -> int:
+        """``malloc(len(data))`` and ``write`` in one step (the device's hot path)."""
+        size = len(data)
+        if not 0 < size <= ZS_MAX_ALLOC_SIZE:
+            raise ValueError(f"object size {size} outside 1..{ZS_MAX_ALLOC_SIZE}")
+        cls = self._by_size[size]
+        with cls.lock:
+            handle, off = self._obj_malloc(cls, size)
+            if not cls.huge:
+                off += ZS_HANDLE_SIZE
+                end = (off | PAGE_MASK) + 1
+                if off + size > end:
+                    self._put_split(off, end, data, size)
+                    return handle
+            self.arena.view[off : off + size] = data
+        return handle
+
+    def _obj_malloc(self, cls: SizeClass, size: int) -> tuple[int, int]:
+        """Take an object slot and a handle (caller holds ``cls.lock``).
+
+        Returns the handle and the object's arena offset (of its header, or of the frame for a
+        huge object).
+        """
+        if cls.huge:
+            with self._page_lock:
+                frame = self.arena.alloc_chain(1)
+            off = frame << PAGE_SHIFT
+            loc = (size << LOC_SHIFT) | off
+            cls.counts[FULL] += 1
+            cls.obj_allocated += 1
+        else:
+            zspages = self.zspages
+            mask = cls.mask
+            if mask:
+                group = mask.bit_length() - 1
+                zid = cls.heads[group]
+            else:
+                zid = self._new_zspage(cls)
+                group = 0
+            off = zspages.freeobj[zid]
+            words = self.words
+            zspages.freeobj[zid] = words[off >> 3] >> 1
+            inuse = zspages.inuse[zid] + 1
+            zspages.inuse[zid] = inuse
+            new_group = cls.group_of[inuse]
+            if new_group != group:
+                if group:
+                    zspages.unlink(cls, zid, group)
+                if new_group == FULL:
+                    cls.counts[FULL] += 1
+                else:
+                    zspages.link(cls, zid, new_group)
+            loc = (zid << LOC_SHIFT) | off
+        handles = cls.handles
+        slot = cls.free_slot
+        if slot:
+            cls.free_slot = -1 - handles[slot]
+            handles[slot] = loc
+        else:
+            slot = len(handles)
+            handles.append(loc)
+        handle = (slot << HANDLE_CLASS_BITS) | cls.index
+        if not cls.huge:
+            if handle > MAX_HANDLE:  # 2**39 live objects in one class: unreachable in practice
+                raise PoolExhaustedError(f"class {cls.size} has no handle left")
+            self.words[off >> 3] = (size << HDR_SIZE_SHIFT) | (handle << 1) | OBJ_ALLOCATED_TAG
+        cls.obj_used += 1
+        return handle, off
+
+    def _new_zspage(self, cls: SizeClass) -> int:
+        """``alloc_zspage``: frames for an empty zspage, its free list carved (under cls.lock)."""
+        with self._page_lock:
+            first = self.arena.alloc_chain(cls.pages_per_zspage)
+            zid = self.zspages.alloc_id()
+        self.zspages.init_zspage(zid, first, cls, self.arena.links, self.words)
+        cls.obj_allocated += cls.objs_per_zspage
+        return zid
+
+    def free_zspage(self, cls: SizeClass, zid: int) -> None:
+        """Release an empty, unlisted zspage: frames to the arena, id to the table."""
+        first = self.zspages.first[zid]
+        cls.obj_allocated -= cls.objs_per_zspage
+        with self._page_lock:
+            self.zspages.free_id(zid)
+            self.arena.free_chain(first)
+
+    def free(self, handle: int) -> None:
+        """Free an object. Raises InvalidHandleError for a handle that is not allocated."""
+        cls = self._class_of(handle)
+        with cls.lock:
+            loc = self._location(cls, handle)
+            slot = handle >> HANDLE_CLASS_BITS
+            off = loc & LOC_OFF_MASK
+            if cls.huge:
+                cls.handles[slot] = -1 - cls.free_slot
+                cls.free_slot = slot
+                cls.counts[FULL] -= 1
+                cls.obj_allocated -= 1
+                cls.obj_used -= 1
+                with self._page_lock:
+                    self.arena.free_chain(off >> PAGE_SHIFT)
+                return
+            self._header(cls, handle, off)
+            cls.handles[slot] = -1 - cls.free_slot
+            cls.free_slot = slot
+            zid = loc >> LOC_SHIFT
+            zspages = self.zspages
+            self.words[off >> 3] = zspages.freeobj[zid] << 1
+            zspages.freeobj[zid] = off
+            inuse = zspages.inuse[zid]
+            group = cls.group_of[inuse]
+            inuse -= 1
+            zspages.inuse[zid] = inuse
+            cls.obj_used -= 1
+            new_group = cls.group_of[inuse]
+            if new_group != group:
+                if group == FULL:
+                    cls.counts[FULL] -= 1
+                else:
+                    zspages.unlink(cls, zid, group)
+                if new_group:
+                    zspages.link(cls, zid, new_group)
+                else:
+                    self.free_zspage(cls, zid)
+
+    # -- object bytes --------------------------------------------------------------------------
+
+    def write(self, handle: int, data: BytesLike) -> None:
+        """Write ``data`` (at most the allocated size) at the start of the object."""
+        cls = self._class_of(handle)
+        n = len(data)
+        with cls.lock:
+            loc = self._location(cls, handle)
+            off = loc & LOC_OFF_MASK
+            if cls.huge:
+                size = loc >> LOC_SHIFT
+            else:
+                size = self._header(cls, handle, off) >> HDR_SIZE_SHIFT
+                off += ZS_HANDLE_SIZE
+            if n > size:
+                raise ValueError(f"{n} bytes do not fit object {handle} of {size} bytes")
+            end = (off | PAGE_MASK) + 1
+            if off + n > end:
+                self._put_split(off, end, data, n)
+            else:
+                self.arena.view[off : off + n] = data
+
+    def read(self, handle: int) -> bytes:
+        """A copy of the object's bytes (its allocated size).
+
+        The copy is taken under the class lock, so callers decompress it without holding any
+        lock while compaction goes on moving objects.
+        """
+        cls = self._class_of(handle)
+        with cls.lock:
+            loc = self._location(cls, handle)
+            off = loc & LOC_OFF_MASK
+            if cls.huge:
+                return self.arena.view[off : off + (loc >> LOC_SHIFT)].tobytes()
+            size = self._header(cls, handle, off) >> HDR_SIZE_SHIFT
+            return self._get(off + ZS_HANDLE_SIZE, size)
+
+    def _get(self, off: int, n: int) -> bytes:
+        """``n`` bytes at arena offset ``off``, following the chain across a frame boundary."""
+        view = self.arena.view
+        end = (off | PAGE_MASK) + 1
+        if off + n <= end:
+            return view[off : off + n].tobytes()
+        nxt = self.arena.links[off >> PAGE_SHIFT] << PAGE_SHIFT
+        return b"".join((view[off:end], view[nxt : nxt + n - (end - off)]))
+
+    def _put_split(self, off: int, end: int, data: BytesLike, n: int) -> None:
+        """Write an object that straddles the frame boundary at ``end``: two copies, no join."""
+        view = self.arena.view
+        src = memoryview(data)
+        first = end - off
+        view[off:end] = src[:first]
+        nxt = self.arena.links[off >> PAGE_SHIFT] << PAGE_SHIFT
+        view[nxt : nxt + n - first] = src[first:]
+
+    def move_object(self, cls: SizeClass, src_off: int, dst_zid: int, dst_off: int) -> None:
+        """Copy the object at ``src_off`` (header included) to ``dst_off`` and repoint its handle.
+
+        Compaction's ``zs_object_copy`` + ``record_obj``; caller holds ``cls.lock`` and has
+        taken ``dst_off`` off the destination's free list.
+        """
+        hdr = self.words[src_off >> 3]
+        n = ZS_HANDLE_SIZE + (hdr >> HDR_SIZE_SHIFT)
+        data = self._get(src_off, n)
+        end = (dst_off | PAGE_MASK) + 1
+        if dst_off + n > end:
+            self._put_split(dst_off, end, data, n)
+        else:
+            self.arena.view[dst_off : dst_off + n] = data
+        handle = (hdr & HDR_HANDLE_MASK) >> 1
+        cls.handles[handle >> HANDLE_CLASS_BITS] = (dst_zid << LOC_SHIFT) | dst_off
+        cls.moves += 1
+        self.bytes_moved += n  # compaction is single-flight: no other writer
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    def can_compact(self) -> int:
+        """Frames compaction could free now, summed over classes (the shrinker's count)."""
+        return sum(cls.can_compact() for cls in self.classes)
+
+    def compact(self) -> int:
+        """``zs_compact``: move objects to free whole zspages; returns frames freed.
+
+        Single flight: if a compaction is already running, returns 0 at once.
+        """
+        if not self._compact_lock.acquire(blocking=False):
+            return 0
+        try:
+            freed = 0
+            for cls in reversed(self.classes):  # largest first: fewest moves per frame freed
+                if cls.can_compact():
+                    freed += compact_class(self, cls)
+            self.pages_compacted += freed
+            with self._page_lock:
+                self.arena.release_cached()
+            return freed
+        finally:
+            self._compact_lock.release()
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """A snapshot; each class row is consistent (taken under its lock)."""
+        rows = []
+        objects = 0
+        handle_bytes = 0
+        for cls in self.classes:
+            with cls.lock:
+                rows.append(
+                    ClassStat(
+                        index=cls.index,
+                        size=cls.size,
+                        fullness=tuple(cls.counts[1:]),
+                        obj_allocated=cls.obj_allocated,
+                        obj_used=cls.obj_used,
+                        pages_used=cls.obj_allocated // cls.objs_per_zspage * cls.pages_per_zspage,
+                        pages_per_zspage=cls.pages_per_zspage,
+                        freeable=cls.can_compact(),
+                    )
+                )
+                objects += cls.obj_used
+                handle_bytes += sys.getsizeof(cls.handles)
+        with self._page_lock:
+            metadata = handle_bytes + self.zspages.metadata_bytes() + self.arena.metadata_bytes()
+            return PoolStats(
+                total_pages=self.arena.in_use,
+                pages_compacted=self.pages_compacted,
+                huge_class_size=self.huge_class_size,
+                classes=tuple(rows),
+                frames_cached=self.arena.cached,
+                frames_reserved=self.arena.max_frames,
+                metadata_bytes=metadata,
+                objects=objects,
+            )
+
+    def close(self) -> None:
+        """Unmap everything; every handle becomes invalid. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.words.release()
+        self.zspages.close()
+        self.arena.close()

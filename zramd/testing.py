@@ -1,0 +1,173 @@
+"""Helpers for tests and benchmarks: realistic page contents and conformance checks.
+
+``synthetic_page`` makes 4 KiB pages whose lz4-compressed sizes spread the way swapped-out
+process memory does (a few same-filled pages, many highly compressible ones, a tail of
+incompressible ones), from a seed, without reading anything off the machine.
+
+``check_block_device`` is a conformance checker any byte-addressed block backend can run
+(``read(offset, length)``, ``write(offset, data)``, ``discard``, ``write_zeroes``).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Protocol
+
+from zramd._types import BytesLike
+from zramd.pool import HANDLE_CLASS_BITS, LOC_OFF_MASK, LOC_SHIFT, ZsPool
+from zramd.size_class import PAGE_SIZE
+from zramd.zspage import HDR_HANDLE_MASK, OBJ_ALLOCATED_TAG
+
+_WORDS = (
+    b"the of and to in is that for it as was with be by on not he this are or his from at "
+    b"which but have an they you were her she there been one all we their has would when if "
+    b"so no out up into do only time can will more other could first some what than new "
+).split()
+
+
+def synthetic_page(rng: random.Random) -> bytes:
+    """One page drawn from a seeded mix of the contents found in process memory."""
+    kind = rng.random()
+    if kind < 0.06:  # zero page
+        return bytes(PAGE_SIZE)
+    if kind < 0.09:  # same-filled with a non-zero word
+        return rng.randbytes(8) * (PAGE_SIZE // 8)
+    if kind < 0.16:  # encrypted/compressed data: incompressible
+        return rng.randbytes(PAGE_SIZE)
+    out = bytearray()
+    # heap-like: runs of text, small integers, pointers, zero padding and random bytes
+    while len(out) < PAGE_SIZE:
+        part = rng.random()
+        n = rng.randint(16, 512)
+        if part < 0.3:
+            out += b" ".join(rng.choice(_WORDS) for _ in range(n // 5))
+        elif part < 0.5:
+            base = rng.randrange(1 << 40) & ~0xFFFF
+            for _ in range(n // 8):
+                out += (base + rng.randrange(0, 1 << 12, 16)).to_bytes(8, "little")
+        elif part < 0.8:
+            out += bytes(n)
+        elif part < 0.95:
+            for _ in range(n // 4):
+                out += rng.randrange(64).to_bytes(4, "little")
+        else:
+            out += rng.randbytes(n // 4)
+    return bytes(out[:PAGE_SIZE])
+
+
+def synthetic_pages(count: int, seed: int = 0) -> list[bytes]:
+    rng = random.Random(seed)
+    return [synthetic_page(rng) for _ in range(count)]
+
+
+class BlockBackend(Protocol):
+    """What ``check_block_device`` exercises."""
+
+    @property
+    def size(self) -> int: ...
+    def read(self, offset: int, length: int) -> bytes: ...
+    def write(self, offset: int, data: BytesLike) -> None: ...
+    def discard(self, offset: int, length: int) -> None: ...
+    def write_zeroes(self, offset: int, length: int) -> None: ...
+
+
+def check_block_device(dev: BlockBackend, seed: int = 0, steps: int = 300) -> None:
+    """Random I/O against a bytearray model; raises AssertionError at the first disagreement.
+
+    Covers unaligned offsets and lengths, page-straddling writes, discard and write-zeroes
+    edges, and reads of never-written space.
+    """
+    rng = random.Random(seed)
+    size = dev.size
+    model = bytearray(size)
+    pages = synthetic_pages(16, seed)
+    for step in range(steps):
+        op = rng.random()
+        off = rng.randrange(size)
+        length = rng.randint(1, min(size - off, 3 * PAGE_SIZE))
+        if op < 0.45:
+            page = pages[rng.randrange(len(pages))]
+            data = (page * (length // PAGE_SIZE + 2))[rng.randrange(PAGE_SIZE) :][:length]
+            dev.write(off, data)
+            model[off : off + length] = data
+        elif op < 0.55:
+            dev.discard(off, length)
+            model[off : off + length] = bytes(length)
+        elif op < 0.65:
+            dev.write_zeroes(off, length)
+            model[off : off + length] = bytes(length)
+        got = dev.read(off, length)
+        if got != model[off : off + length]:
+            raise AssertionError(f"step {step}: read({off}, {length}) differs from the model")
+    whole = dev.read(0, size)
+    if whole != model:
+        first = next(i for i in range(size) if whole[i] != model[i])
+        raise AssertionError(f"final read differs from the model at byte {first}")
+
+
+def check_pool_invariants(pool: ZsPool) -> None:
+    """Walk every structure of an idle pool and cross-check it; AssertionError on a mismatch.
+
+    Checks: each class's fullness lists (links, group of every member, counts, mask), each
+    zspage's free list against its inuse count, every live handle's header, the class counters,
+    and ``total_pages`` against the frames of all zspages.
+    """
+    zs = pool.zspages
+    words = pool.words
+    links = pool.arena.links
+    frames = 0
+    zspages_seen = 0
+    for cls in pool.classes:
+        live = {}
+        for slot, loc in enumerate(cls.handles):
+            if slot and loc >= 0:
+                live[(slot << HANDLE_CLASS_BITS) | cls.index] = loc
+        assert cls.obj_used == len(live), (cls.size, cls.obj_used, len(live))
+        if cls.huge:
+            assert cls.counts[11] == cls.obj_used == cls.obj_allocated
+            assert sum(cls.counts[:11]) == 0
+            assert cls.mask == 0
+            frames += cls.obj_used
+            continue
+        members: dict[int, int] = {}
+        for group in range(1, 11):
+            zid, prev, n = cls.heads[group], 0, 0
+            assert bool(zid) == bool(cls.mask & (1 << group)), (cls.size, group)
+            while zid:
+                assert zs.prev[zid] == prev, "broken back link"
+                assert zid not in members, "zspage listed twice"
+                members[zid] = group
+                assert cls.group_of[zs.inuse[zid]] == group, "zspage filed in the wrong group"
+                prev, zid, n = zid, zs.next[zid], n + 1
+            assert n == cls.counts[group], (cls.size, group, n, cls.counts[group])
+        # objects per zspage from the handle table
+        per_zspage: dict[int, int] = {}
+        for handle, loc in live.items():
+            zid, off = loc >> LOC_SHIFT, loc & LOC_OFF_MASK
+            hdr = words[off >> 3]
+            assert hdr & HDR_HANDLE_MASK == (handle << 1) | OBJ_ALLOCATED_TAG, (
+                "header does not name its handle"
+            )
+            per_zspage[zid] = per_zspage.get(zid, 0) + 1
+        full = [zid for zid, n in per_zspage.items() if n == cls.objs_per_zspage]
+        assert len(full) == cls.counts[11], (cls.size, len(full), cls.counts[11])
+        for zid, n in per_zspage.items():
+            assert zs.inuse[zid] == n, (cls.size, zid, zs.inuse[zid], n)
+            assert (zid in members) == (n < cls.objs_per_zspage)
+            free, off = 0, zs.freeobj[zid]
+            while off:
+                assert not words[off >> 3] & OBJ_ALLOCATED_TAG, "allocated object on a free list"
+                free += 1
+                off = words[off >> 3] >> 1
+            assert free == cls.objs_per_zspage - n
+            chain, frame = 0, zs.first[zid]
+            while frame:
+                chain += 1
+                frame = links[frame]
+            assert chain == cls.pages_per_zspage
+        assert set(members) <= set(per_zspage), "an empty zspage was kept"
+        assert cls.obj_allocated == len(per_zspage) * cls.objs_per_zspage
+        frames += len(per_zspage) * cls.pages_per_zspage
+        zspages_seen += len(per_zspage)
+    assert zs.count == zspages_seen, (zs.count, zspages_seen)
+    assert pool.total_pages == frames, (pool.total_pages, frames)
