@@ -1,0 +1,56 @@
+"""The compressor protocol every backend implements (the kernel's ``struct zcomp_ops``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from zramd._types import BytesLike
+
+
+class Compressor(Protocol):
+    """A configured compression algorithm, safe to call from many threads at once.
+
+    Backends whose library needs per-stream state keep one context per thread (the kernel keeps
+    one stream per CPU); stateless libraries need nothing. Every backend releases the GIL in its
+    C code, so pages compress in parallel.
+    """
+
+    @property
+    def name(self) -> str:
+        """The kernel's name for the algorithm."""
+        ...
+
+    @property
+    def level(self) -> int | None:
+        """The configured level (backend-specific meaning), or None."""
+        ...
+
+    def compress(self, src: BytesLike) -> bytes:
+        """Compress one page. The result may be longer than the input (incompressible data):
+        the device then stores the page raw. Raises CompressionError on a library failure."""
+        ...
+
+    def decompress(self, src: BytesLike, size: int) -> bytes:
+        """Return exactly ``size`` bytes, or raise CompressionError (corrupt input, wrong size)."""
+        ...
+
+
+#: Builds a compressor from a level and keyword parameters: ValueError for a bad value,
+#: TypeError for a parameter the backend does not take.
+BackendFactory: TypeAlias = Callable[..., Compressor]
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A registry entry: a name, how to build it, and whether this machine can."""
+
+    name: str
+    factory: BackendFactory | None  #: None when the binding is missing
+    default_level: int | None = None
+    unavailable_because: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.factory is not None

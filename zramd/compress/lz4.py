@@ -1,0 +1,64 @@
+"""lz4 and lz4hc (python-lz4's block API, no size prefix: zram knows every page is 4 KiB)."""
+
+from __future__ import annotations
+
+import lz4.block
+
+from zramd._types import BytesLike
+from zramd.compress.base import Backend
+from zramd.errors import CompressionError
+
+LZ4_ACCELERATION_DEFAULT = 1  # the kernel backend's default "level" for lz4 is acceleration 1
+LZ4HC_DEFAULT_CLEVEL = 9
+
+
+def _decompress(name: str, src: BytesLike, size: int) -> bytes:
+    try:
+        out: bytes = lz4.block.decompress(src, uncompressed_size=size)
+    except lz4.block.LZ4BlockError as e:
+        raise CompressionError(f"{name}: corrupt object: {e}") from e
+    if len(out) != size:
+        raise CompressionError(f"{name}: object decompressed to {len(out)} bytes, not {size}")
+    return out
+
+
+class Lz4:
+    """lz4 fast mode; ``level`` is the acceleration (1 = best ratio, larger = faster)."""
+
+    name = "lz4"
+
+    def __init__(self, level: int | None = None) -> None:
+        self.level = LZ4_ACCELERATION_DEFAULT if level is None else level
+        if self.level < 1:
+            raise ValueError(f"lz4 acceleration {self.level} must be >= 1")
+
+    def compress(self, src: BytesLike) -> bytes:
+        out: bytes = lz4.block.compress(src, mode="fast", acceleration=self.level, store_size=False)
+        return out
+
+    def decompress(self, src: BytesLike, size: int) -> bytes:
+        return _decompress(self.name, src, size)
+
+
+class Lz4hc:
+    """lz4 high-compression mode; ``level`` 1..12 (default 9). Same decoder as lz4."""
+
+    name = "lz4hc"
+
+    def __init__(self, level: int | None = None) -> None:
+        self.level = LZ4HC_DEFAULT_CLEVEL if level is None else level
+        if not 1 <= self.level <= 12:
+            raise ValueError(f"lz4hc level {self.level} outside 1..12")
+
+    def compress(self, src: BytesLike) -> bytes:
+        out: bytes = lz4.block.compress(
+            src, mode="high_compression", compression=self.level, store_size=False
+        )
+        return out
+
+    def decompress(self, src: BytesLike, size: int) -> bytes:
+        return _decompress(self.name, src, size)
+
+
+LZ4 = Backend("lz4", Lz4, LZ4_ACCELERATION_DEFAULT)
+LZ4HC = Backend("lz4hc", Lz4hc, LZ4HC_DEFAULT_CLEVEL)

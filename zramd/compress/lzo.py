@@ -1,0 +1,45 @@
+"""lzo (LZO1X-1, the kernel's ``lzo``) via python-lzo, when it is installed.
+
+``lzo-rle`` is the kernel's own run-length extension of LZO1X; no maintained Python binding
+implements it, so it is listed in the registry as unavailable and never offered.
+"""
+
+from __future__ import annotations
+
+from zramd._types import BytesLike
+from zramd.compress.base import Backend, BackendFactory
+from zramd.errors import CompressionError
+
+try:
+    import lzo as _lzo
+except ImportError:  # pragma: no cover - depends on liblzo2-dev at install time
+    _lzo = None
+
+
+class Lzo:
+    name = "lzo"
+
+    def __init__(self, level: int | None = None) -> None:
+        if level is not None:
+            raise ValueError("lzo takes no level")
+        self.level = None
+
+    def compress(self, src: BytesLike) -> bytes:
+        out: bytes = _lzo.compress(bytes(src), 1, False)
+        return out
+
+    def decompress(self, src: BytesLike, size: int) -> bytes:
+        try:
+            out: bytes = _lzo.decompress(bytes(src), False, size)
+        except _lzo.error as e:
+            raise CompressionError(f"lzo: corrupt object: {e}") from e
+        if len(out) != size:
+            raise CompressionError(f"lzo: object decompressed to {len(out)} bytes, not {size}")
+        return out
+
+
+_factory: BackendFactory | None = Lzo if _lzo is not None else None
+LZO = Backend("lzo", _factory, None, "" if _lzo else "python-lzo is not installed")
+LZO_RLE = Backend(
+    "lzo-rle", None, None, "no maintained Python binding implements the kernel's lzo-rle format"
+)
