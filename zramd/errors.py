@@ -33,6 +33,12 @@ class InvalidHandleError(ZramdError, LookupError):
     errno = _errno.EINVAL
 
 
+class InvalidIOError(ZramdError):
+    """A request outside the device (or before it is initialised)."""
+
+    errno = _errno.EINVAL
+
+
 class CorruptionError(ZramdError):
     """An internal consistency check failed; the operation was refused rather than guessed."""
 

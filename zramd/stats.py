@@ -44,3 +44,48 @@ class PoolStats:
     def freeable(self) -> int:
         """Total pages compaction could free (the shrinker's count)."""
         return sum(c.freeable for c in self.classes)
+
+
+@dataclass(frozen=True, slots=True)
+class MmStat:
+    """``mm_stat``: nine fields, this order is the ABI (bytes unless noted)."""
+
+    orig_data_size: int  #: pages stored x 4096, same-filled pages included
+    compr_data_size: int  #: sum of stored object sizes (huge objects count 4096)
+    mem_used_total: int  #: frames held by the pool x 4096, fragmentation included
+    mem_limit: int  #: 0 = no limit
+    mem_used_max: int  #: high-water mark of mem_used_total
+    same_pages: int  #: count of same-filled pages (no pool memory)
+    pages_compacted: int  #: count of frames freed by compaction since init
+    huge_pages: int  #: count of pages stored uncompressed
+    huge_pages_since: int  #: count of huge stores since init (never decremented)
+
+
+@dataclass(frozen=True, slots=True)
+class IoStat:
+    """``io_stat`` (counts)."""
+
+    failed_reads: int
+    failed_writes: int
+    invalid_io: int  #: always 0, printed as a literal since kernel 6.5
+    notify_free: int  #: pages freed by discard / write-zeroes (each page visited counts)
+
+
+@dataclass(frozen=True, slots=True)
+class DebugStat:
+    """``debug_stat`` (format version 1; writestall is gone since 6.15)."""
+
+    version: int
+    miss_free: int  #: slot frees skipped because the slot was busy (never, here)
+
+
+@dataclass(frozen=True, slots=True)
+class MemStat:
+    """``mem_stat`` (zramd only): what the device really costs this process, in bytes."""
+
+    rss: int  #: resident set of the whole process (interpreter included)
+    mem_used_total: int  #: frames held by the pool (= mm_stat field 3)
+    arena_cached: int  #: freed frames still resident, awaiting a batched release
+    pool_metadata: int  #: handle tables, zspage descriptors, frame links
+    slot_table: int  #: the 16-byte-per-page slot table, fully written
+    arena_reserved: int  #: address space reserved for frames (not memory)

@@ -1,0 +1,296 @@
+"""The control attributes of a zram device, declared in one table (``/sys/block/zramN/``).
+
+Each attribute has the kernel's mode and an ``<attr>_show`` / ``<attr>_store`` pair. Shows
+return the exact text the kernel prints; stores take the raw bytes written and act before they
+return, raising a ZramdError whose ``errno`` is the kernel's answer for that attribute (and
+changing nothing). The FUSE filesystem (``fusefs.py``) and the CLI only call ``show``/``store``.
+
+Kernel features that are not built into zramd are absent, as they are from a kernel built
+without them: writeback (``backing_dev``, ``writeback*``, ``bd_stat``), recompression
+(``recomp_algorithm``, ``recompress``) and ``max_comp_streams`` (removed in 6.15).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zramd.compress import BACKENDS
+from zramd.device import ZramDevice
+from zramd.errors import InvalidValueError, ValueTooLongError, ZramdError
+from zramd.parse import kstrtoint, kstrtoull, memparse, next_args, sysfs_streq
+from zramd.stats import DebugStat, IoStat, MemStat, MmStat, PoolStats
+
+ZRAM_MAX_ALGO_NAME_SZ = 128
+
+RO, WO, RW = 0o444, 0o200, 0o644
+
+
+class PermissionDeniedError(ZramdError):
+    """Reading a write-only attribute or writing a read-only one (kernfs answers EACCES)."""
+
+    errno = errno.EACCES
+
+
+# -- formats (the only place statistics become text) -----------------------------------------
+
+
+def format_mm_stat(s: MmStat) -> str:
+    return (
+        f"{s.orig_data_size:8d} {s.compr_data_size:8d} {s.mem_used_total:8d} "
+        f"{s.mem_limit:8d} {s.mem_used_max:8d} {s.same_pages:8d} {s.pages_compacted:8d} "
+        f"{s.huge_pages:8d} {s.huge_pages_since:8d}\n"
+    )
+
+
+def format_io_stat(s: IoStat) -> str:
+    # invalid_io is a literal 0 since 6.5 ("zram: remove valid_io_request")
+    return f"{s.failed_reads:8d} {s.failed_writes:8d} 0 {s.notify_free:8d}\n"
+
+
+def format_debug_stat(s: DebugStat) -> str:
+    # writestall is a literal 0 since 6.15
+    return f"version: {s.version}\n0 {s.miss_free:8d}\n"
+
+
+def format_mem_stat(s: MemStat) -> str:
+    return (
+        f"{s.rss:8d} {s.mem_used_total:8d} {s.arena_cached:8d} {s.pool_metadata:8d} "
+        f"{s.slot_table:8d} {s.arena_reserved:8d}\n"
+    )
+
+
+def format_comp_algorithm(selected: str) -> str:
+    """Every available backend in the kernel's order, each followed by a space, the selected
+    one in brackets, then a newline (``lzo [lz4] lz4hc zstd deflate \\n``)."""
+    names = [b.name for b in BACKENDS if b.available]
+    return "".join(f"[{n}] " if n == selected else f"{n} " for n in names) + "\n"
+
+
+def format_classes(s: PoolStats) -> str:
+    """zsmalloc's debugfs ``classes`` file (kernel >= 6.4 columns)."""
+    header = (
+        f"{'class':>5} {'size':>5} "
+        + " ".join(
+            f"{c:>9}"
+            for c in ("10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "99%", "100%")
+        )
+        + f" {'obj_allocated':>13} {'obj_used':>10} {'pages_used':>10} "
+        f"{'pages_per_zspage':>16} {'freeable':>8}\n"
+    )
+    lines = [header]
+    totals = [0] * 11
+    t_alloc = t_used = t_pages = t_free = 0
+    for c in s.classes:
+        lines.append(
+            f"{c.index:5d} {c.size:5d} "
+            + " ".join(f"{n:9d}" for n in c.fullness)
+            + f" {c.obj_allocated:13d} {c.obj_used:10d} {c.pages_used:10d} "
+            f"{c.pages_per_zspage:16d} {c.freeable:8d}\n"
+        )
+        totals = [a + b for a, b in zip(totals, c.fullness, strict=True)]
+        t_alloc += c.obj_allocated
+        t_used += c.obj_used
+        t_pages += c.pages_used
+        t_free += c.freeable
+    lines.append("\n")
+    lines.append(
+        f"{'Total':>5} {'':>5} "
+        + " ".join(f"{n:9d}" for n in totals)
+        + f" {t_alloc:13d} {t_used:10d} {t_pages:10d} {'':>16} {t_free:8d}\n"
+    )
+    return "".join(lines)
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+def _text(data: bytes, attr: str) -> str:
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidValueError(f"{attr}: value is not ASCII text") from None
+
+
+def disksize_show(dev: ZramDevice) -> str:
+    return f"{dev.disksize}\n"
+
+
+def disksize_store(dev: ZramDevice, data: bytes) -> None:
+    value, _ = memparse(_text(data, "disksize"))
+    if not value:
+        raise InvalidValueError(f"disksize: {data.strip()!r} is not a size (e.g. 1G, 512M)")
+    dev.set_disksize(value)
+
+
+def initstate_show(dev: ZramDevice) -> str:
+    return f"{int(dev.initstate)}\n"
+
+
+def reset_store(dev: ZramDevice, data: bytes) -> None:
+    value = kstrtoull(_text(data, "reset"), 10, what="reset", limit=0xFFFF)
+    if not value:
+        raise InvalidValueError("reset: write a non-zero number (echo 1 > reset)")
+    dev.reset()
+
+
+def mem_limit_store(dev: ZramDevice, data: bytes) -> None:
+    value, consumed = memparse(_text(data, "mem_limit"))
+    if not consumed:
+        raise InvalidValueError(f"mem_limit: {data.strip()!r} is not a size (e.g. 512M; 0 = none)")
+    dev.set_mem_limit(value)
+
+
+def mem_used_max_store(dev: ZramDevice, data: bytes) -> None:
+    try:
+        value = kstrtoull(_text(data, "mem_used_max"), 10, what="mem_used_max")
+    except ZramdError:
+        value = -1
+    if value != 0:
+        raise InvalidValueError("mem_used_max: only 0 can be written (resets the peak)")
+    dev.reset_mem_used_max()
+
+
+def compact_store(dev: ZramDevice, data: bytes) -> None:
+    dev.compact()
+
+
+def idle_store(dev: ZramDevice, data: bytes) -> None:
+    text = _text(data, "idle")
+    if sysfs_streq(text, "all"):
+        dev.mark_idle()
+        return
+    try:
+        seconds = kstrtoull(text, 0, what="idle", limit=0xFFFFFFFF)
+    except ZramdError:
+        raise InvalidValueError("idle: write 'all' or an age in seconds") from None
+    dev.mark_idle(seconds)
+
+
+def comp_algorithm_show(dev: ZramDevice) -> str:
+    return format_comp_algorithm(dev.comp_algorithm)
+
+
+def comp_algorithm_store(dev: ZramDevice, data: bytes) -> None:
+    if len(data) >= ZRAM_MAX_ALGO_NAME_SZ:
+        raise ValueTooLongError(f"comp_algorithm: name of {len(data)} bytes is too long")
+    dev.set_comp_algorithm(_text(data, "comp_algorithm").removesuffix("\n"))
+
+
+def algorithm_params_store(dev: ZramDevice, data: bytes) -> None:
+    priority = 0
+    level: int | None = None
+    winbits: int | None = None
+    algo: str | None = None
+    dict_path: str | None = None
+    for key, value in next_args(_text(data, "algorithm_params")):
+        if not value:
+            raise InvalidValueError(f"algorithm_params: {key} needs a value ({key}=...)")
+        if key == "priority":
+            priority = kstrtoint(value, what="algorithm_params priority")
+        elif key == "level":
+            level = kstrtoint(value, what="algorithm_params level")
+        elif key == "algo":
+            algo = value
+        elif key == "dict":
+            dict_path = value
+        elif key == "deflate.winbits":
+            winbits = kstrtoint(value, what="algorithm_params deflate.winbits")
+        # unknown keys are ignored, as the kernel does
+    dev.set_algorithm_params(
+        priority=priority, algo=algo, level=level, winbits=winbits, dict_path=dict_path
+    )
+
+
+def mm_stat_show(dev: ZramDevice) -> str:
+    return format_mm_stat(dev.mm_stat())
+
+
+def io_stat_show(dev: ZramDevice) -> str:
+    return format_io_stat(dev.io_stat())
+
+
+def debug_stat_show(dev: ZramDevice) -> str:
+    return format_debug_stat(dev.debug_stat())
+
+
+def mem_stat_show(dev: ZramDevice) -> str:
+    return format_mem_stat(dev.mem_stat())
+
+
+def classes_show(dev: ZramDevice) -> str:
+    pool = dev.pool
+    if pool is None:
+        raise InvalidValueError("classes: device is not initialised")
+    return format_classes(pool.stats())
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    name: str
+    mode: int
+    show: Callable[[ZramDevice], str] | None
+    store: Callable[[ZramDevice, bytes], None] | None
+    doc: str
+
+
+ATTRIBUTES: tuple[Attribute, ...] = (
+    Attribute(
+        "disksize",
+        RW,
+        disksize_show,
+        disksize_store,
+        "device size in bytes; writing (memparse) initialises the device",
+    ),
+    Attribute("initstate", RO, initstate_show, None, "1 once disksize is set"),
+    Attribute("reset", WO, None, reset_store, "non-zero: free everything, back to uninitialised"),
+    Attribute("mem_limit", WO, None, mem_limit_store, "pool memory limit (memparse; 0 = none)"),
+    Attribute("mem_used_max", WO, None, mem_used_max_store, "0: reset the peak to current use"),
+    Attribute("compact", WO, None, compact_store, "any write: compact the pool now"),
+    Attribute("idle", WO, None, idle_store, "'all' or seconds: mark slots idle"),
+    Attribute(
+        "comp_algorithm",
+        RW,
+        comp_algorithm_show,
+        comp_algorithm_store,
+        "available algorithms, selected one in []",
+    ),
+    Attribute(
+        "algorithm_params",
+        WO,
+        None,
+        algorithm_params_store,
+        "key=value: priority, algo, level, deflate.winbits",
+    ),
+    Attribute("mm_stat", RO, mm_stat_show, None, "memory statistics (9 fields)"),
+    Attribute("io_stat", RO, io_stat_show, None, "I/O statistics (4 fields)"),
+    Attribute("debug_stat", RO, debug_stat_show, None, "debug statistics"),
+    Attribute("mem_stat", RO, mem_stat_show, None, "zramd: real memory cost of the process"),
+    Attribute("classes", RO, classes_show, None, "zramd: zsmalloc debugfs classes table"),
+)
+BY_NAME = {a.name: a for a in ATTRIBUTES}
+
+
+def lookup(name: str) -> Attribute:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ZramdError(f"no attribute {name!r}") from None
+
+
+def show(dev: ZramDevice, name: str) -> bytes:
+    """The attribute's text, as bytes. EACCES for a write-only attribute."""
+    attr = lookup(name)
+    if attr.show is None:
+        raise PermissionDeniedError(f"{name} is write-only")
+    return attr.show(dev).encode("ascii")
+
+
+def store(dev: ZramDevice, name: str, data: bytes) -> None:
+    """Write ``data`` to the attribute. EACCES for a read-only attribute; otherwise the
+    attribute's own errno on a bad value, with nothing changed."""
+    attr = lookup(name)
+    if attr.store is None:
+        raise PermissionDeniedError(f"{name} is read-only")
+    attr.store(dev, data)

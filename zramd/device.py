@@ -1,0 +1,786 @@
+"""The zram device: a compressed block store with the kernel's data path and statistics.
+
+Data path (``drivers/block/zram/zram_drv.c``)
+=============================================
+
+Writes are split into 4 KiB pages. A page that is one repeated 64-bit word is kept in its slot
+(SAME, no pool memory). Any other page is compressed; if the result is at least
+``huge_class_size`` the page is stored raw (HUGE), else the compressed bytes are. Allocation
+happens before the slot is locked, as in the kernel; the limit check follows each allocation
+and, when it fails, one direct compaction is tried before the write is refused. Only then is the
+slot locked, its old object freed and the new one installed, so a failed write leaves the old
+data in place. Reads copy the object out under the slot lock and decompress after releasing it.
+
+Sub-page I/O (NBD allows 512-byte granularity) is read-modify-write under the slot lock.
+Discard and write-zeroes free whole pages (never-written and discarded slots read as zeros
+without touching the pool); partial pages at the edges are zeroed by writing, so a client never
+reads stale bytes back.
+
+Locking
+=======
+
+::
+
+    ZramDevice._lock        lifecycle: disksize, comp_algorithm, reset, limits (short)
+    _IoGate                 I/O requests share it; reset/disksize take it exclusively
+      -> slot stripe lock   pages i with the same (i >> 5) % 1024 share one lock
+        -> pool locks       (see pool.py)
+
+A stripe covers 32 consecutive pages (128 KiB), so a typical request takes one lock; requests
+to different regions proceed in parallel. Per-stripe counters (pages stored, compressed bytes,
+same and huge pages) are updated under their stripe lock and summed on demand, so statistics
+need no global lock on the hot path. Compression and decompression run outside every lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from zramd._types import BytesLike
+from zramd.compress import DEFAULT, Compressor, create, lookup
+from zramd.errors import (
+    DeviceBusyError,
+    InvalidIOError,
+    InvalidValueError,
+    MemLimitError,
+    PoolExhaustedError,
+    ZramdError,
+)
+from zramd.frames import MAX_FRAMES
+from zramd.pool import ZsPool
+from zramd.size_class import DEFAULT_CHAIN_SIZE, PAGE_SHIFT, PAGE_SIZE
+from zramd.slots import (
+    ZRAM_HUGE,
+    ZRAM_IDLE,
+    ZRAM_SAME,
+    ZRAM_SIZE_MASK,
+    ZRAM_WB,
+    SlotTable,
+)
+from zramd.stats import DebugStat, IoStat, MemStat, MmStat
+
+STRIPE_SHIFT = 5  # 32 pages per slot lock: a 128 KiB request takes one lock
+NR_STRIPES = 1024  # distinct locks; stripes alias every 128 MiB
+STRIPE_MASK = NR_STRIPES - 1
+PAGE_MASK = PAGE_SIZE - 1
+ZERO_PAGE = bytes(PAGE_SIZE)
+WORDS_PER_PAGE = PAGE_SIZE // 8
+# Arena reservation: twice the disk (fragmentation before compaction) plus room for a partly
+# filled zspage in every class. Address space only; memory is committed as frames are used.
+ARENA_SLACK = 16 << 20
+
+#: NBD extent types (nbdkit.EXTENT_HOLE / EXTENT_ZERO)
+EXTENT_DATA = 0
+EXTENT_HOLE = 1
+EXTENT_ZERO = 2
+MAX_EXTENT_PAGES = 1 << 16  # one extents() call describes at most 256 MiB (clients ask again)
+
+
+def same_fill(page: memoryview) -> int | None:
+    """``page_same_filled``: the repeated 64-bit word (little-endian int), or None.
+
+    Two byte probes reject almost every ordinary page before anything is copied; memoryview
+    comparisons are element by element in CPython, so the full test compares bytes instead.
+    """
+    if page[0] != page[PAGE_SIZE - 8] or page[7] != page[PAGE_SIZE - 1]:
+        return None
+    raw = page.tobytes()
+    word = raw[:8]
+    if word * WORDS_PER_PAGE != raw:
+        return None
+    return int.from_bytes(word, "little")
+
+
+def fill_page(word: int) -> bytes:
+    return ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * WORDS_PER_PAGE
+
+
+class _IoGate:
+    """Many I/O requests at once, or one lifecycle change (reset, disksize) alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0
+        self._exclusive = False
+
+    def enter(self) -> None:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if not self._active:
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class _State:
+    """Everything that exists only while the device is initialised."""
+
+    __slots__ = (
+        "comp",
+        "compr",
+        "disksize",
+        "huge",
+        "huge_since",
+        "locks",
+        "notify_free",
+        "pages",
+        "pool",
+        "same",
+        "slots",
+        "stored",
+    )
+
+    def __init__(self, disksize: int, comp: Compressor, chain: int) -> None:
+        self.disksize = disksize
+        self.pages = disksize >> PAGE_SHIFT
+        self.comp = comp
+        arena = min(2 * disksize + ARENA_SLACK, (MAX_FRAMES - 1) * PAGE_SIZE)
+        self.pool = ZsPool(arena, chain=chain)
+        self.slots = SlotTable(self.pages)
+        self.locks = [threading.Lock() for _ in range(NR_STRIPES)]
+        # per-stripe counters, summed on demand
+        self.stored = array("q", bytes(8 * NR_STRIPES))
+        self.compr = array("q", bytes(8 * NR_STRIPES))
+        self.same = array("q", bytes(8 * NR_STRIPES))
+        self.huge = array("q", bytes(8 * NR_STRIPES))
+        self.huge_since = array("q", bytes(8 * NR_STRIPES))
+        self.notify_free = array("q", bytes(8 * NR_STRIPES))
+
+    def close(self) -> None:
+        self.slots.close()
+        self.pool.close()
+
+
+class ZramDevice:
+    """One zram device. Starts uninitialised (disksize 0), like a freshly loaded module.
+
+    ``clock`` returns seconds (boottime-like; only differences matter) for access times.
+    All methods are thread-safe.
+    """
+
+    def __init__(
+        self,
+        comp_algorithm: str = DEFAULT,
+        *,
+        chain: int = DEFAULT_CHAIN_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        lookup(comp_algorithm)
+        self._lock = threading.Lock()
+        self._gate = _IoGate()
+        self._chain = chain
+        self._clock = clock
+        self._algorithm = comp_algorithm
+        self._level: int | None = None
+        self._winbits: int | None = None
+        self._state: _State | None = None
+        self._limit_pages = 0
+        self._max_pages = 0
+        self._failed_reads = 0
+        self._failed_writes = 0
+        self._miss_free = 0
+        self._stat_lock = threading.Lock()
+        self.openers = 0  #: open connections (the plugin counts them); reset needs none
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def initstate(self) -> bool:
+        return self._state is not None
+
+    @property
+    def disksize(self) -> int:
+        st = self._state
+        return st.disksize if st else 0
+
+    @property
+    def size(self) -> int:
+        """The export size: disksize (0 before init, like the kernel's capacity)."""
+        return self.disksize
+
+    @property
+    def comp_algorithm(self) -> str:
+        return self._algorithm
+
+    @property
+    def algorithm_level(self) -> int | None:
+        return self._level
+
+    def set_disksize(self, nbytes: int) -> None:
+        """Initialise the device: EINVAL for 0, EBUSY when already initialised."""
+        if nbytes <= 0:
+            raise InvalidValueError(f"disksize {nbytes}: must be a positive number of bytes")
+        nbytes = (nbytes + PAGE_MASK) & ~PAGE_MASK
+        max_size = (MAX_FRAMES - 1) * PAGE_SIZE
+        if nbytes > max_size:
+            raise InvalidValueError(f"disksize {nbytes}: larger than the maximum {max_size}")
+        with self._lock, self._gate.exclusive():
+            if self._state is not None:
+                raise DeviceBusyError("disksize: device already initialised; reset it first")
+            comp = self._make_compressor()
+            self._state = _State(nbytes, comp, self._chain)
+
+    def _make_compressor(self) -> Compressor:
+        params = {} if self._winbits is None else {"winbits": self._winbits}
+        return create(self._algorithm, self._level, **params)
+
+    def set_comp_algorithm(self, name: str) -> None:
+        """Select the algorithm: EINVAL unknown, EBUSY after init."""
+        lookup(name)
+        with self._lock:
+            if self._state is not None:
+                raise DeviceBusyError(
+                    "comp_algorithm: can't change the algorithm of an initialised device"
+                )
+            if name != self._algorithm:
+                self._level = self._winbits = None
+            self._algorithm = name
+
+    def set_algorithm_params(
+        self,
+        *,
+        priority: int = 0,
+        algo: str | None = None,
+        level: int | None = None,
+        winbits: int | None = None,
+        dict_path: str | None = None,
+    ) -> None:
+        """``algorithm_params``: replace the primary algorithm's parameters.
+
+        As in 7.0.y: EBUSY after init; ``algo=`` must name the selected algorithm; only
+        priority 0 exists (no recompression algorithms are built in). Unset values return to
+        the backend's default.
+        """
+        with self._lock:
+            if self._state is not None:
+                raise DeviceBusyError("algorithm_params: device already initialised")
+            if algo is not None:
+                if algo != self._algorithm:
+                    raise InvalidValueError(
+                        f"algorithm_params: algo={algo} is not the selected comp_algorithm "
+                        f"({self._algorithm})"
+                    )
+            elif priority != 0:
+                raise InvalidValueError(
+                    f"algorithm_params: priority={priority}: only the primary algorithm "
+                    "(priority 0) exists; recompression is not built in"
+                )
+            if dict_path is not None:
+                raise InvalidValueError("algorithm_params: dict= is not supported")
+            params = {} if winbits is None else {"winbits": winbits}
+            create(self._algorithm, level, **params)  # validate now, not at disksize
+            self._level = level
+            self._winbits = winbits
+
+    @property
+    def mem_limit(self) -> int:
+        return self._limit_pages << PAGE_SHIFT
+
+    def set_mem_limit(self, nbytes: int) -> None:
+        """Limit the pool (0 = none); rounded up to whole pages. Allowed any time."""
+        if nbytes < 0:
+            raise InvalidValueError(f"mem_limit {nbytes}: must not be negative")
+        self._limit_pages = (nbytes + PAGE_MASK) >> PAGE_SHIFT
+
+    def reset_mem_used_max(self) -> None:
+        """``echo 0 > mem_used_max``: the peak becomes the current use (no-op before init)."""
+        with self._lock:
+            st = self._state
+            if st is not None:
+                self._max_pages = st.pool.total_pages
+
+    def reset(self) -> None:
+        """Free everything and return to the uninitialised state (EBUSY while open)."""
+        with self._lock:
+            if self.openers:
+                raise DeviceBusyError(f"reset: device is open ({self.openers} connections)")
+            with self._gate.exclusive():
+                st, self._state = self._state, None
+                if st is not None:
+                    st.close()
+            self._limit_pages = 0
+            self._max_pages = 0
+            self._failed_reads = self._failed_writes = self._miss_free = 0
+            self._algorithm = DEFAULT
+            self._level = self._winbits = None
+
+    def open(self) -> None:
+        """A client attached (the kernel's bdev open)."""
+        with self._lock:
+            self.openers += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self.openers = max(0, self.openers - 1)
+
+    def compact(self) -> int:
+        """``echo 1 > compact``: frames freed. EINVAL before init."""
+        with self._initialised("compact") as st:
+            return st.pool.compact()
+
+    @contextmanager
+    def _initialised(self, what: str) -> Iterator[_State]:
+        """The state, kept alive (reset waits) while the caller uses it; EINVAL before init."""
+        self._gate.enter()
+        try:
+            st = self._state
+            if st is None:
+                raise InvalidValueError(f"{what}: device is not initialised (set disksize first)")
+            yield st
+        finally:
+            self._gate.leave()
+
+    def mark_idle(self, older_than: int | None = None) -> int:
+        """``idle``: mark allocated slots IDLE (all, or not accessed for ``older_than`` s).
+
+        Same-filled and written-back slots are skipped; with a cut-off, newer slots lose IDLE
+        (7.0 behaviour). Returns how many slots are now idle.
+        """
+        with self._initialised("idle") as st:
+            return self._mark_idle(st, older_than)
+
+    def _mark_idle(self, st: _State, older_than: int | None) -> int:
+        slots = st.slots
+        flags = slots.flags
+        cutoff = None if older_than is None else int(self._clock()) - older_than
+        marked = 0
+        for first in range(0, st.pages, 1 << STRIPE_SHIFT):
+            with st.locks[(first >> STRIPE_SHIFT) & STRIPE_MASK]:
+                for i in range(first, min(first + (1 << STRIPE_SHIFT), st.pages)):
+                    f = flags[i]
+                    if not f & ZRAM_SIZE_MASK or f & (ZRAM_SAME | ZRAM_WB):
+                        continue
+                    if cutoff is None or slots.actime[i] < cutoff:
+                        flags[i] = f | ZRAM_IDLE
+                        marked += 1
+                    else:
+                        flags[i] = f & ~ZRAM_IDLE
+        return marked
+
+    # -- I/O -----------------------------------------------------------------------------------
+
+    def _begin(self, offset: int, length: int, what: str) -> _State:
+        self._gate.enter()
+        st = self._state
+        size = st.disksize if st else 0
+        if offset < 0 or length < 0 or offset + length > size or st is None:
+            self._gate.leave()
+            raise InvalidIOError(
+                f"{what} of {length} bytes at offset {offset} is outside the device ({size} bytes)"
+            )
+        return st
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (never-written and discarded bytes read as zeros)."""
+        out = bytearray(length)
+        self.read_into(offset, memoryview(out))
+        return bytes(out)
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` (a writable byte buffer) from ``offset``."""
+        length = len(buf)
+        st = self._begin(offset, length, "read")
+        try:
+            if length:
+                self._read(st, offset, buf)
+        except ZramdError:
+            with self._stat_lock:
+                self._failed_reads += 1
+            raise
+        finally:
+            self._gate.leave()
+
+    def _read(self, st: _State, offset: int, buf: memoryview) -> None:
+        first = offset >> PAGE_SHIFT
+        last = (offset + len(buf) - 1) >> PAGE_SHIFT
+        objs = self._fetch(st, first, last + 1)
+        comp = st.comp
+        pos = 0
+        head = offset & PAGE_MASK
+        end = offset + len(buf)
+        for k, (word, obj, size) in enumerate(objs):
+            if obj is None:
+                page = fill_page(word)
+            elif size == PAGE_SIZE:
+                page = obj
+            else:
+                page = comp.decompress(obj, PAGE_SIZE)
+            page_start = (first + k) << PAGE_SHIFT
+            lo = head if k == 0 else 0
+            hi = min(PAGE_SIZE, end - page_start)
+            n = hi - lo
+            if n == PAGE_SIZE:
+                buf[pos : pos + PAGE_SIZE] = page
+            else:
+                buf[pos : pos + n] = page[lo:hi]
+            pos += n
+
+    def _fetch(self, st: _State, first: int, stop: int) -> list[tuple[int, bytes | None, int]]:
+        """Per page: (fill word, copied object or None, object size), taken under slot locks."""
+        slots = st.slots
+        flags = slots.flags
+        handles = slots.handle
+        actime = slots.actime
+        read = st.pool.read
+        now = int(self._clock())
+        out: list[tuple[int, bytes | None, int]] = []
+        i = first
+        while i < stop:
+            run_end = min(stop, ((i >> STRIPE_SHIFT) + 1) << STRIPE_SHIFT)
+            with st.locks[(i >> STRIPE_SHIFT) & STRIPE_MASK]:
+                for j in range(i, run_end):
+                    f = flags[j]
+                    size = f & ZRAM_SIZE_MASK
+                    if size:
+                        out.append((0, read(handles[j]), size))
+                    elif f & ZRAM_SAME:
+                        out.append((handles[j], None, 0))
+                    else:
+                        out.append((0, None, 0))
+                        continue
+                    if f & ZRAM_IDLE:
+                        flags[j] = f & ~ZRAM_IDLE
+                    actime[j] = now
+            i = run_end
+        return out
+
+    def write(self, offset: int, data: BytesLike) -> None:
+        """Write ``data`` at ``offset``. All or nothing: if any page cannot be stored
+        (mem_limit, arena full), no byte of the request changes."""
+        mv = memoryview(data)
+        self._update(offset, len(mv), mv, "write", hole=False)
+
+    def discard(self, offset: int, length: int) -> None:
+        """Free the whole pages in the range; partial pages at its edges are zeroed by writing
+        (a page that becomes all zeros is freed too)."""
+        self._update(offset, length, None, "discard", hole=True)
+
+    def write_zeroes(self, offset: int, length: int, *, may_trim: bool = True) -> None:
+        """Make the range read as zeros. With ``may_trim`` whole pages are freed (holes);
+        without, they become allocated same-filled zero pages (no pool memory either)."""
+        self._update(offset, length, None, "write_zeroes", hole=may_trim)
+
+    def _update(
+        self, offset: int, length: int, src: memoryview | None, what: str, *, hole: bool
+    ) -> None:
+        st = self._begin(offset, length, what)
+        try:
+            if length:
+                self._apply(st, offset, offset + length, src, hole=hole)
+        except ZramdError:
+            with self._stat_lock:
+                self._failed_writes += 1
+            raise
+        finally:
+            self._gate.leave()
+
+    def _apply(
+        self, st: _State, offset: int, end: int, src: memoryview | None, *, hole: bool
+    ) -> None:
+        """Set bytes [offset, end) from ``src``, or to zero when ``src`` is None.
+
+        1. Whole pages are encoded (same-fill test, compression, pool allocation) before any
+           slot lock is taken, as the kernel allocates before locking the slot.
+        2. Every stripe lock the request touches is taken, in ascending order (the only place
+           that holds more than one; ordering makes it deadlock-free).
+        3. Partial pages at the edges are read, patched and encoded under those locks.
+        4. Only when everything is allocated are the slots switched over and old objects freed;
+           a failure in 1 or 3 frees what was allocated and leaves every slot untouched.
+        """
+        first = offset >> PAGE_SHIFT
+        last = (end - 1) >> PAGE_SHIFT
+        full_lo = (offset + PAGE_MASK) >> PAGE_SHIFT
+        full_hi = end >> PAGE_SHIFT
+        new: list[tuple[int, int | None, int]] = []  # (page, value or None = free, flags)
+        locks: list[threading.Lock] = []
+        try:
+            if src is not None:
+                base = (full_lo << PAGE_SHIFT) - offset
+                for k in range(full_hi - full_lo):
+                    pos = base + (k << PAGE_SHIFT)
+                    value, flags = self._encode(st, src[pos : pos + PAGE_SIZE])
+                    new.append((full_lo + k, value, flags))
+            elif hole:
+                new.extend((p, None, 0) for p in range(full_lo, full_hi))
+            else:
+                new.extend((p, 0, ZRAM_SAME) for p in range(full_lo, full_hi))
+            locks = self._lock_stripes(st, first, last)
+            for p in sorted({first, last}):
+                if p < full_lo or p >= full_hi:
+                    edit = self._edit_locked(st, p, offset, end, src, hole=hole)
+                    if edit is not None:
+                        new.append(edit)
+        except BaseException:
+            for lock in reversed(locks):
+                lock.release()
+            for _, allocated, bits in new:
+                if allocated is not None and bits & ZRAM_SIZE_MASK:
+                    st.pool.free(allocated)
+            raise
+        try:
+            now = int(self._clock())
+            for page, value_or_free, flags in new:
+                if value_or_free is None:
+                    self._free_slot(st, page)
+                else:
+                    self._install(st, page, value_or_free, flags, now)
+            if src is None and full_hi > full_lo:  # the kernel counts whole pages visited
+                for page in range(full_lo, full_hi):
+                    st.notify_free[(page >> STRIPE_SHIFT) & STRIPE_MASK] += 1
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    @staticmethod
+    def _lock_stripes(st: _State, first: int, last: int) -> list[threading.Lock]:
+        chunks = range(first >> STRIPE_SHIFT, (last >> STRIPE_SHIFT) + 1)
+        ids = (
+            range(NR_STRIPES)
+            if len(chunks) >= NR_STRIPES
+            else sorted({c & STRIPE_MASK for c in chunks})
+        )
+        locks = [st.locks[i] for i in ids]
+        taken: list[threading.Lock] = []
+        try:
+            for lock in locks:
+                lock.acquire()
+                taken.append(lock)
+        except BaseException:
+            for lock in reversed(taken):
+                lock.release()
+            raise
+        return taken
+
+    def _edit_locked(
+        self,
+        st: _State,
+        page: int,
+        offset: int,
+        end: int,
+        src: memoryview | None,
+        *,
+        hole: bool,
+    ) -> tuple[int, int | None, int] | None:
+        """Read-modify-write encoding of a partially covered page (stripe lock held).
+
+        Returns the new slot contents, or None when nothing changes (zeroing part of a page
+        that holds no data)."""
+        start = page << PAGE_SHIFT
+        lo = max(offset, start) - start
+        hi = min(end, start + PAGE_SIZE) - start
+        if src is None and not SlotTable.allocated(st.slots.flags[page]):
+            return None  # already reads as zeros
+        buf = bytearray(self._load_locked(st, page))
+        if src is None:
+            buf[lo:hi] = bytes(hi - lo)
+            if hole and buf == ZERO_PAGE:
+                return page, None, 0
+        else:
+            buf[lo:hi] = src[start + lo - offset : start + hi - offset]
+        value, flags = self._encode(st, memoryview(buf))
+        return page, value, flags
+
+    def _encode(self, st: _State, page: memoryview) -> tuple[int, int]:
+        """(handle or fill word, slot flags) for one page; allocates pool memory if needed."""
+        word = same_fill(page)
+        if word is not None:
+            return word, ZRAM_SAME
+        c = st.comp.compress(page)
+        clen = len(c)
+        if clen >= st.pool.huge_class_size:
+            return self._store(st, page), ZRAM_HUGE | PAGE_SIZE
+        return self._store(st, c), clen
+
+    def _store(self, st: _State, obj: BytesLike) -> int:
+        """Allocate and fill an object, enforcing mem_limit with one direct compaction."""
+        pool = st.pool
+        try:
+            handle = pool.store(obj)
+        except PoolExhaustedError:
+            pool.compact()
+            handle = pool.store(obj)
+        limit = self._limit_pages
+        total = pool.total_pages
+        if limit and total > limit:
+            pool.free(handle)
+            pool.compact()  # the "direct compaction" the 2014 review asked for
+            handle = pool.store(obj)
+            total = pool.total_pages
+            if total > limit:
+                pool.free(handle)
+                raise MemLimitError(
+                    f"write refused: the pool would hold {total} pages, over mem_limit "
+                    f"({limit} pages) even after compaction"
+                )
+        if total > self._max_pages:
+            with self._stat_lock:
+                self._max_pages = max(self._max_pages, total)
+        return handle
+
+    def _install(self, st: _State, index: int, value: int, flags: int, now: int) -> None:
+        """Free the slot's old contents and store the new (caller holds the stripe lock)."""
+        self._free_slot(st, index)
+        slots = st.slots
+        slots.handle[index] = value
+        slots.flags[index] = flags
+        slots.actime[index] = now
+        s = (index >> STRIPE_SHIFT) & STRIPE_MASK
+        st.stored[s] += 1
+        if flags & ZRAM_SAME:
+            st.same[s] += 1
+        else:
+            st.compr[s] += flags & ZRAM_SIZE_MASK
+            if flags & ZRAM_HUGE:
+                st.huge[s] += 1
+                st.huge_since[s] += 1
+
+    def _free_slot(self, st: _State, index: int) -> None:
+        """``zram_free_page`` (caller holds the stripe lock)."""
+        slots = st.slots
+        f = slots.flags[index]
+        if not f & (ZRAM_SIZE_MASK | ZRAM_SAME | ZRAM_WB):
+            if f:
+                slots.flags[index] = 0
+            return
+        s = (index >> STRIPE_SHIFT) & STRIPE_MASK
+        if f & ZRAM_SAME:
+            st.same[s] -= 1
+        else:
+            st.pool.free(slots.handle[index])
+            st.compr[s] -= f & ZRAM_SIZE_MASK
+            if f & ZRAM_HUGE:
+                st.huge[s] -= 1
+        st.stored[s] -= 1
+        slots.handle[index] = 0
+        slots.flags[index] = 0
+
+    def _load_locked(self, st: _State, index: int) -> bytes:
+        """The page's current contents (caller holds the stripe lock)."""
+        f = st.slots.flags[index]
+        size = f & ZRAM_SIZE_MASK
+        if size:
+            obj = st.pool.read(st.slots.handle[index])
+            return obj if size == PAGE_SIZE else st.comp.decompress(obj, PAGE_SIZE)
+        if f & ZRAM_SAME:
+            return fill_page(st.slots.handle[index])
+        return ZERO_PAGE
+
+    def flush(self) -> None:
+        """Nothing to do: data is in RAM the moment a write returns (zram has no cache)."""
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, int]]:
+        """NBD block status from ``offset``: (offset, length, type) runs, type HOLE|ZERO for
+        unallocated pages, ZERO for same-filled zero pages, DATA otherwise. Covers at least the
+        first page and at most MAX_EXTENT_PAGES pages (clients ask again for the rest)."""
+        st = self._begin(offset, length, "extents")
+        try:
+            first = offset >> PAGE_SHIFT
+            stop = min(
+                (offset + max(length, 1) + PAGE_MASK) >> PAGE_SHIFT, first + MAX_EXTENT_PAGES
+            )
+            flags = st.slots.flags
+            handles = st.slots.handle
+            runs: list[tuple[int, int, int]] = []
+            run_type = -1
+            run_start = first
+            for i in range(first, stop):
+                f = flags[i]
+                if not f & (ZRAM_SIZE_MASK | ZRAM_SAME | ZRAM_WB):
+                    t = EXTENT_HOLE | EXTENT_ZERO
+                elif f & ZRAM_SAME and handles[i] == 0:
+                    t = EXTENT_ZERO
+                else:
+                    t = EXTENT_DATA
+                if t != run_type:
+                    if run_type >= 0:
+                        runs.append(
+                            (run_start << PAGE_SHIFT, (i - run_start) << PAGE_SHIFT, run_type)
+                        )
+                    run_type, run_start = t, i
+            runs.append((run_start << PAGE_SHIFT, (stop - run_start) << PAGE_SHIFT, run_type))
+            return runs
+        finally:
+            self._gate.leave()
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def mm_stat(self) -> MmStat:
+        st = self._state
+        if st is None:
+            return MmStat(0, 0, 0, self.mem_limit, self._max_pages << PAGE_SHIFT, 0, 0, 0, 0)
+        return MmStat(
+            orig_data_size=sum(st.stored) << PAGE_SHIFT,
+            compr_data_size=sum(st.compr),
+            mem_used_total=st.pool.total_pages << PAGE_SHIFT,
+            mem_limit=self.mem_limit,
+            mem_used_max=self._max_pages << PAGE_SHIFT,
+            same_pages=sum(st.same),
+            pages_compacted=st.pool.pages_compacted,
+            huge_pages=sum(st.huge),
+            huge_pages_since=sum(st.huge_since),
+        )
+
+    def io_stat(self) -> IoStat:
+        st = self._state
+        notify = sum(st.notify_free) if st else 0
+        return IoStat(self._failed_reads, self._failed_writes, 0, notify)
+
+    def debug_stat(self) -> DebugStat:
+        return DebugStat(1, self._miss_free)
+
+    def mem_stat(self) -> MemStat:
+        rss = _rss_bytes()
+        try:
+            with self._initialised("mem_stat") as st:
+                ps = st.pool.stats()
+                table = st.slots.metadata_bytes()
+        except InvalidValueError:
+            return MemStat(rss, 0, 0, 0, 0, 0)
+        return MemStat(
+            rss=rss,
+            mem_used_total=ps.total_pages << PAGE_SHIFT,
+            arena_cached=ps.frames_cached << PAGE_SHIFT,
+            pool_metadata=ps.metadata_bytes,
+            slot_table=table,
+            arena_reserved=ps.frames_reserved << PAGE_SHIFT,
+        )
+
+    @property
+    def pool(self) -> ZsPool | None:
+        """The pool while initialised (for statistics and tests)."""
+        st = self._state
+        return st.pool if st else None
+
+    def slot_flags(self, index: int) -> int:
+        """Raw flags of slot ``index`` (tests and debugging)."""
+        with self._initialised("slot_flags") as st:
+            return st.slots.flags[index]
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
