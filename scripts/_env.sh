@@ -47,7 +47,7 @@ zramd_need_venv() {
     zramd_log "installing zramd[$extras] into the venv"
     "$ZRAMD_PY" -m pip install -q --disable-pip-version-check -e "$ZRAMD_ROOT[$extras]" || return 1
     # The LZO backends are optional: the registry lists them only when the binding imports.
-    "$ZRAMD_PY" -m pip install -q --disable-pip-version-check "$ZRAMD_ROOT[lzo]" >/dev/null 2>&1 \
+    "$ZRAMD_PY" -m pip install -q --disable-pip-version-check -e "$ZRAMD_ROOT[lzo]" >/dev/null 2>&1 \
         || zramd_log "python-lzo did not build; lzo/lzo-rle backends will be unavailable"
     echo "$want" > "$stamp"
 }

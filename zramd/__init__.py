@@ -1,5 +1,7 @@
 """zramd: Linux's zram block device and zsmalloc allocator in userspace Python."""
 
+__version__ = "0.1.0"
+
 from zramd.errors import (
     CompressionError,
     CorruptionError,

@@ -107,3 +107,22 @@ def next_args(text: str) -> list[tuple[str, str | None]]:
         word = text[start:i].replace('"', "")
         key, eq, value = word.partition("=")
         out.append((key, value if eq else None))
+
+
+_SIZE_SUFFIX = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+
+def parse_size(text: str, *, what: str = "size") -> int:
+    """A strict size for command lines and config keys: ``N`` bytes or ``N`` with a K/M/G/T/P/E
+    suffix (powers of 1024, any case, optionally followed by ``iB`` or ``B``). Unlike memparse,
+    anything else is an error (ValueError naming the text)."""
+    s = text.strip().lower()
+    for tail in ("ib", "b"):
+        if len(s) > len(tail) and s.endswith(tail) and s[-len(tail) - 1] in "kmgtpe":
+            s = s[: -len(tail)]
+            break
+    suffix = s[-1:] if s[-1:] in _SIZE_SUFFIX and s[-1:] else ""
+    digits = s[: len(s) - len(suffix)]
+    if not digits.isdigit() or not digits.isascii():
+        raise ValueError(f"{what}: {text!r} is not a size (examples: 4096, 512M, 1G)")
+    return int(digits) << _SIZE_SUFFIX[suffix]

@@ -1,0 +1,121 @@
+"""Real nbdkit servers for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbd
+
+from zramd.cli import plugin_env, plugin_path
+from zramd.fusefs import mount_state
+
+PLUGIN = str(plugin_path())
+
+
+def plugin_args(*config: str) -> list[str]:
+    """``python PLUGIN`` and its keys; background compaction off so tests see exact counters."""
+    return ["python", PLUGIN, "auto_compact=0", *config]
+
+
+def connect_stdio(*config: str) -> nbd.NBD:
+    """One private nbdkit per handle over stdin/stdout (nbdkit's own test convention)."""
+    h = nbd.NBD()
+    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+    env = plugin_env()
+    old = dict(os.environ)
+    os.environ.update(env)  # connect_command inherits the environment
+    try:
+        h.connect_command(["nbdkit", "-s", "--exit-with-parent", *plugin_args(*config)])
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    return h
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    control: Path | None
+    log: Path
+
+    @property
+    def uri(self) -> str:
+        return f"nbd+unix:///?socket={self.socket}"
+
+    def connect(self) -> nbd.NBD:
+        h = nbd.NBD()
+        h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+        h.connect_unix(str(self.socket))
+        return h
+
+    def attr(self, name: str) -> str:
+        assert self.control is not None
+        return (self.control / name).read_text()
+
+    def mm_stat(self) -> list[int]:
+        return [int(x) for x in self.attr("mm_stat").split()]
+
+    def echo(self, value: str, name: str) -> subprocess.CompletedProcess[str]:
+        """``echo VALUE > control/NAME`` in bash, as an admin would (dash reports every failed
+        write as "I/O error", hiding the errno)."""
+        assert self.control is not None
+        return subprocess.run(
+            ["bash", "-c", 'echo "$1" > "$2"', "bash", value, str(self.control / name)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def stop(self) -> int:
+        """SIGTERM; nbdkit then waits for connected clients, so a test that failed with a
+        handle still open gets SIGKILL after 20 s (and the exit check fails loudly)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@contextmanager
+def serve(
+    tmp: Path, *config: str, control: bool = True, check_exit: bool = True
+) -> Iterator[Server]:
+    """nbdkit -f on a Unix socket in ``tmp``, with a control directory unless asked not to.
+    On exit the server must stop cleanly (status 0, no traceback, control unmounted) unless
+    ``check_exit`` is False (a test that kills it)."""
+    sock = tmp / "zramd.sock"
+    pidfile = tmp / "zramd.pid"
+    ctl = tmp / "control" if control else None
+    log = tmp / "nbdkit.log"
+    args = ["nbdkit", "-f", "-U", str(sock), "-P", str(pidfile), *plugin_args(*config)]
+    if ctl is not None:
+        args.append(f"control={ctl}")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, env=plugin_env(), stdout=out, stderr=out)
+    server = Server(proc, sock, ctl, log)
+    deadline = time.monotonic() + 60
+    while not (pidfile.exists() and (ctl is None or mount_state(ctl) == "live")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"nbdkit did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    try:
+        yield server
+    finally:
+        rc = server.stop()
+        text = log.read_text()
+    if check_exit:
+        assert rc == 0, f"nbdkit exited {rc}:\n{text}"
+        assert "Traceback" not in text, text
+        if ctl is not None:
+            assert mount_state(ctl) == "none", "control directory left mounted"

@@ -1,0 +1,175 @@
+"""libnbd against the real nbdkit + plugin: every capability, errors, multi-conn."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import nbd
+import pytest
+
+from zramd.cli import plugin_env, plugin_path
+from zramd.testing import synthetic_pages
+
+from servers import connect_stdio, serve
+
+pytestmark = pytest.mark.e2e
+P = 4096
+MiB = 1 << 20
+
+
+def block_status(h: nbd.NBD, length: int, offset: int = 0) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+
+    def cb(meta: str, off: int, entries: list[int], err: object) -> int:
+        if meta == nbd.CONTEXT_BASE_ALLOCATION:
+            out.extend(zip(entries[::2], entries[1::2], strict=True))
+        return 0
+
+    pos = offset
+    while pos < offset + length:
+        n = len(out)
+        h.block_status(offset + length - pos, pos, cb)
+        pos += sum(e[0] for e in out[n:])
+    return out
+
+
+def test_capabilities() -> None:
+    h = connect_stdio("size=16M")
+    assert h.get_size() == 16 * MiB
+    assert h.can_trim()
+    assert h.can_zero()
+    assert h.can_fast_zero()
+    assert h.can_flush()
+    assert h.can_fua()
+    assert h.can_multi_conn()
+    assert h.can_cache()
+    assert h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+    assert not h.is_read_only()
+    assert not h.is_rotational()
+    assert h.get_block_size(nbd.SIZE_MINIMUM) == 512
+    assert h.get_block_size(nbd.SIZE_PREFERRED) == 4096
+    h.shutdown()
+
+
+def test_write_read_trim_zero() -> None:
+    h = connect_stdio("size=16M", "comp_algorithm=zstd")
+    pages = synthetic_pages(64, seed=2)
+    data = b"".join(pages)
+    h.pwrite(data, MiB, nbd.CMD_FLAG_FUA)
+    assert h.pread(len(data), MiB) == data
+    h.pwrite(b"\xab" * 512, MiB + 512)  # sub-page: read-modify-write
+    expected = bytearray(data)
+    expected[512:1024] = b"\xab" * 512
+    assert h.pread(len(data), MiB) == expected
+    h.trim(8 * P, MiB + 4 * P)
+    expected[4 * P : 12 * P] = bytes(8 * P)
+    h.zero(4 * P, MiB + 20 * P, nbd.CMD_FLAG_NO_HOLE)
+    expected[20 * P : 24 * P] = bytes(4 * P)
+    h.zero(4 * P, MiB + 30 * P, nbd.CMD_FLAG_FAST_ZERO)
+    expected[30 * P : 34 * P] = bytes(4 * P)
+    h.flush()
+    h.cache(MiB, 0)
+    assert h.pread(len(data), MiB) == expected
+    h.shutdown()
+
+
+def test_extents_report_holes_zeros_and_data() -> None:
+    h = connect_stdio("size=1M")
+    h.pwrite(os.urandom(P), 2 * P)
+    h.pwrite(bytes(P), 3 * P)
+    h.zero(2 * P, 6 * P, nbd.CMD_FLAG_NO_HOLE)
+    got = block_status(h, 10 * P)
+    hole_zero = nbd.STATE_HOLE | nbd.STATE_ZERO
+    assert got[:5] == [(2 * P, hole_zero), (P, 0), (P, nbd.STATE_ZERO), (2 * P, hole_zero),
+                       (2 * P, nbd.STATE_ZERO)]  # fmt: skip
+    h.shutdown()
+
+
+def test_enospc_at_mem_limit_keeps_old_data() -> None:
+    h = connect_stdio("size=64M", "mem_limit=1M")
+    old = b"".join(synthetic_pages(32, seed=4))
+    h.pwrite(old, 0)
+    with pytest.raises(nbd.Error) as info:
+        h.pwrite(os.urandom(2 * MiB), 0)
+    assert info.value.errno == "ENOSPC"
+    assert h.pread(len(old), 0) == old
+    h.shutdown()
+
+
+def test_out_of_range_is_refused() -> None:
+    h = connect_stdio("size=1M")
+    with pytest.raises(nbd.Error):
+        h.pread(P, MiB)
+    h.shutdown()
+
+
+def test_multi_conn_sees_one_store(tmp_path: Path) -> None:
+    with serve(tmp_path, "size=32M", control=False) as srv:
+        handles = [srv.connect() for _ in range(3)]
+        data = b"".join(synthetic_pages(16, seed=7))
+        handles[1].pwrite(data, 5 * MiB)
+        handles[1].flush()
+        assert handles[0].pread(len(data), 5 * MiB) == data
+        assert handles[2].pread(len(data), 5 * MiB) == data
+        handles[2].trim(len(data), 5 * MiB)
+        assert handles[0].pread(len(data), 5 * MiB) == bytes(len(data))
+        for h in handles:
+            h.shutdown()
+
+
+def test_parallel_aio_requests(tmp_path: Path) -> None:
+    with serve(tmp_path, "size=64M", control=False) as srv:
+        h = srv.connect()
+        pages = synthetic_pages(256, seed=9)
+        for i, page in enumerate(pages):
+            h.aio_pwrite(page * 4, i * 4 * P)
+        while h.aio_in_flight() > 0:
+            h.poll(-1)
+        bufs = [nbd.Buffer(4 * P) for _ in pages]
+        for i, buf in enumerate(bufs):
+            h.aio_pread(buf, i * 4 * P)
+        while h.aio_in_flight() > 0:
+            h.poll(-1)
+        for page, buf in zip(pages, bufs, strict=True):
+            assert buf.to_bytearray() == page * 4
+        h.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (["size=lots"], "size: 'lots' is not a size"),
+        (["sise=1G"], "unknown key 'sise'"),
+        (["size=1G", "comp_algorithm=snappy"], "comp_algorithm='snappy': not available"),
+        (["size=1G", "chain=3"], "chain=3: outside 4..16"),
+        (["size=1G", "level=99", "comp_algorithm=lz4hc"], "level=99"),
+        (["size=1G", "size=2G"], "size given twice"),
+        (["size=1G", "allow_other=maybe"], "expected true or false"),
+    ],
+)
+def test_bad_config_is_refused_with_a_clear_message(config: list[str], message: str) -> None:
+    r = subprocess.run(
+        ["nbdkit", "-f", "-U", "-", "python", str(plugin_path()), *config, "--run", "true"],
+        env=plugin_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr
+
+
+def test_nbdcopy_round_trip(tmp_path: Path) -> None:
+    image = tmp_path / "in.img"
+    image.write_bytes(b"".join(synthetic_pages(2048, seed=3)))
+    with serve(tmp_path, "size=8M", control=False) as srv:
+        subprocess.run(["nbdcopy", str(image), srv.uri], check=True)
+        out = tmp_path / "out.img"
+        subprocess.run(["nbdcopy", srv.uri, str(out)], check=True)
+        assert out.read_bytes() == image.read_bytes()
+        m = subprocess.run(
+            ["nbdinfo", "--map", srv.uri], capture_output=True, text=True, check=True
+        )
+        assert "data" in m.stdout

@@ -1,0 +1,566 @@
+"""The ``zramd`` command: serve a device, and drive it through its control directory.
+
+Every subcommand but ``serve`` and ``stop`` only reads and writes control files, exactly as a
+script would with ``cat`` and ``echo``; the CLI has no logic of its own beyond formatting.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+import zramd
+from zramd.compress import DEFAULT, available
+from zramd.parse import parse_size
+
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+READY_TIMEOUT = 60.0
+
+
+def runtime_dir() -> Path:
+    """/run/zramd for root, $XDG_RUNTIME_DIR/zramd otherwise."""
+    if os.geteuid() == 0:
+        return Path("/run/zramd")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "zramd"
+    return Path(f"/tmp/zramd-{os.getuid()}")  # noqa: S108 - per-user, created 0700
+
+
+def default_socket() -> Path:
+    return runtime_dir() / "zramd.sock"
+
+
+def default_control() -> Path:
+    return runtime_dir() / "control"
+
+
+def default_pidfile() -> Path:
+    return runtime_dir() / "zramd.pid"
+
+
+def plugin_path() -> Path:
+    return Path(zramd.__file__).resolve().parent.parent / "plugin" / "zramd_plugin.py"
+
+
+# -- human sizes like util-linux's size_to_human_string ---------------------------------------
+
+
+def human_size(n: int) -> str:
+    """1024-based, one decimal, a trailing .0 dropped: ``8G``, ``903.8M``, ``512B``."""
+    exp = 0
+    for shift in range(10, 70, 10):
+        if n < (1 << shift):
+            exp = shift - 10
+            break
+    else:
+        exp = 60
+    letter = "BKMGTPE"[exp // 10]
+    dec = n >> exp if exp else n
+    frac = n % (1 << exp) if exp else 0
+    if frac:
+        frac = frac * 1000 // (1 << exp)
+        frac = (frac + 50) // 100 * 10  # one decimal, rounded
+        if frac == 100:
+            dec += 1
+            frac = 0
+    if frac:
+        return f"{dec}.{frac // 10}{letter}"
+    return f"{dec}{letter}"
+
+
+# -- control directory access -----------------------------------------------------------------
+
+
+class ControlFiles:
+    """Reads and writes attributes of one control directory, with one-line errors."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def check(self) -> None:
+        if not (self.path / "mm_stat").exists():
+            raise click.ClickException(
+                f"no zramd control directory at {self.path} (is `zramd serve` running?)"
+            )
+
+    def read(self, attr: str) -> str:
+        try:
+            return (self.path / attr).read_text()
+        except OSError as e:
+            raise click.ClickException(f"reading {attr}: {os.strerror(e.errno or 0)}") from None
+
+    def write(self, attr: str, value: str) -> None:
+        target = self.path / attr
+        if not target.exists():
+            raise click.ClickException(f"{attr}: no such attribute in {self.path}")
+        try:
+            fd = os.open(target, os.O_WRONLY)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            name = errno.errorcode.get(e.errno or 0, str(e.errno))
+            raise click.ClickException(
+                f"writing {value.strip()!r} to {attr}: {os.strerror(e.errno or 0)} ({name})"
+            ) from None
+
+    def mm_stat(self) -> list[int]:
+        return [int(x) for x in self.read("mm_stat").split()]
+
+
+# -- status columns ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    help: str
+    value: Callable[[dict[str, int | str]], int | str | float]
+    size: bool = False  # shown human-readable unless --bytes
+    right: bool = True
+
+
+def _ratio(d: dict[str, int | str]) -> float:
+    total = int(d["total"])
+    return int(d["data"]) / total if total else 0.0
+
+
+COLUMNS = {
+    c.name: c
+    for c in (
+        Column("NAME", "control directory", lambda d: d["name"], right=False),
+        Column(
+            "DISKSIZE", "limit on the uncompressed amount of data", lambda d: d["disksize"], True
+        ),
+        Column("DATA", "uncompressed size of stored data", lambda d: d["data"], True),
+        Column("COMPR", "compressed size of stored data", lambda d: d["compr"], True),
+        Column(
+            "ALGORITHM", "the selected compression algorithm", lambda d: d["algorithm"], right=False
+        ),
+        Column(
+            "STREAMS", "number of concurrent compress operations (not applicable)", lambda d: ""
+        ),
+        Column("ZERO-PAGES", "number of same-filled pages", lambda d: d["same"]),
+        Column("TOTAL", "all memory including allocator fragmentation", lambda d: d["total"], True),
+        Column(
+            "MEM-LIMIT", "memory limit used to store compressed data", lambda d: d["limit"], True
+        ),
+        Column("MEM-USED", "memory zram has consumed at most (peak)", lambda d: d["max"], True),
+        Column("MIGRATED", "number of objects migrated by compaction", lambda d: d["compacted"]),
+        Column("COMP-RATIO", "compression ratio: DATA/TOTAL", _ratio),
+        Column("HUGE-PAGES", "pages stored uncompressed", lambda d: d["huge"]),
+        Column("RSS", "resident memory of the serving process", lambda d: d["rss"], True),
+    )
+}
+DEFAULT_COLUMNS = [
+    "NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL",
+    "MEM-LIMIT", "MEM-USED", "MIGRATED", "COMP-RATIO",
+]  # fmt: skip
+
+
+def device_values(path: Path) -> dict[str, int | str]:
+    files = ControlFiles(path)
+    files.check()
+    mm = files.mm_stat()
+    algo = files.read("comp_algorithm")
+    selected = algo[algo.rfind("[") + 1 : algo.rfind("]")] if "[" in algo else ""
+    mem = files.read("mem_stat").split()
+    return {
+        "name": str(path),
+        "disksize": int(files.read("disksize")),
+        "algorithm": selected,
+        "data": mm[0],
+        "compr": mm[1],
+        "total": mm[2],
+        "limit": mm[3],
+        "max": mm[4],
+        "same": mm[5],
+        "compacted": mm[6],
+        "huge": mm[7],
+        "rss": int(mem[0]),
+    }
+
+
+def parse_columns(spec: str | None) -> list[str]:
+    if not spec:
+        return list(DEFAULT_COLUMNS)
+    base = list(DEFAULT_COLUMNS) if spec.startswith("+") else []
+    for name in spec.lstrip("+").split(","):
+        col = name.strip().upper()
+        if col not in COLUMNS:
+            raise click.BadParameter(
+                f"unknown column {name!r}; available: {', '.join(COLUMNS)}", param_hint="--output"
+            )
+        base.append(col)
+    return base
+
+
+def render(value: int | str | float, column: Column, *, raw_bytes: bool) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if column.size and isinstance(value, int) and not raw_bytes:
+        return human_size(value)
+    return str(value)
+
+
+# -- the group --------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(zramd.__version__)
+def main() -> None:
+    """Compressed RAM block devices served over NBD (Linux's zram, in userspace)."""
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value, what=param.name or "size")
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def check_nbdkit() -> str:
+    nbdkit = shutil.which("nbdkit", path=SBIN_PATH)
+    if nbdkit is None:
+        raise click.ClickException("nbdkit is not installed (apt-get install nbdkit)")
+    out = subprocess.run([nbdkit, "--dump-config"], capture_output=True, text=True, check=False)
+    plugindir = next(
+        (
+            line.split("=", 1)[1]
+            for line in out.stdout.splitlines()
+            if line.startswith("plugindir=")
+        ),
+        "",
+    )
+    if not (Path(plugindir) / "nbdkit-python-plugin.so").exists():
+        raise click.ClickException(
+            "nbdkit's Python plugin is not installed (apt-get install nbdkit-plugin-python)"
+        )
+    return nbdkit
+
+
+def check_socket(path: Path) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # left behind by a server that is gone
+        return
+    finally:
+        probe.close()
+    raise click.ClickException(f"socket {path} is in use by a running server")
+
+
+def check_control(path: Path) -> None:
+    from zramd.fusefs import mount_state  # noqa: PLC0415 - FUSE only for serve
+
+    if not os.path.exists("/dev/fuse"):
+        raise click.ClickException(
+            f"control directory {path} cannot be mounted: /dev/fuse is missing"
+        )
+    if mount_state(path) == "live":
+        raise click.ClickException(f"control directory {path} is in use by a running server")
+
+
+def plugin_env() -> dict[str, str]:
+    """nbdkit embeds /usr/bin/python3: give it this venv's packages and the zramd checkout,
+    and a PATH without pyenv shims (the embedded interpreter derives sys.prefix from PATH)."""
+    env = dict(os.environ)
+    paths = [str(Path(zramd.__file__).resolve().parent.parent), sysconfig.get_paths()["purelib"]]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PATH"] = SBIN_PATH
+    return env
+
+
+def wait_ready(proc: subprocess.Popen[bytes], pidfile: Path, control: Path | None) -> bool:
+    """nbdkit writes its pidfile once the socket listens; the control directory is mounted
+    right after (in after_fork). Ready when both are there; False if the server died."""
+    from zramd.fusefs import mount_state  # noqa: PLC0415
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        listening = pidfile.exists() and pidfile.read_text().strip()
+        if listening and (control is None or mount_state(control) == "live"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# Background servers run under a tiny shell: nbdkit 1.32 sets PR_SET_PDEATHSIG even with -f,
+# so its parent must outlive it, and the shell tidies up after it (nbdkit leaves its socket
+# and pidfile behind; a control mount is only left if nbdkit was killed).
+SUPERVISOR = """
+"$@"
+rc=$?
+rm -f "$ZRAMD_SOCKET" "$ZRAMD_PIDFILE"
+if [ -n "$ZRAMD_CONTROL" ] && grep -qs " $ZRAMD_CONTROL fuse" /proc/mounts; then
+    fusermount3 -u -z "$ZRAMD_CONTROL" 2>/dev/null || umount -l "$ZRAMD_CONTROL"
+fi
+echo "zramd: nbdkit exited with status $rc" >&2
+exit $rc
+"""
+
+
+def last_error(log: Path) -> str:
+    try:
+        lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "no log"
+    errors = [x for x in lines if "rror" in x]
+    return (errors or lines or ["no output"])[-1]
+
+
+@main.command()
+@click.option("--size", default="1G", show_default=True, callback=_size, help="Disk size.")
+@click.option(
+    "--algorithm",
+    default=DEFAULT,
+    show_default=True,
+    type=click.Choice(available()),
+    help="Compression algorithm.",
+)
+@click.option("--level", type=int, help="Compression level (algorithm-specific).")
+@click.option("--mem-limit", callback=_size, help="Pool memory limit (0 = none).")
+@click.option("--socket", "sock", type=click.Path(path_type=Path), help="Unix socket to serve on.")
+@click.option("--control", type=click.Path(path_type=Path), help="Control directory to mount.")
+@click.option("--no-control", is_flag=True, help="Serve without a control directory.")
+@click.option("--pidfile", type=click.Path(path_type=Path), help="Where nbdkit writes its pid.")
+@click.option("--log", "logfile", type=click.Path(path_type=Path), help="Server log (background).")
+@click.option("--auto-compact", default=30, show_default=True, help="Seconds between checks.")
+@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (Ctrl-C stops).")
+def serve(
+    size: int,
+    algorithm: str,
+    level: int | None,
+    mem_limit: int | None,
+    sock: Path | None,
+    control: Path | None,
+    no_control: bool,
+    pidfile: Path | None,
+    logfile: Path | None,
+    auto_compact: int,
+    foreground: bool,
+) -> None:
+    """Serve a compressed RAM block device over NBD on a Unix socket."""
+    nbdkit = check_nbdkit()
+    run = runtime_dir()
+    sock = (sock or default_socket()).absolute()
+    control = None if no_control else (control or default_control()).absolute()
+    pidfile = (pidfile or default_pidfile()).absolute()
+    logfile = (logfile or run / "zramd.log").absolute()
+    for d in {run, sock.parent, pidfile.parent, logfile.parent}:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_socket(sock)
+    if control is not None:
+        check_control(control)
+    args = [nbdkit, "-f", "-U", str(sock), "-P", str(pidfile), "python", str(plugin_path())]
+    args += [f"size={size}", f"comp_algorithm={algorithm}", f"auto_compact={auto_compact}"]
+    if level is not None:
+        args.append(f"level={level}")
+    if mem_limit is not None:
+        args.append(f"mem_limit={mem_limit}")
+    if control is not None:
+        args.append(f"control={control}")
+
+    pidfile.unlink(missing_ok=True)
+    env = plugin_env()
+    if foreground:
+        proc = subprocess.Popen(args, env=env)
+    else:
+        env.update(
+            ZRAMD_SOCKET=str(sock), ZRAMD_PIDFILE=str(pidfile), ZRAMD_CONTROL=str(control or "")
+        )
+        with open(logfile, "ab") as log:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", SUPERVISOR, "zramd-serve", *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+    if not wait_ready(proc, pidfile, control):
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+        where = "above" if foreground else f"log: {logfile}"
+        reason = "" if foreground else f": {last_error(logfile)}"
+        raise click.ClickException(f"nbdkit did not start{reason} ({where})")
+    sock.chmod(0o600)  # nbdkit forces umask 022; only the owner may attach
+    pid = int(pidfile.read_text())
+    info = [
+        f"zramd: serving {human_size(size)} ({algorithm}) on {sock} (pid {pid})",
+        f"  nbd-client:  nbd-client -unix {sock} /dev/nbd0 -N zramd -b 4096",
+        f"  qemu:        -drive file=nbd:unix:{sock},format=raw,if=virtio",
+        f"  nbdfuse:     nbdfuse DIR/disk --unix {sock}   (then losetup -f --show DIR/disk)",
+    ]
+    if control is not None:
+        info.append(f"  control:     {control}   (cat mm_stat; echo 1 > compact)")
+    if not foreground:
+        info.append(f"  log:         {logfile}      stop: zramd stop")
+    click.echo("\n".join(info))
+    if foreground:
+        try:
+            sys.exit(proc.wait())
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            sys.exit(proc.wait())
+
+
+@main.command()
+@click.option("--pidfile", type=click.Path(path_type=Path), help="The server's pidfile.")
+@click.option("--socket", "sock", type=click.Path(path_type=Path), help="The server's socket.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for exit.")
+def stop(pidfile: Path | None, sock: Path | None, timeout: float) -> None:
+    """Stop a server started by `zramd serve`."""
+    pidfile = pidfile or default_pidfile()
+    sock = sock or default_socket()
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        raise click.ClickException(f"no server: cannot read a pid from {pidfile}") from None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)
+        raise click.ClickException(f"no server: process {pid} is gone") from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise click.ClickException(
+            f"server {pid} did not exit within {timeout:g} s "
+            "(nbdkit waits for connected clients to disconnect)"
+        )
+    pidfile.unlink(missing_ok=True)
+    sock.unlink(missing_ok=True)
+    click.echo(f"zramd: stopped server {pid}")
+
+
+control_option = click.option(
+    "--control",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Control directory (default: the one `zramd serve` mounts).",
+)
+
+
+@main.command()
+@control_option
+@click.option("--raw", is_flag=True, help="Use the raw output format.")
+@click.option("--bytes", "-b", "raw_bytes", is_flag=True, help="Print sizes in bytes.")
+@click.option("--json", "as_json", is_flag=True, help="Use JSON output.")
+@click.option("--noheadings", "-n", is_flag=True, help="Don't print headings.")
+@click.option("--output", "-o", help="Columns to print (comma list, +LIST appends).")
+def status(
+    control: Path | None,
+    raw: bool,
+    raw_bytes: bool,
+    as_json: bool,
+    noheadings: bool,
+    output: str | None,
+) -> None:
+    """Show the device's status like zramctl.
+
+    Columns: NAME DISKSIZE DATA COMPR ALGORITHM STREAMS ZERO-PAGES TOTAL MEM-LIMIT MEM-USED
+    MIGRATED COMP-RATIO HUGE-PAGES RSS.
+    """
+    columns = [COLUMNS[c] for c in parse_columns(output)]
+    values = device_values(control or default_control())
+    if as_json:
+        row = {}
+        for c in columns:
+            v = c.value(values)
+            row[c.name.lower()] = (
+                round(v, 4)
+                if isinstance(v, float)
+                else (render(v, c, raw_bytes=raw_bytes) if c.size and not raw_bytes else v)
+            )
+        click.echo(json.dumps({"zramd": [row]}, indent=2))
+        return
+    cells = [render(c.value(values), c, raw_bytes=raw_bytes) for c in columns]
+    header = [c.name for c in columns]
+    if raw:
+        if not noheadings:
+            click.echo(" ".join(header))
+        click.echo(" ".join(cell or '""' for cell in cells))
+        return
+    widths = [max(len(h), len(v)) for h, v in zip(header, cells, strict=True)]
+
+    def line(items: list[str]) -> str:
+        out = [
+            (item.rjust(w) if c.right else item.ljust(w))
+            for item, w, c in zip(items, widths, columns, strict=True)
+        ]
+        return " ".join(out).rstrip()
+
+    if not noheadings:
+        click.echo(line(header))
+    click.echo(line(cells))
+
+
+@main.command()
+@control_option
+def compact(control: Path | None) -> None:
+    """Compact the pool now (echo 1 > compact) and say what it freed."""
+    files = ControlFiles(control or default_control())
+    files.check()
+    before = files.mm_stat()
+    files.write("compact", "1\n")
+    after = files.mm_stat()
+    pages = after[6] - before[6]
+    click.echo(
+        f"compacted {pages} pages ({human_size(pages * 4096)}); "
+        f"pool {human_size(before[2])} -> {human_size(after[2])}"
+    )
+
+
+@main.command(name="set")
+@control_option
+@click.argument("attr")
+@click.argument("value")
+def set_(control: Path | None, attr: str, value: str) -> None:
+    """Write VALUE to a control attribute (echo VALUE > ATTR)."""
+    files = ControlFiles(control or default_control())
+    files.check()
+    files.write(attr, value + "\n")
+
+
+@main.command()
+@control_option
+def reset(control: Path | None) -> None:
+    """Free everything and uninitialise the device (echo 1 > reset)."""
+    files = ControlFiles(control or default_control())
+    files.check()
+    files.write("reset", "1\n")
+
+
+if __name__ == "__main__":
+    main()
