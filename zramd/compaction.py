@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from zramd.size_class import ZS_INUSE_RATIO_100, SizeClass
+from zramd.zspage import OBJ_ALLOCATED_TAG
 
 if TYPE_CHECKING:
     from zramd.pool import ZsPool
@@ -69,20 +70,16 @@ def migrate_zspage(pool: ZsPool, cls: SizeClass, src: int, dst: int) -> None:
     """Move live objects of ``src`` into ``dst`` in index order (caller holds ``cls.lock``)."""
     zspages = pool.zspages
     words = pool.words
+    links = pool.arena.links
     objs = cls.objs_per_zspage
-    freeobj = zspages.freeobj
     inuse = zspages.inuse
-    for off in zspages.object_offsets(src, cls, pool.arena.links):
-        if not words[off >> 3] & 1:  # OBJ_ALLOCATED_TAG
+    for off in zspages.object_offsets(src, cls, links):
+        if not words[off >> 3] & OBJ_ALLOCATED_TAG:
             continue
-        # obj_malloc in the destination
-        dst_off = freeobj[dst]
-        freeobj[dst] = words[dst_off >> 3] >> 1
+        dst_off = zspages.take_object(dst, cls.size, links, words)  # obj_malloc in dst
         inuse[dst] += 1
         pool.move_object(cls, off, dst, dst_off)
-        # obj_free in the source
-        words[off >> 3] = freeobj[src] << 1
-        freeobj[src] = off
+        zspages.put_object(src, off, words)  # obj_free in src
         inuse[src] -= 1
         if inuse[dst] == objs or not inuse[src]:
             break

@@ -56,10 +56,10 @@ class FrameArena:
     __slots__ = (
         "_cache",
         "_free_head",
-        "_map",
         "free_frames",
         "in_use",
         "links",
+        "map",
         "max_frames",
         "release_batch",
         "releases",
@@ -72,8 +72,10 @@ class FrameArena:
             raise ValueError(f"arena of {max_frames} frames outside 2..{MAX_FRAMES}")
         self.max_frames = max_frames
         self.release_batch = max(1, release_batch)
-        self._map = anonymous_map(max_frames << PAGE_SHIFT)
-        self.view = memoryview(self._map)  #: the whole arena; frame f is view[f<<12 : (f+1)<<12]
+        #: the whole arena; frame f is map[f<<12 : (f+1)<<12]. Slicing the mmap copies straight
+        #: into a bytes object; ``view`` is for zero-copy pieces.
+        self.map = anonymous_map(max_frames << PAGE_SHIFT)
+        self.view = memoryview(self.map)
         self.links = lazy_array("i", max_frames)  #: one link word per frame
         self.top = 1  #: frames [1, top) have been handed out at least once (frame 0 is a guard)
         self._free_head = 0  #: released (non-resident) free frames, threaded through links
@@ -164,7 +166,7 @@ class FrameArena:
         return n
 
     def _release_run(self, first: int, last: int) -> None:
-        self._map.madvise(mmap.MADV_DONTNEED, first << PAGE_SHIFT, (last - first + 1) << PAGE_SHIFT)
+        self.map.madvise(mmap.MADV_DONTNEED, first << PAGE_SHIFT, (last - first + 1) << PAGE_SHIFT)
         self.releases += 1
 
     def metadata_bytes(self) -> int:
@@ -175,4 +177,4 @@ class FrameArena:
         """Unmap the arena (every view into it must be gone)."""
         self.links.release()
         self.view.release()
-        self._map.close()
+        self.map.close()

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterable, Sequence
 
 from zramd._types import BytesLike
 from zramd.compaction import compact_class
@@ -185,6 +186,10 @@ class ZsPool:
             return self._header(cls, handle, loc & LOC_OFF_MASK) >> HDR_SIZE_SHIFT
 
     # -- allocation ----------------------------------------------------------------------------
+    #
+    # One allocation path (_alloc) and one free path (_free_locked), both called with the class
+    # lock held; the public single-object calls go through the batch ones, which the device
+    # uses for whole requests (one Python call per request, not per page).
 
     def malloc(self, size: int) -> int:
         """Allocate an object of ``size`` bytes (1..4096) and return its handle.
@@ -192,34 +197,54 @@ class ZsPool:
         Raises ValueError for a bad size, PoolExhaustedError when the arena has no frame left.
         The object's contents are undefined until written.
         """
+        cls = self._class_for(size)
+        with cls.lock:
+            return self._alloc(cls, size)[0]
+
+    def _class_for(self, size: int) -> SizeClass:
         if not 0 < size <= ZS_MAX_ALLOC_SIZE:
             raise ValueError(f"object size {size} outside 1..{ZS_MAX_ALLOC_SIZE}")
-        cls = self._by_size[size]
-        with cls.lock:
-            return self._obj_malloc(cls, size)[0]
+        return self._by_size[size]
 
     def store(self, data: BytesLike) -> int:
-        """``malloc(len(data))`` and ``write`` in one step (the device's hot path)."""
-        size = len(data)
-        if not 0 < size <= ZS_MAX_ALLOC_SIZE:
-            raise ValueError(f"object size {size} outside 1..{ZS_MAX_ALLOC_SIZE}")
-        cls = self._by_size[size]
-        with cls.lock:
-            handle, off = self._obj_malloc(cls, size)
-            if not cls.huge:
-                off += ZS_HANDLE_SIZE
-                end = (off | PAGE_MASK) + 1
-                if off + size > end:
-                    self._put_split(off, end, data, size)
-                    return handle
-            self.arena.view[off : off + size] = data
-        return handle
+        """``malloc(len(data))`` and ``write`` in one step."""
+        return self.store_many((data,))[0]
 
-    def _obj_malloc(self, cls: SizeClass, size: int) -> tuple[int, int]:
-        """Take an object slot and a handle (caller holds ``cls.lock``).
+    def store_many(self, objs: Sequence[BytesLike]) -> list[int]:
+        """Store each buffer as a new object; their handles, in order.
+
+        All or nothing: if one cannot be stored (bad size, arena exhausted), the ones already
+        stored are freed and the exception propagates.
+        """
+        handles: list[int] = []
+        class_for = self._class_for
+        mapped = self.arena.map
+        try:
+            for obj in objs:
+                size = len(obj)
+                cls = class_for(size)
+                with cls.lock:
+                    handle, off = self._alloc(cls, size)
+                    if not cls.huge:
+                        off += ZS_HANDLE_SIZE
+                        end = (off | PAGE_MASK) + 1
+                        if off + size > end:
+                            self._put_split(off, end, obj, size)
+                            handles.append(handle)
+                            continue
+                    mapped[off : off + size] = obj
+                handles.append(handle)
+        except BaseException:
+            self.free_many(handles)
+            raise
+        return handles
+
+    def _alloc(self, cls: SizeClass, size: int) -> tuple[int, int]:
+        """``obj_malloc``: an object slot and a handle (caller holds ``cls.lock``).
 
         Returns the handle and the object's arena offset (of its header, or of the frame for a
-        huge object).
+        huge object). Takes from the fullest non-full zspage; carves a new one only when none
+        has room.
         """
         if cls.huge:
             with self._page_lock:
@@ -237,9 +262,7 @@ class ZsPool:
             else:
                 zid = self._new_zspage(cls)
                 group = 0
-            off = zspages.freeobj[zid]
-            words = self.words
-            zspages.freeobj[zid] = words[off >> 3] >> 1
+            off = zspages.take_object(zid, cls.size, self.arena.links, self.words)
             inuse = zspages.inuse[zid] + 1
             zspages.inuse[zid] = inuse
             new_group = cls.group_of[inuse]
@@ -268,11 +291,11 @@ class ZsPool:
         return handle, off
 
     def _new_zspage(self, cls: SizeClass) -> int:
-        """``alloc_zspage``: frames for an empty zspage, its free list carved (under cls.lock)."""
+        """``alloc_zspage``: frames for an empty zspage (under cls.lock)."""
         with self._page_lock:
             first = self.arena.alloc_chain(cls.pages_per_zspage)
             zid = self.zspages.alloc_id()
-        self.zspages.init_zspage(zid, first, cls, self.arena.links, self.words)
+        self.zspages.init_zspage(zid, first, cls)
         cls.obj_allocated += cls.objs_per_zspage
         return zid
 
@@ -286,42 +309,56 @@ class ZsPool:
 
     def free(self, handle: int) -> None:
         """Free an object. Raises InvalidHandleError for a handle that is not allocated."""
-        cls = self._class_of(handle)
-        with cls.lock:
-            loc = self._location(cls, handle)
-            slot = handle >> HANDLE_CLASS_BITS
-            off = loc & LOC_OFF_MASK
-            if cls.huge:
-                cls.handles[slot] = -1 - cls.free_slot
-                cls.free_slot = slot
-                cls.counts[FULL] -= 1
-                cls.obj_allocated -= 1
-                cls.obj_used -= 1
-                with self._page_lock:
-                    self.arena.free_chain(off >> PAGE_SHIFT)
-                return
-            self._header(cls, handle, off)
-            cls.handles[slot] = -1 - cls.free_slot
+        self.free_many((handle,))
+
+    def free_many(self, handles: Iterable[int]) -> None:
+        """Free every handle; stops at the first invalid one (InvalidHandleError), having
+        freed those before it."""
+        class_of = self._class_of
+        for handle in handles:
+            cls = class_of(handle)
+            with cls.lock:
+                self._free_locked(cls, handle)
+
+    def _free_locked(self, cls: SizeClass, handle: int) -> None:
+        """``obj_free`` + ``fix_fullness_group`` (caller holds ``cls.lock``)."""
+        slot = handle >> HANDLE_CLASS_BITS
+        table = cls.handles
+        loc = table[slot] if slot < len(table) else -1
+        if loc < 0:
+            self._location(cls, handle)  # raises InvalidHandleError
+        off = loc & LOC_OFF_MASK
+        if cls.huge:
+            table[slot] = -1 - cls.free_slot
             cls.free_slot = slot
-            zid = loc >> LOC_SHIFT
-            zspages = self.zspages
-            self.words[off >> 3] = zspages.freeobj[zid] << 1
-            zspages.freeobj[zid] = off
-            inuse = zspages.inuse[zid]
-            group = cls.group_of[inuse]
-            inuse -= 1
-            zspages.inuse[zid] = inuse
+            cls.counts[FULL] -= 1
+            cls.obj_allocated -= 1
             cls.obj_used -= 1
-            new_group = cls.group_of[inuse]
-            if new_group != group:
-                if group == FULL:
-                    cls.counts[FULL] -= 1
-                else:
-                    zspages.unlink(cls, zid, group)
-                if new_group:
-                    zspages.link(cls, zid, new_group)
-                else:
-                    self.free_zspage(cls, zid)
+            with self._page_lock:
+                self.arena.free_chain(off >> PAGE_SHIFT)
+            return
+        if self.words[off >> 3] & HDR_HANDLE_MASK != (handle << 1) | OBJ_ALLOCATED_TAG:
+            self._header(cls, handle, off)  # raises CorruptionError
+        table[slot] = -1 - cls.free_slot
+        cls.free_slot = slot
+        zid = loc >> LOC_SHIFT
+        zspages = self.zspages
+        zspages.put_object(zid, off, self.words)
+        inuse = zspages.inuse[zid]
+        group = cls.group_of[inuse]
+        inuse -= 1
+        zspages.inuse[zid] = inuse
+        cls.obj_used -= 1
+        new_group = cls.group_of[inuse]
+        if new_group != group:
+            if group == FULL:
+                cls.counts[FULL] -= 1
+            else:
+                zspages.unlink(cls, zid, group)
+            if new_group:
+                zspages.link(cls, zid, new_group)
+            else:
+                self.free_zspage(cls, zid)
 
     # -- object bytes --------------------------------------------------------------------------
 
@@ -343,46 +380,69 @@ class ZsPool:
             if off + n > end:
                 self._put_split(off, end, data, n)
             else:
-                self.arena.view[off : off + n] = data
+                self.arena.map[off : off + n] = data
 
     def read(self, handle: int) -> bytes:
-        """A copy of the object's bytes (its allocated size).
+        """A copy of the object's bytes (its allocated size)."""
+        return self.load_many((handle,))[0]
 
-        The copy is taken under the class lock, so callers decompress it without holding any
+    def load_many(self, handles: Iterable[int]) -> list[bytes]:
+        """Copies of the objects' bytes, in order.
+
+        Each copy is taken under its class lock, so callers decompress without holding any
         lock while compaction goes on moving objects.
         """
-        cls = self._class_of(handle)
-        with cls.lock:
-            loc = self._location(cls, handle)
-            off = loc & LOC_OFF_MASK
-            if cls.huge:
-                return self.arena.view[off : off + (loc >> LOC_SHIFT)].tobytes()
-            size = self._header(cls, handle, off) >> HDR_SIZE_SHIFT
-            return self._get(off + ZS_HANDLE_SIZE, size)
+        out: list[bytes] = []
+        class_of = self._class_of
+        mapped = self.arena.map
+        words = self.words
+        for handle in handles:
+            cls = class_of(handle)
+            with cls.lock:
+                # the checks of _location/_header, inline on the hot path; they raise
+                slot = handle >> HANDLE_CLASS_BITS
+                table = cls.handles
+                loc = table[slot] if slot < len(table) else -1
+                if loc < 0:
+                    self._location(cls, handle)
+                off = loc & LOC_OFF_MASK
+                if cls.huge:
+                    out.append(mapped[off : off + (loc >> LOC_SHIFT)])
+                    continue
+                hdr = words[off >> 3]
+                if hdr & HDR_HANDLE_MASK != (handle << 1) | OBJ_ALLOCATED_TAG:
+                    self._header(cls, handle, off)
+                size = hdr >> HDR_SIZE_SHIFT
+                off += ZS_HANDLE_SIZE
+                if (off & PAGE_MASK) + size <= PAGE_SIZE:
+                    out.append(mapped[off : off + size])
+                else:
+                    out.append(self._get(off, size))
+        return out
 
     def _get(self, off: int, n: int) -> bytes:
         """``n`` bytes at arena offset ``off``, following the chain across a frame boundary."""
-        view = self.arena.view
         end = (off | PAGE_MASK) + 1
         if off + n <= end:
-            return view[off : off + n].tobytes()
+            return self.arena.map[off : off + n]  # one copy, straight into a bytes object
+        view = self.arena.view
         nxt = self.arena.links[off >> PAGE_SHIFT] << PAGE_SHIFT
         return b"".join((view[off:end], view[nxt : nxt + n - (end - off)]))
 
     def _put_split(self, off: int, end: int, data: BytesLike, n: int) -> None:
         """Write an object that straddles the frame boundary at ``end``: two copies, no join."""
-        view = self.arena.view
+        mapped = self.arena.map
         src = memoryview(data)
         first = end - off
-        view[off:end] = src[:first]
+        mapped[off:end] = src[:first]
         nxt = self.arena.links[off >> PAGE_SHIFT] << PAGE_SHIFT
-        view[nxt : nxt + n - first] = src[first:]
+        mapped[nxt : nxt + n - first] = src[first:]
 
     def move_object(self, cls: SizeClass, src_off: int, dst_zid: int, dst_off: int) -> None:
         """Copy the object at ``src_off`` (header included) to ``dst_off`` and repoint its handle.
 
         Compaction's ``zs_object_copy`` + ``record_obj``; caller holds ``cls.lock`` and has
-        taken ``dst_off`` off the destination's free list.
+        taken ``dst_off`` from the destination (``take_object``).
         """
         hdr = self.words[src_off >> 3]
         n = ZS_HANDLE_SIZE + (hdr >> HDR_SIZE_SHIFT)
@@ -391,7 +451,7 @@ class ZsPool:
         if dst_off + n > end:
             self._put_split(dst_off, end, data, n)
         else:
-            self.arena.view[dst_off : dst_off + n] = data
+            self.arena.map[dst_off : dst_off + n] = data
         handle = (hdr & HDR_HANDLE_MASK) >> 1
         cls.handles[handle >> HANDLE_CLASS_BITS] = (dst_zid << LOC_SHIFT) | dst_off
         cls.moves += 1

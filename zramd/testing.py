@@ -159,7 +159,15 @@ def check_pool_invariants(pool: ZsPool) -> None:
                 assert not words[off >> 3] & OBJ_ALLOCATED_TAG, "allocated object on a free list"
                 free += 1
                 off = words[off >> 3] >> 1
-            assert free == cls.objs_per_zspage - n
+            assert free + zs.fresh_left[zid] == cls.objs_per_zspage - n
+            carved = zs.object_offsets(zid, cls, links)
+            assert len(carved) == cls.objs_per_zspage - zs.fresh_left[zid]
+            if zs.fresh_left[zid]:  # the cursor points at the first never-used object
+                co, frame = len(carved) * cls.size, zs.first[zid]
+                while co >= PAGE_SIZE:
+                    frame, co = links[frame], co - PAGE_SIZE
+                assert zs.fresh[zid] == (frame << 12) + co, "fresh cursor out of place"
+            assert sum(bool(words[o >> 3] & OBJ_ALLOCATED_TAG) for o in carved) == n
             chain, frame = 0, zs.first[zid]
             while frame:
                 chain += 1

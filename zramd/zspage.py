@@ -14,17 +14,25 @@ size lets ``read(handle)`` return exactly the bytes written. Huge zspages (one f
 keep no header: their object is the whole frame.
 
 Descriptor columns, indexed by zspage id (0 is "none"), live in lazily committed arrays sized
-for the arena, so only ids in use cost memory: 22 bytes per zspage.
+for the arena, so only ids in use cost memory: 32 bytes per zspage.
 
 ============  =====  ========================================================
 column        type   meaning
 ============  =====  ========================================================
 inuse         u16    live objects
-freeobj       i64    arena offset of the first free object's header (0: full)
+freeobj       i64    arena offset of the first object on the free list (0: empty)
+fresh         i64    arena offset of the next never-used object (0: none left)
+fresh_left    u16    never-used objects left
 first         i32    first frame of the chain
 prev, next    i32    neighbours in the class's fullness list; ``next`` also
                      threads free descriptor ids
 ============  =====  ========================================================
+
+Free objects are found on the free list first (freed objects, LIFO, as in the kernel), then
+past the *fresh* cursor. The kernel carves every object of a new zspage into its free list up
+front; in Python that is a store per object (~1 µs each), so objects are carved lazily instead:
+a new zspage costs O(1), and only objects below the cursor have ever held a header (compaction
+and the invariant checker look no further).
 
 Not locked here: a zspage belongs to one class and is touched only under that class's lock;
 ``alloc_id``/``free_id`` run under the pool's page lock.
@@ -34,6 +42,8 @@ from __future__ import annotations
 
 from zramd.frames import lazy_array
 from zramd.size_class import PAGE_SHIFT, PAGE_SIZE, SizeClass
+
+PAGE_MASK = PAGE_SIZE - 1
 
 OBJ_ALLOCATED_TAG = 1
 HDR_HANDLE_SHIFT = 1
@@ -55,6 +65,8 @@ class ZspageTable:
         "count",
         "first",
         "freeobj",
+        "fresh",
+        "fresh_left",
         "inuse",
         "max_zspages",
         "next",
@@ -66,6 +78,8 @@ class ZspageTable:
         self.max_zspages = max_zspages
         self.inuse = lazy_array("H", max_zspages)
         self.freeobj = lazy_array("q", max_zspages)
+        self.fresh = lazy_array("q", max_zspages)
+        self.fresh_left = lazy_array("H", max_zspages)
         self.first = lazy_array("i", max_zspages)
         self.prev = lazy_array("i", max_zspages)
         self.next = lazy_array("i", max_zspages)
@@ -119,31 +133,52 @@ class ZspageTable:
 
     # -- object placement -----------------------------------------------------------------------
 
+    def init_zspage(self, zid: int, first: int, cls: SizeClass) -> None:
+        """An empty zspage on the chain starting at frame ``first``: O(1), nothing carved."""
+        self.first[zid] = first
+        self.inuse[zid] = 0
+        self.freeobj[zid] = 0
+        self.fresh[zid] = first << PAGE_SHIFT
+        self.fresh_left[zid] = cls.objs_per_zspage
+
+    def take_object(self, zid: int, size: int, links: memoryview, words: memoryview) -> int:
+        """``obj_malloc``'s first half: a free object's arena offset (the caller checked that
+        the zspage is not full, and writes the header)."""
+        off: int = self.freeobj[zid]
+        if off:
+            self.freeobj[zid] = words[off >> 3] >> 1
+            return off
+        off = self.fresh[zid]
+        left = self.fresh_left[zid] - 1
+        self.fresh_left[zid] = left
+        if not left:
+            self.fresh[zid] = 0
+        elif (off & PAGE_MASK) + size < PAGE_SIZE:
+            self.fresh[zid] = off + size
+        else:  # the next object starts in the next frame of the chain
+            self.fresh[zid] = (links[off >> PAGE_SHIFT] << PAGE_SHIFT) + (
+                (off & PAGE_MASK) + size - PAGE_SIZE
+            )
+        return off
+
+    def put_object(self, zid: int, off: int, words: memoryview) -> None:
+        """``obj_free``'s list half: push the object on the zspage's free list."""
+        words[off >> 3] = self.freeobj[zid] << 1
+        self.freeobj[zid] = off
+
     def object_offsets(self, zid: int, cls: SizeClass, links: memoryview) -> list[int]:
-        """Arena offsets of the zspage's objects, in index order."""
+        """Arena offsets of the objects handed out at least once, in index order."""
         size = cls.size
         frame = self.first[zid]
         base = 0  # chain offset where ``frame`` starts
         offsets = []
-        for co in range(0, cls.objs_per_zspage * size, size):
+        carved = cls.objs_per_zspage - self.fresh_left[zid]
+        for co in range(0, carved * size, size):
             while co >= base + PAGE_SIZE:
                 frame = links[frame]
                 base += PAGE_SIZE
             offsets.append((frame << PAGE_SHIFT) + co - base)
         return offsets
-
-    def init_zspage(
-        self, zid: int, first: int, cls: SizeClass, links: memoryview, words: memoryview
-    ) -> None:
-        """``init_zspage``: empty descriptor plus a free list through every object, in order."""
-        self.first[zid] = first
-        self.inuse[zid] = 0
-        offsets = self.object_offsets(zid, cls, links)
-        nxt = 0
-        for off in reversed(offsets):
-            words[off >> 3] = nxt << 1
-            nxt = off
-        self.freeobj[zid] = nxt
 
     def metadata_bytes(self) -> int:
         """Descriptor bytes of every id ever used (the resident part of the columns)."""
@@ -152,6 +187,17 @@ class ZspageTable:
         )
         return self.top * per_row
 
+    def _columns(self) -> tuple[memoryview, ...]:
+        return (
+            self.inuse,
+            self.freeobj,
+            self.fresh,
+            self.fresh_left,
+            self.first,
+            self.prev,
+            self.next,
+        )
+
     def close(self) -> None:
-        for column in (self.inuse, self.freeobj, self.first, self.prev, self.next):
+        for column in self._columns():
             column.release()
