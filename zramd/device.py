@@ -38,7 +38,7 @@ import os
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from zramd._types import BytesLike
@@ -101,23 +101,30 @@ def fill_page(word: int) -> bytes:
 
 
 class _IoGate:
-    """Many I/O requests at once, or one lifecycle change (reset, disksize) alone."""
+    """Many I/O requests at once, or one lifecycle change (reset, disksize) alone.
+
+    Requests only count themselves in and out, under the condition's lock taken directly (a
+    C-level context manager; Condition's own __enter__ is Python code, a sixth of a 4 KiB
+    read). The condition is signalled only when a lifecycle change waits for them to drain.
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 0
         self._exclusive = False
+        self._draining = False
 
     def enter(self) -> None:
-        with self._cond:
+        with self._lock:
             while self._exclusive:
                 self._cond.wait()
             self._active += 1
 
     def leave(self) -> None:
-        with self._cond:
+        with self._lock:
             self._active -= 1
-            if not self._active:
+            if self._draining and not self._active:
                 self._cond.notify_all()
 
     @contextmanager
@@ -126,8 +133,10 @@ class _IoGate:
             while self._exclusive:
                 self._cond.wait()
             self._exclusive = True
+            self._draining = True
             while self._active:
                 self._cond.wait()
+            self._draining = False
         try:
             yield
         finally:
@@ -416,55 +425,55 @@ class ZramDevice:
 
     def _read(self, st: _State, offset: int, buf: memoryview) -> None:
         first = offset >> PAGE_SHIFT
-        last = (offset + len(buf) - 1) >> PAGE_SHIFT
-        objs = self._fetch(st, first, last + 1)
-        comp = st.comp
-        pos = 0
+        contents = self._fetch(st, first, ((offset + len(buf) - 1) >> PAGE_SHIFT) + 1)
+        decompress = st.comp.decompress
         head = offset & PAGE_MASK
         end = offset + len(buf)
-        for k, (word, obj, size) in enumerate(objs):
-            if obj is None:
-                page = fill_page(word)
-            elif size == PAGE_SIZE:
-                page = obj
+        pos = 0
+        for k, item in enumerate(contents):
+            if isinstance(item, int):
+                page = fill_page(item)
+            elif len(item) == PAGE_SIZE:
+                page = item  # huge: stored raw
             else:
-                page = comp.decompress(obj, PAGE_SIZE)
-            page_start = (first + k) << PAGE_SHIFT
+                page = decompress(item, PAGE_SIZE)
             lo = head if k == 0 else 0
-            hi = min(PAGE_SIZE, end - page_start)
+            hi = min(PAGE_SIZE, end - ((first + k) << PAGE_SHIFT))
             n = hi - lo
-            if n == PAGE_SIZE:
-                buf[pos : pos + PAGE_SIZE] = page
-            else:
-                buf[pos : pos + n] = page[lo:hi]
+            buf[pos : pos + n] = page if n == PAGE_SIZE else page[lo:hi]
             pos += n
 
-    def _fetch(self, st: _State, first: int, stop: int) -> list[tuple[int, bytes | None, int]]:
-        """Per page: (fill word, copied object or None, object size), taken under slot locks."""
+    def _fetch(self, st: _State, first: int, stop: int) -> list[int | bytes]:
+        """Per page, its fill word (0 for never written) or a copy of its stored object,
+        taken under the slot locks; decompression happens after they are released."""
         slots = st.slots
         flags = slots.flags
         handles = slots.handle
         actime = slots.actime
-        read = st.pool.read
+        load_many = st.pool.load_many
         now = int(self._clock())
-        out: list[tuple[int, bytes | None, int]] = []
+        out: list[int | bytes] = [0] * (stop - first)
         i = first
         while i < stop:
             run_end = min(stop, ((i >> STRIPE_SHIFT) + 1) << STRIPE_SHIFT)
+            stored: list[int] = []
+            where: list[int] = []
             with st.locks[(i >> STRIPE_SHIFT) & STRIPE_MASK]:
                 for j in range(i, run_end):
                     f = flags[j]
-                    size = f & ZRAM_SIZE_MASK
-                    if size:
-                        out.append((0, read(handles[j]), size))
+                    if f & ZRAM_SIZE_MASK:
+                        stored.append(handles[j])
+                        where.append(j - first)
                     elif f & ZRAM_SAME:
-                        out.append((handles[j], None, 0))
+                        out[j - first] = handles[j]
                     else:
-                        out.append((0, None, 0))
                         continue
                     if f & ZRAM_IDLE:
                         flags[j] = f & ~ZRAM_IDLE
                     actime[j] = now
+                if stored:
+                    for k, obj in zip(where, load_many(stored), strict=True):
+                        out[k] = obj
             i = run_end
         return out
 
@@ -514,41 +523,39 @@ class ZramDevice:
         first = offset >> PAGE_SHIFT
         last = (end - 1) >> PAGE_SHIFT
         full_lo = (offset + PAGE_MASK) >> PAGE_SHIFT
-        full_hi = end >> PAGE_SHIFT
-        new: list[tuple[int, int | None, int]] = []  # (page, value or None = free, flags)
+        full_hi = max(end >> PAGE_SHIFT, full_lo)
+        n_full = full_hi - full_lo
+        values: list[int | None] = []
+        flags: list[int] = []
         locks: list[threading.Lock] = []
+        edges: list[tuple[int, int | None, int]] = []
         try:
             if src is not None:
-                base = (full_lo << PAGE_SHIFT) - offset
-                for k in range(full_hi - full_lo):
-                    pos = base + (k << PAGE_SHIFT)
-                    value, flags = self._encode(st, src[pos : pos + PAGE_SIZE])
-                    new.append((full_lo + k, value, flags))
+                values, flags = self._encode_pages(
+                    st, src, (full_lo << PAGE_SHIFT) - offset, n_full
+                )
             elif hole:
-                new.extend((p, None, 0) for p in range(full_lo, full_hi))
+                values, flags = [None] * n_full, [0] * n_full
             else:
-                new.extend((p, 0, ZRAM_SAME) for p in range(full_lo, full_hi))
+                values, flags = [0] * n_full, [ZRAM_SAME] * n_full
             locks = self._lock_stripes(st, first, last)
-            for p in sorted({first, last}):
+            for p in (first,) if first == last else (first, last):
                 if p < full_lo or p >= full_hi:
                     edit = self._edit_locked(st, p, offset, end, src, hole=hole)
                     if edit is not None:
-                        new.append(edit)
+                        edges.append(edit)
         except BaseException:
             for lock in reversed(locks):
                 lock.release()
-            for _, allocated, bits in new:
-                if allocated is not None and bits & ZRAM_SIZE_MASK:
-                    st.pool.free(allocated)
+            self._free_encoded(st, values, flags)
+            self._free_encoded(st, [v for _, v, _ in edges], [f for _, _, f in edges])
             raise
         try:
             now = int(self._clock())
-            for page, value_or_free, flags in new:
-                if value_or_free is None:
-                    self._free_slot(st, page)
-                else:
-                    self._install(st, page, value_or_free, flags, now)
-            if src is None and full_hi > full_lo:  # the kernel counts whole pages visited
+            self._install(st, full_lo, values, flags, now)
+            for page, value, f in edges:
+                self._install(st, page, [value], [f], now)
+            if src is None:  # the kernel counts every whole page a discard visits
                 for page in range(full_lo, full_hi):
                     st.notify_free[(page >> STRIPE_SHIFT) & STRIPE_MASK] += 1
         finally:
@@ -556,17 +563,28 @@ class ZramDevice:
                 lock.release()
 
     @staticmethod
-    def _lock_stripes(st: _State, first: int, last: int) -> list[threading.Lock]:
-        chunks = range(first >> STRIPE_SHIFT, (last >> STRIPE_SHIFT) + 1)
-        ids = (
-            range(NR_STRIPES)
-            if len(chunks) >= NR_STRIPES
-            else sorted({c & STRIPE_MASK for c in chunks})
+    def _free_encoded(st: _State, values: list[int | None], flags: list[int]) -> None:
+        """Give back the objects of encoded pages that were never installed."""
+        st.pool.free_many(
+            v for v, f in zip(values, flags, strict=False) if v is not None and f & ZRAM_SIZE_MASK
         )
-        locks = [st.locks[i] for i in ids]
+
+    @staticmethod
+    def _lock_stripes(st: _State, first: int, last: int) -> list[threading.Lock]:
+        """Take the stripe locks of pages first..last in ascending order; returns them."""
+        if first >> STRIPE_SHIFT == last >> STRIPE_SHIFT:  # the common case: one stripe
+            lock = st.locks[(first >> STRIPE_SHIFT) & STRIPE_MASK]
+            lock.acquire()
+            return [lock]
+        chunks = range(first >> STRIPE_SHIFT, (last >> STRIPE_SHIFT) + 1)
+        if len(chunks) >= NR_STRIPES:
+            ids: Iterable[int] = range(NR_STRIPES)
+        else:
+            ids = sorted({c & STRIPE_MASK for c in chunks})
         taken: list[threading.Lock] = []
         try:
-            for lock in locks:
+            for i in ids:
+                lock = st.locks[i]
                 lock.acquire()
                 taken.append(lock)
         except BaseException:
@@ -587,8 +605,8 @@ class ZramDevice:
     ) -> tuple[int, int | None, int] | None:
         """Read-modify-write encoding of a partially covered page (stripe lock held).
 
-        Returns the new slot contents, or None when nothing changes (zeroing part of a page
-        that holds no data)."""
+        Returns (page, new value or None to free, flags), or None when nothing changes
+        (zeroing part of a page that holds no data)."""
         start = page << PAGE_SHIFT
         lo = max(offset, start) - start
         hi = min(end, start + PAGE_SIZE) - start
@@ -601,37 +619,69 @@ class ZramDevice:
                 return page, None, 0
         else:
             buf[lo:hi] = src[start + lo - offset : start + hi - offset]
-        value, flags = self._encode(st, memoryview(buf))
-        return page, value, flags
+        values, flags = self._encode_pages(st, memoryview(buf), 0, 1)
+        return page, values[0], flags[0]
 
-    def _encode(self, st: _State, page: memoryview) -> tuple[int, int]:
-        """(handle or fill word, slot flags) for one page; allocates pool memory if needed."""
-        word = same_fill(page)
-        if word is not None:
-            return word, ZRAM_SAME
-        c = st.comp.compress(page)
-        clen = len(c)
-        if clen >= st.pool.huge_class_size:
-            return self._store(st, page), ZRAM_HUGE | PAGE_SIZE
-        return self._store(st, c), clen
+    def _encode_pages(
+        self, st: _State, src: memoryview, base: int, count: int
+    ) -> tuple[list[int | None], list[int]]:
+        """Slot contents for ``count`` whole pages of ``src`` from byte ``base``: a fill word
+        (ZRAM_SAME) or a new pool object (compressed, or raw if HUGE). Allocates in batches of
+        one stripe (128 KiB) and checks mem_limit after each, so a big request can overshoot
+        the limit by at most one batch before it is refused."""
+        compress = st.comp.compress
+        huge_size = st.pool.huge_class_size
+        values: list[int | None] = [0] * count
+        flags = [0] * count
+        done = 0
+        try:
+            while done < count:
+                batch = min(count - done, 1 << STRIPE_SHIFT)
+                objs: list[BytesLike] = []
+                where: list[int] = []
+                for k in range(done, done + batch):
+                    pos = base + (k << PAGE_SHIFT)
+                    page = src[pos : pos + PAGE_SIZE]
+                    word = same_fill(page)
+                    if word is not None:
+                        values[k] = word
+                        flags[k] = ZRAM_SAME
+                        continue
+                    c = compress(page)
+                    n = len(c)
+                    if n >= huge_size:
+                        objs.append(page)
+                        flags[k] = ZRAM_HUGE | PAGE_SIZE
+                    else:
+                        objs.append(c)
+                        flags[k] = n
+                    where.append(k)
+                if objs:
+                    for k, handle in zip(where, self._store_many(st, objs), strict=True):
+                        values[k] = handle
+                done += batch
+        except BaseException:
+            self._free_encoded(st, values[:done], flags[:done])
+            raise
+        return values, flags
 
-    def _store(self, st: _State, obj: BytesLike) -> int:
-        """Allocate and fill an object, enforcing mem_limit with one direct compaction."""
+    def _store_many(self, st: _State, objs: list[BytesLike]) -> list[int]:
+        """Allocate and fill objects, enforcing mem_limit with one direct compaction."""
         pool = st.pool
         try:
-            handle = pool.store(obj)
+            handles = pool.store_many(objs)
         except PoolExhaustedError:
             pool.compact()
-            handle = pool.store(obj)
+            handles = pool.store_many(objs)
         limit = self._limit_pages
         total = pool.total_pages
         if limit and total > limit:
-            pool.free(handle)
+            pool.free_many(handles)
             pool.compact()  # the "direct compaction" the 2014 review asked for
-            handle = pool.store(obj)
+            handles = pool.store_many(objs)
             total = pool.total_pages
             if total > limit:
-                pool.free(handle)
+                pool.free_many(handles)
                 raise MemLimitError(
                     f"write refused: the pool would hold {total} pages, over mem_limit "
                     f"({limit} pages) even after compaction"
@@ -639,44 +689,50 @@ class ZramDevice:
         if total > self._max_pages:
             with self._stat_lock:
                 self._max_pages = max(self._max_pages, total)
-        return handle
+        return handles
 
-    def _install(self, st: _State, index: int, value: int, flags: int, now: int) -> None:
-        """Free the slot's old contents and store the new (caller holds the stripe lock)."""
-        self._free_slot(st, index)
+    def _install(
+        self, st: _State, first: int, values: list[int | None], flags: list[int], now: int
+    ) -> None:
+        """Switch slots first.. to their new contents (None: free) and free the old objects;
+        the caller holds every stripe lock involved. Cannot fail."""
         slots = st.slots
-        slots.handle[index] = value
-        slots.flags[index] = flags
-        slots.actime[index] = now
-        s = (index >> STRIPE_SHIFT) & STRIPE_MASK
-        st.stored[s] += 1
-        if flags & ZRAM_SAME:
-            st.same[s] += 1
-        else:
-            st.compr[s] += flags & ZRAM_SIZE_MASK
-            if flags & ZRAM_HUGE:
-                st.huge[s] += 1
-                st.huge_since[s] += 1
-
-    def _free_slot(self, st: _State, index: int) -> None:
-        """``zram_free_page`` (caller holds the stripe lock)."""
-        slots = st.slots
-        f = slots.flags[index]
-        if not f & (ZRAM_SIZE_MASK | ZRAM_SAME | ZRAM_WB):
-            if f:
-                slots.flags[index] = 0
-            return
-        s = (index >> STRIPE_SHIFT) & STRIPE_MASK
-        if f & ZRAM_SAME:
-            st.same[s] -= 1
-        else:
-            st.pool.free(slots.handle[index])
-            st.compr[s] -= f & ZRAM_SIZE_MASK
-            if f & ZRAM_HUGE:
-                st.huge[s] -= 1
-        st.stored[s] -= 1
-        slots.handle[index] = 0
-        slots.flags[index] = 0
+        handle_col = slots.handle
+        flags_col = slots.flags
+        actime = slots.actime
+        stored, same, compr, huge = st.stored, st.same, st.compr, st.huge
+        stale: list[int] = []
+        for k, value in enumerate(values):
+            i = first + k
+            s = (i >> STRIPE_SHIFT) & STRIPE_MASK
+            old = flags_col[i]
+            if old & (ZRAM_SIZE_MASK | ZRAM_SAME | ZRAM_WB):  # zram_free_page
+                if old & ZRAM_SAME:
+                    same[s] -= 1
+                else:
+                    stale.append(handle_col[i])
+                    compr[s] -= old & ZRAM_SIZE_MASK
+                    if old & ZRAM_HUGE:
+                        huge[s] -= 1
+                stored[s] -= 1
+            if value is None:
+                handle_col[i] = 0
+                flags_col[i] = 0
+                continue
+            f = flags[k]
+            handle_col[i] = value
+            flags_col[i] = f
+            actime[i] = now
+            stored[s] += 1
+            if f & ZRAM_SAME:
+                same[s] += 1
+            else:
+                compr[s] += f & ZRAM_SIZE_MASK
+                if f & ZRAM_HUGE:
+                    huge[s] += 1
+                    st.huge_since[s] += 1
+        if stale:
+            st.pool.free_many(stale)
 
     def _load_locked(self, st: _State, index: int) -> bytes:
         """The page's current contents (caller holds the stripe lock)."""

@@ -12,17 +12,24 @@ LZ4_ACCELERATION_DEFAULT = 1  # the kernel backend's default "level" for lz4 is 
 LZ4HC_DEFAULT_CLEVEL = 9
 
 
-def _decompress(name: str, src: BytesLike, size: int) -> bytes:
-    try:
-        out: bytes = lz4.block.decompress(src, uncompressed_size=size)
-    except lz4.block.LZ4BlockError as e:
-        raise CompressionError(f"{name}: corrupt object: {e}") from e
-    if len(out) != size:
-        raise CompressionError(f"{name}: object decompressed to {len(out)} bytes, not {size}")
-    return out
+class _Lz4Decoder:
+    """lz4 and lz4hc share the block decoder."""
+
+    name: str
+
+    def decompress(self, src: BytesLike, size: int) -> bytes:
+        try:
+            out: bytes = lz4.block.decompress(src, uncompressed_size=size)
+        except lz4.block.LZ4BlockError as e:
+            raise CompressionError(f"{self.name}: corrupt object: {e}") from e
+        if len(out) != size:
+            raise CompressionError(
+                f"{self.name}: object decompressed to {len(out)} bytes, not {size}"
+            )
+        return out
 
 
-class Lz4:
+class Lz4(_Lz4Decoder):
     """lz4 fast mode; ``level`` is the acceleration (1 = best ratio, larger = faster)."""
 
     name = "lz4"
@@ -36,11 +43,8 @@ class Lz4:
         out: bytes = lz4.block.compress(src, mode="fast", acceleration=self.level, store_size=False)
         return out
 
-    def decompress(self, src: BytesLike, size: int) -> bytes:
-        return _decompress(self.name, src, size)
 
-
-class Lz4hc:
+class Lz4hc(_Lz4Decoder):
     """lz4 high-compression mode; ``level`` 1..12 (default 9). Same decoder as lz4."""
 
     name = "lz4hc"
@@ -55,9 +59,6 @@ class Lz4hc:
             src, mode="high_compression", compression=self.level, store_size=False
         )
         return out
-
-    def decompress(self, src: BytesLike, size: int) -> bytes:
-        return _decompress(self.name, src, size)
 
 
 LZ4 = Backend("lz4", Lz4, LZ4_ACCELERATION_DEFAULT)
