@@ -1,0 +1,35 @@
+"""The benchmark's machinery (image, servers, nbdcopy, fio, discard, compaction, report) works.
+
+A smoke run only: 16 MiB, 1 s jobs, two systems. The figures themselves live in
+docs/performance.md, never in assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke",
+         "--systems", "zramd-lz4,ceiling", "--out", str(tmp_path), "--charts", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    (result_file,) = tmp_path.glob("bench-*.json")
+    result = json.loads(result_file.read_text())
+    assert set(result["summary"]) == {"zramd-lz4", "ceiling"}
+    ours = result["summary"]["zramd-lz4"]
+    for key in ("seq_write_mib_s", "seq_read_mib_s", "rand_read_iops", "rand_write_iops"):
+        assert ours[key]["median"] > 0
+    assert ours["mem_used_after_compact"]["median"] < ours["mem_used_after_fill"]["median"]
+    assert (tmp_path / "bench-throughput.png").stat().st_size > 1000
+    assert "| seq write 128K" in r.stdout
