@@ -182,10 +182,7 @@ class ZspageTable:
 
     def metadata_bytes(self) -> int:
         """Descriptor bytes of every id ever used (the resident part of the columns)."""
-        per_row = sum(
-            a.itemsize for a in (self.inuse, self.freeobj, self.first, self.prev, self.next)
-        )
-        return self.top * per_row
+        return self.top * sum(column.itemsize for column in self._columns())
 
     def _columns(self) -> tuple[memoryview, ...]:
         return (
