@@ -14,6 +14,7 @@ ZRAMD_VM_ACCEL=kvm.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -54,11 +55,15 @@ def _run(*cmd: str, cwd: Path | None = None) -> str:
 
 def kernel_package() -> str:
     """The kernel image package linux-image-amd64 depends on (e.g. linux-image-6.1.0-56-amd64)."""
-    out = _run("apt-cache", "depends", "linux-image-amd64")
-    m = re.search(r"Depends: (linux-image-[\w.-]+-amd64)", out)
-    if not m:
-        raise RuntimeError(f"cannot find the kernel package of linux-image-amd64:\n{out}")
-    return m.group(1)
+    for attempt in range(2):
+        query = ["apt-cache", "depends", "linux-image-amd64"]
+        out = subprocess.run(query, capture_output=True, text=True, check=False).stdout
+        m = re.search(r"Depends: (linux-image-[\w.-]+-amd64)", out)
+        if m:
+            return m.group(1)
+        if attempt == 0:  # packages may be installed while the lists were never fetched
+            _run("apt-get", "update", "-qq")
+    raise RuntimeError(f"cannot find the kernel package of linux-image-amd64:\n{out}")
 
 
 def kernel_tree() -> tuple[Path, str]:
@@ -119,7 +124,8 @@ def base_initramfs() -> tuple[Path, Path]:
     """(kernel image, base initramfs), built once per kernel version."""
     tree, kver = kernel_tree()
     kernel = tree / "boot" / f"vmlinuz-{kver}"
-    image = CACHE / f"base-{kver}.cpio"
+    recipe = hashlib.sha256(repr((INIT, MODULES, BINARIES)).encode()).hexdigest()[:12]
+    image = CACHE / f"base-{kver}-{recipe}.cpio"  # a changed recipe builds a new image
     if image.exists():
         return kernel, image
     with tempfile.TemporaryDirectory() as tmp:
