@@ -405,6 +405,13 @@ def charts(result: dict[str, Any], outdir: Path) -> list[Path]:
     s = result["summary"]
     names = list(s)
     paths = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        paths.append(outdir / name)
+        fig.savefig(paths[-1], dpi=90)
+        plt.close(fig)
+
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 4))
     for ax, (key, label, unit) in zip(axes, METRICS, strict=True):
         med = [s[n][key]["median"] if s[n].get(key) else 0 for n in names]
@@ -420,11 +427,7 @@ def charts(result: dict[str, Any], outdir: Path) -> list[Path]:
         ax.set_ylabel(unit)
         ax.tick_params(axis="x", rotation=60, labelsize=8)
     fig.suptitle(f"zramd vs peers — throughput (median, min–max), {result['date']}")
-    fig.tight_layout()
-    p = outdir / "bench-throughput.png"
-    fig.savefig(p, dpi=90)
-    paths.append(p)
-    plt.close(fig)
+    save(fig, "bench-throughput.png")
     fig, ax = plt.subplots(figsize=(10, 4.5))
     keys = [
         ("mem_used_after_fill", "pool after fill"),
@@ -440,11 +443,7 @@ def charts(result: dict[str, Any], outdir: Path) -> list[Path]:
     ax.set_ylabel("MiB")
     ax.legend(fontsize=8)
     ax.set_title(f"memory for a {result['image']['size'] >> 20} MiB swap-like image (median)")
-    fig.tight_layout()
-    p = outdir / "bench-memory.png"
-    fig.savefig(p, dpi=90)
-    paths.append(p)
-    plt.close(fig)
+    save(fig, "bench-memory.png")
     return paths
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
 from zramd._types import BytesLike
+from zramd.errors import CompressionError
 
 
 class Compressor(Protocol):
@@ -35,6 +36,14 @@ class Compressor(Protocol):
     def decompress(self, src: BytesLike, size: int) -> bytes:
         """Return exactly ``size`` bytes, or raise CompressionError (corrupt input, wrong size)."""
         ...
+
+
+def exact_size(name: str, out: bytes, size: int) -> bytes:
+    """``out`` if it is exactly ``size`` bytes: a short or long result means a corrupt object,
+    which every backend reports the same way."""
+    if len(out) != size:
+        raise CompressionError(f"{name}: object decompressed to {len(out)} bytes, not {size}")
+    return out
 
 
 #: Builds a compressor from a level and keyword parameters: ValueError for a bad value,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import zlib
 
 from zramd._types import BytesLike
-from zramd.compress.base import Backend
+from zramd.compress.base import Backend, exact_size
 from zramd.errors import CompressionError
 
 DEFLATE_DEF_LEVEL = zlib.Z_DEFAULT_COMPRESSION
@@ -35,9 +35,7 @@ class Deflate:
             out = zlib.decompress(src, -self.winbits, size)
         except zlib.error as e:
             raise CompressionError(f"deflate: corrupt object: {e}") from e
-        if len(out) != size:
-            raise CompressionError(f"deflate: object decompressed to {len(out)} bytes, not {size}")
-        return out
+        return exact_size(self.name, out, size)
 
 
 DEFLATE = Backend("deflate", Deflate, DEFLATE_DEF_LEVEL)

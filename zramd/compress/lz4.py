@@ -5,7 +5,7 @@ from __future__ import annotations
 import lz4.block
 
 from zramd._types import BytesLike
-from zramd.compress.base import Backend
+from zramd.compress.base import Backend, exact_size
 from zramd.errors import CompressionError
 
 LZ4_ACCELERATION_DEFAULT = 1  # the kernel backend's default "level" for lz4 is acceleration 1
@@ -22,11 +22,7 @@ class _Lz4Decoder:
             out: bytes = lz4.block.decompress(src, uncompressed_size=size)
         except lz4.block.LZ4BlockError as e:
             raise CompressionError(f"{self.name}: corrupt object: {e}") from e
-        if len(out) != size:
-            raise CompressionError(
-                f"{self.name}: object decompressed to {len(out)} bytes, not {size}"
-            )
-        return out
+        return exact_size(self.name, out, size)
 
 
 class Lz4(_Lz4Decoder):

@@ -7,7 +7,7 @@ implements it, so it is listed in the registry as unavailable and never offered.
 from __future__ import annotations
 
 from zramd._types import BytesLike
-from zramd.compress.base import Backend, BackendFactory
+from zramd.compress.base import Backend, BackendFactory, exact_size
 from zramd.errors import CompressionError
 
 try:
@@ -33,9 +33,7 @@ class Lzo:
             out: bytes = _lzo.decompress(bytes(src), False, size)
         except _lzo.error as e:
             raise CompressionError(f"lzo: corrupt object: {e}") from e
-        if len(out) != size:
-            raise CompressionError(f"lzo: object decompressed to {len(out)} bytes, not {size}")
-        return out
+        return exact_size(self.name, out, size)
 
 
 _factory: BackendFactory | None = Lzo if _lzo is not None else None

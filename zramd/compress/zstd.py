@@ -10,7 +10,7 @@ import threading
 import zstandard
 
 from zramd._types import BytesLike
-from zramd.compress.base import Backend
+from zramd.compress.base import Backend, exact_size
 from zramd.errors import CompressionError
 
 ZSTD_DEFAULT_LEVEL = 3  # ZSTD_CLEVEL_DEFAULT, what the kernel backend uses without params
@@ -48,9 +48,7 @@ class Zstd:
             out = dctx.decompress(src, max_output_size=size)
         except zstandard.ZstdError as e:
             raise CompressionError(f"zstd: corrupt object: {e}") from e
-        if len(out) != size:
-            raise CompressionError(f"zstd: object decompressed to {len(out)} bytes, not {size}")
-        return out
+        return exact_size(self.name, out, size)
 
 
 ZSTD = Backend("zstd", Zstd, ZSTD_DEFAULT_LEVEL)
