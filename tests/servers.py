@@ -119,3 +119,21 @@ def serve(
         assert "Traceback" not in text, text
         if ctl is not None:
             assert mount_state(ctl) == "none", "control directory left mounted"
+
+
+def block_status(h: nbd.NBD, length: int, offset: int = 0) -> list[tuple[int, int]]:
+    """base:allocation extents ``(length, flags)`` covering ``[offset, offset + length)``,
+    asking again until the server has described the whole range."""
+    out: list[tuple[int, int]] = []
+
+    def cb(meta: str, off: int, entries: list[int], err: object) -> int:
+        if meta == nbd.CONTEXT_BASE_ALLOCATION:
+            out.extend(zip(entries[::2], entries[1::2], strict=True))
+        return 0
+
+    pos = offset
+    while pos < offset + length:
+        n = len(out)
+        h.block_status(offset + length - pos, pos, cb)
+        pos += sum(e[0] for e in out[n:])
+    return out

@@ -12,27 +12,11 @@ import pytest
 from zramd.cli import plugin_env, plugin_path
 from zramd.testing import synthetic_pages
 
-from servers import connect_stdio, serve
+from servers import block_status, connect_stdio, serve
 
 pytestmark = pytest.mark.e2e
 P = 4096
 MiB = 1 << 20
-
-
-def block_status(h: nbd.NBD, length: int, offset: int = 0) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-
-    def cb(meta: str, off: int, entries: list[int], err: object) -> int:
-        if meta == nbd.CONTEXT_BASE_ALLOCATION:
-            out.extend(zip(entries[::2], entries[1::2], strict=True))
-        return 0
-
-    pos = offset
-    while pos < offset + length:
-        n = len(out)
-        h.block_status(offset + length - pos, pos, cb)
-        pos += sum(e[0] for e in out[n:])
-    return out
 
 
 def test_capabilities() -> None:
