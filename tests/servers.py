@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,16 +88,22 @@ class Server:
 
 @contextmanager
 def serve(
-    tmp: Path, *config: str, control: bool = True, check_exit: bool = True
+    tmp: Path,
+    *config: str,
+    control: bool = True,
+    check_exit: bool = True,
+    nbdkit_args: Sequence[str] = (),
 ) -> Iterator[Server]:
     """nbdkit -f on a Unix socket in ``tmp``, with a control directory unless asked not to.
     On exit the server must stop cleanly (status 0, no traceback, control unmounted) unless
-    ``check_exit`` is False (a test that kills it)."""
+    ``check_exit`` is False (a test that kills it). ``nbdkit_args`` go before the plugin
+    (e.g. ``--threads=1``, what ``zramd serve`` runs)."""
     sock = tmp / "zramd.sock"
     pidfile = tmp / "zramd.pid"
     ctl = tmp / "control" if control else None
     log = tmp / "nbdkit.log"
-    args = ["nbdkit", "-f", "-U", str(sock), "-P", str(pidfile), *plugin_args(*config)]
+    args = ["nbdkit", "-f", "-U", str(sock), "-P", str(pidfile), *nbdkit_args]
+    args += plugin_args(*config)
     if ctl is not None:
         args.append(f"control={ctl}")
     with open(log, "wb") as out:

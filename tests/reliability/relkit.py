@@ -15,6 +15,8 @@ soak longer than the documented one.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -106,3 +108,49 @@ def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") 
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.02)
     return time.monotonic() - start
+
+
+# -- a raw NBD client, for requests no well-behaved client sends ------------------------------
+
+NBD_REQUEST_MAGIC = 0x25609513
+NBD_SIMPLE_REPLY_MAGIC = 0x67446698
+NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_DISC = 0, 1, 2
+_OPT_EXPORT_NAME = 1
+_FLAG_C_FIXED_NEWSTYLE, _FLAG_C_NO_ZEROES = 1, 2
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"server closed the connection after {len(buf)}/{n} bytes")
+        buf += chunk
+    return buf
+
+
+def raw_connect(path: Path, *, handshake: bool = True) -> tuple[socket.socket, int]:
+    """A Unix-socket NBD connection negotiated by hand (fixed newstyle, NBD_OPT_EXPORT_NAME,
+    so replies are simple); returns the socket and the export size (0 without handshake)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(str(path))
+    if not handshake:
+        return s, 0
+    hello = _recv_exact(s, 18)
+    assert hello[:16] == b"NBDMAGICIHAVEOPT", hello
+    s.sendall(struct.pack(">I", _FLAG_C_FIXED_NEWSTYLE | _FLAG_C_NO_ZEROES))
+    s.sendall(b"IHAVEOPT" + struct.pack(">II", _OPT_EXPORT_NAME, 0))
+    size, _flags = struct.unpack(">QH", _recv_exact(s, 10))
+    return s, size
+
+
+def raw_request(s: socket.socket, cmd: int, offset: int, length: int, handle: int = 1) -> None:
+    s.sendall(struct.pack(">IHHQQI", NBD_REQUEST_MAGIC, 0, cmd, handle, offset, length))
+
+
+def raw_reply(s: socket.socket) -> tuple[int, int]:
+    """(errno, handle) of a simple reply (the payload of a read is left unread)."""
+    magic, error, handle = struct.unpack(">IIQ", _recv_exact(s, 16))
+    assert magic == NBD_SIMPLE_REPLY_MAGIC, hex(magic)
+    return error, handle
