@@ -67,7 +67,12 @@ def device(initialised: bool, opened: bool) -> ZramDevice:
     return dev
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 400 examples by default, 4000 in the long profile (HYPOTHESIS_PROFILE=slow)
+@settings(
+    max_examples=max(400, 4 * settings.default.max_examples),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     name=st.sampled_from(STORABLE + READ_ONLY),
     value=VALUES,
@@ -96,7 +101,7 @@ def test_store_succeeds_or_fails_cleanly(
         assert len(data) == min(dev.disksize, MiB)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=max(300, 4 * settings.default.max_examples), deadline=None)
 @given(st.text(max_size=80))
 def test_parse_primitives_keep_their_contracts(text: str) -> None:
     value, consumed = memparse(text)
