@@ -158,18 +158,12 @@ class NbdStore:
             h.connect_uri(uri)
             read_only = h.is_read_only()
             size = int(h.get_size())
-        except nbd.Error as e:
-            h.close()
+        except nbd.Error as e:  # the handle closes when its last reference goes
             raise BackingError(f"backing_dev {uri}: {e.string}", e.errnum or errno.EIO) from None
         if read_only:
-            h.close()
             raise BackingError(f"backing_dev {uri}: the export is read-only", errno.EROFS)
-        try:
-            self._blocks = _check_size(size, uri) >> PAGE_SHIFT
-        except BackingError:
-            h.close()
-            raise
-        self._h = h
+        self._blocks = _check_size(size, uri) >> PAGE_SHIFT
+        self._h: Any = h
 
     @property
     def name(self) -> str:
@@ -227,9 +221,11 @@ class NbdStore:
 
     def close(self) -> None:
         with self._lock:
+            if self._h is None:
+                return
             with contextlib.suppress(self._nbd.Error):  # the server may be gone already
                 self._h.shutdown()
-            self._h.close()
+            self._h = None  # libnbd closes the handle with its last reference
 
 
 def open_store(spec: str) -> BackingStore:

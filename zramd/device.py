@@ -850,8 +850,9 @@ class ZramDevice:
                     found = (p, c)
                     break
             if found is None:
-                if tried == len(todo) and todo[-1] == last:
-                    self._mark_incompressible(st, index, handle)
+                self._tried(
+                    st, index, handle, incompressible=tried == len(todo) and todo[-1] == last
+                )
                 continue
             p, c = found
             new = pool.store_many([c])[0]
@@ -863,11 +864,14 @@ class ZramDevice:
         return done
 
     @staticmethod
-    def _mark_incompressible(st: _State, index: int, handle: int) -> None:
+    def _tried(st: _State, index: int, handle: int, *, incompressible: bool) -> None:
+        """A slot no algorithm improved: it was touched, so it is no longer IDLE (and not
+        picked for another post-processing); INCOMPRESSIBLE if the last algorithm failed."""
         with st.locks[(index >> STRIPE_SHIFT) & STRIPE_MASK]:
             f = st.slots.flags[index]
             if f & ZRAM_PP_SLOT and st.slots.handle[index] == handle:
-                st.slots.flags[index] = (f & ~ZRAM_PP_SLOT) | ZRAM_INCOMPRESSIBLE
+                f &= ~(ZRAM_PP_SLOT | ZRAM_IDLE)
+                st.slots.flags[index] = f | (ZRAM_INCOMPRESSIBLE if incompressible else 0)
 
     @staticmethod
     def _complete_recompress(
