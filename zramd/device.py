@@ -957,13 +957,14 @@ class ZramDevice:
         load_many = st.pool.load_many
         now = int(self._clock())
         out: list[int | bytes] = [0] * (stop - first)
-        other: list[tuple[int, int]] = []  # (page, flags) of recompressed and written-back pages
+        recompressed: list[tuple[int, int]] = []  # (page, flags)
         i = first
         while i < stop:
             run_end = min(stop, ((i >> STRIPE_SHIFT) + 1) << STRIPE_SHIFT)
             stored: list[int] = []
             where: list[int] = []
             blocks: list[int] = []
+            block_where: list[int] = []
             with st.locks[(i >> STRIPE_SHIFT) & STRIPE_MASK]:
                 for j in range(i, run_end):
                     f = flags[j]
@@ -971,12 +972,12 @@ class ZramDevice:
                         stored.append(handles[j])
                         where.append(j - first)
                         if f & ZRAM_COMP_PRIORITY_MASK:
-                            other.append((j - first, f))
+                            recompressed.append((j - first, f))
                     elif f & ZRAM_SAME:
                         out[j - first] = handles[j]
                     elif f & ZRAM_WB:
                         blocks.append(handles[j])
-                        other.append((j - first, f))
+                        block_where.append(j - first)
                     else:
                         continue
                     if f & ACCESSED:  # any access ends idleness and post-processing picks
@@ -985,21 +986,18 @@ class ZramDevice:
                 if stored:
                     for k, obj in zip(where, load_many(stored), strict=True):
                         out[k] = obj
-                if blocks:  # read under the lock: the block may be freed once it is dropped
+                if blocks:  # read under the lock: the block may be reused once it is dropped
                     assert st.backing is not None
-                    pages = iter(st.backing.read(blocks))
-                    for k, f in other:
-                        if f & ZRAM_WB and k >= i - first:
-                            out[k] = next(pages)
+                    for k, page in zip(block_where, st.backing.read(blocks), strict=True):
+                        out[k] = page  # whole pages: the caller copies them like huge ones
             i = run_end
         # objects made by a secondary algorithm: decompressed here, the rest by the caller
-        for k, f in other:
-            if not f & ZRAM_WB:
-                comp = st.comps[(f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT]
-                assert comp is not None
-                packed = out[k]
-                assert isinstance(packed, bytes)
-                out[k] = comp.decompress(packed, PAGE_SIZE)
+        for k, f in recompressed:
+            comp = st.comps[(f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT]
+            assert comp is not None
+            packed = out[k]
+            assert isinstance(packed, bytes)
+            out[k] = comp.decompress(packed, PAGE_SIZE)
         return out
 
     def write(self, offset: int, data: BytesLike) -> None:
