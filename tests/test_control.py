@@ -159,6 +159,30 @@ def test_setup_like_zramctl(dev: ZramDevice) -> None:
         ("algorithm_params", b"priority=2 level=1\n", errno.EINVAL),
         ("algorithm_params", b"algo=zstd level=1\n", errno.EINVAL),  # zstd is not selected
         ("disksize", b"\xff\n", errno.EINVAL),
+        ("backing_dev", b"/nonexistent/backing\n", errno.ENOENT),
+        ("backing_dev", b"\n", errno.EINVAL),
+        ("backing_dev", b"/dev/null\n", errno.ENOTBLK),
+        ("writeback", b"idle\n", errno.EINVAL),  # not initialised
+        ("recompress", b"type=idle\n", errno.EINVAL),  # not initialised
+        ("writeback_limit", b"lots\n", errno.EINVAL),
+        ("writeback_limit", b"18446744073709551616\n", errno.ERANGE),
+        ("writeback_limit_enable", b"yes\n", errno.EINVAL),
+        ("writeback_batch_size", b"0\n", errno.EINVAL),
+        ("writeback_batch_size", b"4294967296\n", errno.ERANGE),
+        ("recomp_algorithm", b"priority=1\n", errno.EINVAL),  # no algo
+        ("recomp_algorithm", b"algo\n", errno.EINVAL),  # key without value
+        ("recomp_algorithm", b"algo=zstd priority=4\n", errno.EINVAL),
+        ("recomp_algorithm", b"algo=zstd priority=0\n", errno.EINVAL),
+        ("recomp_algorithm", b"algo=zstd priority=x\n", errno.EINVAL),
+        ("recomp_algorithm", b"algo=snappy\n", errno.EINVAL),
+        ("recomp_algorithm", b"algo=" + b"z" * 128 + b"\n", errno.E2BIG),
+        ("auto_compact", b"\n", errno.EINVAL),
+        ("auto_compact", b"interval=-1\n", errno.EINVAL),
+        ("auto_compact", b"interval=90000\n", errno.ERANGE),
+        ("auto_compact", b"min_percent=101\n", errno.ERANGE),
+        ("auto_compact", b"min_bytes=lots\n", errno.EINVAL),
+        ("auto_compact", b"speed=9\n", errno.EINVAL),
+        ("auto_compact", b"interval\n", errno.EINVAL),
     ],
 )
 def test_bad_writes_before_init(dev: ZramDevice, attr: str, value: bytes, err: int) -> None:
@@ -303,42 +327,6 @@ def test_writeback_parser_order() -> None:
     assert plan(100) == [(0, 5, 6), (0, 7, 10), (PP_IDLE, 7, 10)]
     assert writeback_plan("type=huge_idle")(100) == [(PP_IDLE | PP_HUGE, 0, 100)]
     assert writeback_plan('"type=incompressible"')(8) == [(PP_INCOMPRESSIBLE, 0, 8)]
-
-
-@pytest.mark.parametrize(
-    ("attr", "value", "err"),
-    [
-        ("backing_dev", b"/nonexistent/backing\n", errno.ENOENT),
-        ("backing_dev", b"\n", errno.EINVAL),
-        ("backing_dev", b"/dev/null\n", errno.ENOTBLK),
-        ("writeback", b"idle\n", errno.EINVAL),  # not initialised
-        ("recompress", b"type=idle\n", errno.EINVAL),  # not initialised
-        ("writeback_limit", b"lots\n", errno.EINVAL),
-        ("writeback_limit", b"18446744073709551616\n", errno.ERANGE),
-        ("writeback_limit_enable", b"yes\n", errno.EINVAL),
-        ("writeback_batch_size", b"0\n", errno.EINVAL),
-        ("writeback_batch_size", b"4294967296\n", errno.ERANGE),
-        ("recomp_algorithm", b"priority=1\n", errno.EINVAL),  # no algo
-        ("recomp_algorithm", b"algo\n", errno.EINVAL),  # key without value
-        ("recomp_algorithm", b"algo=zstd priority=4\n", errno.EINVAL),
-        ("recomp_algorithm", b"algo=zstd priority=0\n", errno.EINVAL),
-        ("recomp_algorithm", b"algo=zstd priority=x\n", errno.EINVAL),
-        ("recomp_algorithm", b"algo=snappy\n", errno.EINVAL),
-        ("recomp_algorithm", b"algo=" + b"z" * 128 + b"\n", errno.E2BIG),
-        ("auto_compact", b"\n", errno.EINVAL),
-        ("auto_compact", b"interval=-1\n", errno.EINVAL),
-        ("auto_compact", b"interval=90000\n", errno.ERANGE),
-        ("auto_compact", b"min_percent=101\n", errno.ERANGE),
-        ("auto_compact", b"min_bytes=lots\n", errno.EINVAL),
-        ("auto_compact", b"speed=9\n", errno.EINVAL),
-        ("auto_compact", b"interval\n", errno.EINVAL),
-    ],
-)
-def test_bad_tier_writes_before_init(dev: ZramDevice, attr: str, value: bytes, err: int) -> None:
-    readable = [a.name for a in ATTRIBUTES if a.show and a.name not in ("mem_stat", "classes")]
-    before = [show(dev, name) for name in readable]
-    assert errno_of(dev, attr, value) == err
-    assert [show(dev, name) for name in readable] == before
 
 
 @pytest.mark.parametrize(

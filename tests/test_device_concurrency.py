@@ -46,6 +46,44 @@ def run_threads(targets: list[Callable[[], None]]) -> None:
     assert not errors, errors
 
 
+def region_client(
+    dev: ZramDevice,
+    w: int,
+    model: bytearray,
+    sources: list[bytes],
+    *,
+    steps: int,
+    max_pages: int,
+    discards: float,
+    done: threading.Event | None = None,
+) -> Callable[[], None]:
+    """A client owning region ``w`` (``len(model)`` bytes): random writes (half the steps),
+    discards (``discards`` of them) and reads, each read checked against its model."""
+    region = len(model)
+    base = w * region
+
+    def run() -> None:
+        rng = random.Random(w)
+        for _ in range(steps):
+            off = rng.randrange(region)
+            length = rng.randint(1, min(region - off, max_pages * P))
+            op = rng.random()
+            if op < 0.5:
+                data = (b"".join(rng.sample(sources, 3)))[rng.randrange(P) :][:length]
+                data = data.ljust(length, b"z")
+                dev.write(base + off, data)
+                model[off : off + length] = data
+            elif op < 0.5 + discards:
+                dev.discard(base + off, length)
+                model[off : off + length] = bytes(length)
+            else:
+                assert dev.read(base + off, length) == model[off : off + length]
+        if done is not None:
+            done.set()
+
+    return run
+
+
 def test_regions_with_compaction_alongside() -> None:
     dev = ZramDevice()
     region = 256 * P
@@ -56,28 +94,16 @@ def test_regions_with_compaction_alongside() -> None:
     stop = threading.Event()
 
     def worker(w: int) -> Callable[[], None]:
-        def run() -> None:
-            rng = random.Random(w)
-            model = models[w]
-            base = w * region
-            for _ in range(1500):
-                off = rng.randrange(region)
-                length = rng.randint(1, min(region - off, 6 * P))
-                op = rng.random()
-                if op < 0.5:
-                    data = (b"".join(rng.sample(sources, 3)))[rng.randrange(P) :][:length]
-                    data = data.ljust(length, b"z")
-                    dev.write(base + off, data)
-                    model[off : off + length] = data
-                elif op < 0.65:
-                    dev.discard(base + off, length)
-                    model[off : off + length] = bytes(length)
-                else:
-                    assert dev.read(base + off, length) == model[off : off + length]
-            if w == 0:
-                stop.set()
-
-        return run
+        return region_client(
+            dev,
+            w,
+            models[w],
+            sources,
+            steps=1500,
+            max_pages=6,
+            discards=0.15,
+            done=stop if w == 0 else None,
+        )
 
     compactions = [0]
 
@@ -173,28 +199,16 @@ def test_tiers_under_concurrent_io(tmp_path: Path) -> None:
     done = [0, 0, 0]
 
     def worker(w: int) -> Callable[[], None]:
-        def run() -> None:
-            rng = random.Random(w)
-            model = models[w]
-            base = w * region
-            for _ in range(1200):
-                off = rng.randrange(region)
-                length = rng.randint(1, min(region - off, 5 * P))
-                op = rng.random()
-                if op < 0.45:
-                    data = (b"".join(rng.sample(sources, 3)))[rng.randrange(P) :][:length]
-                    data = data.ljust(length, b"q")
-                    dev.write(base + off, data)
-                    model[off : off + length] = data
-                elif op < 0.55:
-                    dev.discard(base + off, length)
-                    model[off : off + length] = bytes(length)
-                else:
-                    assert dev.read(base + off, length) == model[off : off + length]
-            if w == 0:
-                stop.set()
-
-        return run
+        return region_client(
+            dev,
+            w,
+            models[w],
+            sources,
+            steps=1200,
+            max_pages=5,
+            discards=0.1,
+            done=stop if w == 0 else None,
+        )
 
     def post_processor() -> None:
         shrinker = Shrinker(dev, pressure=lambda: False)

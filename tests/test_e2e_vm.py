@@ -32,17 +32,24 @@ echo "SWAP-USED-KB $((total - free))"
 """
 
 
+def swap_in_guest(socket: Path, tmp_path: Path) -> int:
+    """Run SWAP_SCRIPT in a 160 MB guest whose disk is the export; check the checksums and
+    return the bytes the guest swapped out."""
+    drive = f"file=nbd:unix:{socket},format=raw,if=virtio,cache=none"
+    rc, out = run_vm(SWAP_SCRIPT, tmp_path, memory="160M", qemu_args=["-drive", drive])
+    assert rc == 0, out[-3000:]
+    assert "TEXT-OK" in out, out[-3000:]
+    assert "RANDOM-OK" in out, out[-3000:]
+    m = re.search(r"SWAP-USED-KB (\d+)", out)
+    assert m, out[-3000:]
+    swapped = int(m.group(1)) * 1024
+    assert swapped > 50 * MiB  # the guest really was driven into swap
+    return swapped
+
+
 def test_guest_swaps_into_zramd_over_qemu_nbd(tmp_path: Path) -> None:
     with serve(tmp_path, "size=512M") as srv:
-        drive = f"file=nbd:unix:{srv.socket},format=raw,if=virtio,cache=none"
-        rc, out = run_vm(SWAP_SCRIPT, tmp_path, memory="160M", qemu_args=["-drive", drive])
-        assert rc == 0, out[-3000:]
-        assert "TEXT-OK" in out, out[-3000:]
-        assert "RANDOM-OK" in out, out[-3000:]
-        m = re.search(r"SWAP-USED-KB (\d+)", out)
-        assert m, out[-3000:]
-        swapped = int(m.group(1)) * 1024
-        assert swapped > 50 * MiB  # the guest really was driven into swap
+        swapped = swap_in_guest(srv.socket, tmp_path)
         orig, compr, used = srv.mm_stat()[:3]
         assert orig >= swapped  # every swapped page is stored (freed slots are not discarded)
         assert compr < orig  # and compressed
@@ -118,18 +125,10 @@ def test_guest_swap_beyond_mem_limit_with_writeback(tmp_path: Path) -> None:
         t = threading.Thread(target=writeback_loop)
         t.start()
         try:
-            drive = f"file=nbd:unix:{srv.socket},format=raw,if=virtio,cache=none"
-            rc, out = run_vm(SWAP_SCRIPT, tmp_path, memory="160M", qemu_args=["-drive", drive])
+            swapped = swap_in_guest(srv.socket, tmp_path)
         finally:
             stop.set()
             t.join()
-        assert rc == 0, out[-3000:]
-        assert "TEXT-OK" in out, out[-3000:]
-        assert "RANDOM-OK" in out, out[-3000:]
-        m = re.search(r"SWAP-USED-KB (\d+)", out)
-        assert m, out[-3000:]
-        swapped = int(m.group(1)) * 1024
-        assert swapped > 50 * MiB
         mm = srv.mm_stat()
         bd_count, bd_reads, bd_writes = (int(x) for x in srv.attr("bd_stat").split())
         failed_writes = int(srv.attr("io_stat").split()[1])

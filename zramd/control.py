@@ -125,6 +125,17 @@ def _text(data: bytes, attr: str) -> str:
         raise InvalidValueError(f"{attr}: value is not ASCII text") from None
 
 
+def _params(data: bytes, attr: str) -> list[tuple[str, str]]:
+    """The ``key=value`` words of a write (kernel ``next_arg`` rules); a key without a value
+    is EINVAL, as every zram handler of this syntax answers."""
+    out = []
+    for key, value in next_args(_text(data, attr)):
+        if not value:
+            raise InvalidValueError(f"{attr}: {key} needs a value ({key}=...)")
+        out.append((key, value))
+    return out
+
+
 def disksize_show(dev: ZramDevice) -> str:
     return f"{dev.disksize}\n"
 
@@ -196,9 +207,7 @@ def algorithm_params_store(dev: ZramDevice, data: bytes) -> None:
     winbits: int | None = None
     algo: str | None = None
     dict_path: str | None = None
-    for key, value in next_args(_text(data, "algorithm_params")):
-        if not value:
-            raise InvalidValueError(f"algorithm_params: {key} needs a value ({key}=...)")
+    for key, value in _params(data, "algorithm_params"):
         if key == "priority":
             priority = kstrtoint(value, what="algorithm_params priority")
         elif key == "level":
@@ -331,9 +340,7 @@ def recomp_algorithm_show(dev: ZramDevice) -> str:
 def recomp_algorithm_store(dev: ZramDevice, data: bytes) -> None:
     algo: str | None = None
     priority = 1
-    for key, value in next_args(_text(data, "recomp_algorithm")):
-        if not value:
-            raise InvalidValueError(f"recomp_algorithm: {key} needs a value ({key}=...)")
+    for key, value in _params(data, "recomp_algorithm"):
         if key == "algo":
             algo = value
         elif key == "priority":
@@ -353,9 +360,7 @@ def recompress_store(dev: ZramDevice, data: bytes) -> None:
     max_pages: int | None = None
     algo: str | None = None
     priority: int | None = None
-    for key, value in next_args(_text(data, "recompress")):
-        if not value:
-            raise InvalidValueError(f"recompress: {key} needs a value ({key}=...)")
+    for key, value in _params(data, "recompress"):
         if key == "type":
             mode = RECOMPRESS_TYPES.get(value, 0)  # as the kernel: anything else means all
         elif key == "max_pages":
@@ -378,9 +383,7 @@ def auto_compact_show(dev: ZramDevice) -> str:
 
 def auto_compact_store(dev: ZramDevice, data: bytes) -> None:
     changes: dict[str, int] = {}
-    for key, value in next_args(_text(data, "auto_compact")):
-        if not value:
-            raise InvalidValueError(f"auto_compact: {key} needs a value ({key}=...)")
+    for key, value in _params(data, "auto_compact"):
         if key == "interval":
             changes[key] = kstrtoull(value, what="auto_compact interval", limit=86400)
         elif key == "min_bytes":
