@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -424,3 +425,23 @@ def test_written_back_and_recompressed_pages_mix(tmp_path: Path, data: bytes) ->
     expect[(PAGES - 1) * P + 4000 : (PAGES - 1) * P + 4004] = b"tail"
     assert d.read(0, len(data)) == expect
     d.reset()
+
+
+def test_a_block_device_as_backing_dev(tmp_path: Path, data: bytes) -> None:
+    """The kernel's usual case: a block device (here a loop device over a file)."""
+    image = backing_file(tmp_path, blocks=512)
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", image], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        d = ZramDevice()
+        d.set_backing_dev(loop)
+        assert d.backing_dev == loop
+        d.set_disksize(PAGES * P)
+        d.write(0, data)
+        n = d.writeback([(0, 0, PAGES)])
+        assert n == d.bd_stat().bd_count > 0
+        assert d.read(0, len(data)) == data
+        d.reset()  # closes the device, so the loop can go
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
