@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,10 +18,13 @@ from zramd.control import (
     format_mm_stat,
     show,
     store,
+    writeback_plan,
 )
-from zramd.device import ZramDevice
+from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice
 from zramd.errors import ZramdError
+from zramd.slots import ZRAM_COMP_PRIORITY_MASK
 from zramd.stats import DebugStat, IoStat, MmStat
+from zramd.testing import synthetic_pages
 
 P = 4096
 
@@ -155,6 +159,30 @@ def test_setup_like_zramctl(dev: ZramDevice) -> None:
         ("algorithm_params", b"priority=2 level=1\n", errno.EINVAL),
         ("algorithm_params", b"algo=zstd level=1\n", errno.EINVAL),  # zstd is not selected
         ("disksize", b"\xff\n", errno.EINVAL),
+        ("backing_dev", b"/nonexistent/backing\n", errno.ENOENT),
+        ("backing_dev", b"\n", errno.EINVAL),
+        ("backing_dev", b"/dev/null\n", errno.ENOTBLK),
+        ("writeback", b"idle\n", errno.EINVAL),  # not initialised
+        ("recompress", b"type=idle\n", errno.EINVAL),  # not initialised
+        ("writeback_limit", b"lots\n", errno.EINVAL),
+        ("writeback_limit", b"18446744073709551616\n", errno.ERANGE),
+        ("writeback_limit_enable", b"yes\n", errno.EINVAL),
+        ("writeback_batch_size", b"0\n", errno.EINVAL),
+        ("writeback_batch_size", b"4294967296\n", errno.ERANGE),
+        ("recomp_algorithm", b"priority=1\n", errno.EINVAL),  # no algo
+        ("recomp_algorithm", b"algo\n", errno.EINVAL),  # key without value
+        ("recomp_algorithm", b"algo=zstd priority=4\n", errno.EINVAL),
+        ("recomp_algorithm", b"algo=zstd priority=0\n", errno.EINVAL),
+        ("recomp_algorithm", b"algo=zstd priority=x\n", errno.EINVAL),
+        ("recomp_algorithm", b"algo=snappy\n", errno.EINVAL),
+        ("recomp_algorithm", b"algo=" + b"z" * 128 + b"\n", errno.E2BIG),
+        ("auto_compact", b"\n", errno.EINVAL),
+        ("auto_compact", b"interval=-1\n", errno.EINVAL),
+        ("auto_compact", b"interval=90000\n", errno.ERANGE),
+        ("auto_compact", b"min_percent=101\n", errno.ERANGE),
+        ("auto_compact", b"min_bytes=lots\n", errno.EINVAL),
+        ("auto_compact", b"speed=9\n", errno.EINVAL),
+        ("auto_compact", b"interval\n", errno.EINVAL),
     ],
 )
 def test_bad_writes_before_init(dev: ZramDevice, attr: str, value: bytes, err: int) -> None:
@@ -224,3 +252,117 @@ def test_mem_stat_fields(dev: ZramDevice) -> None:
 def test_lookup_unknown() -> None:
     with pytest.raises(ZramdError, match="no attribute"):
         control.lookup("nope")
+
+
+# -- memory tiers: backing_dev, writeback*, bd_stat, recomp_algorithm, recompress ---------------
+
+
+@pytest.fixture
+def backing(tmp_path: Path) -> str:
+    path = tmp_path / "backing.img"
+    with open(path, "wb") as f:
+        f.truncate(4 << 20)
+    return str(path)
+
+
+def test_tier_attributes_before_init(dev: ZramDevice, backing: str) -> None:
+    assert show(dev, "backing_dev") == b"none\n"
+    assert show(dev, "bd_stat") == b"       0        0        0\n"
+    assert show(dev, "writeback_limit") == b"0\n"
+    assert show(dev, "writeback_limit_enable") == b"0\n"
+    assert show(dev, "writeback_batch_size") == b"32\n"
+    assert show(dev, "recomp_algorithm") == b""
+    store(dev, "backing_dev", backing.encode() + b"\n")
+    assert show(dev, "backing_dev") == backing.encode() + b"\n"
+    store(dev, "recomp_algorithm", b"algo=zstd\n")
+    store(dev, "recomp_algorithm", b"algo=deflate priority=3\n")
+    assert show(dev, "recomp_algorithm") == (
+        b"#1: "
+        + format_comp_algorithm("zstd").encode()
+        + b"#3: "
+        + format_comp_algorithm("deflate").encode()
+    )
+    store(dev, "algorithm_params", b"algo=zstd level=9\n")  # a secondary's parameters
+    store(dev, "writeback_limit", b"100\n")
+    store(dev, "writeback_limit_enable", b"1\n")
+    store(dev, "writeback_batch_size", b"8\n")
+    assert (dev.writeback_limit, dev.writeback_limit_enable, dev.writeback_batch_size) == (
+        100,
+        True,
+        8,
+    )
+    store(dev, "auto_compact", b"interval=5 min_bytes=4M min_percent=10\n")
+    assert show(dev, "auto_compact") == b"interval=5 min_bytes=4194304 min_percent=10\n"
+    assert show(dev, "compact_stat") == b"       0        0        0        0        0\n"
+
+
+def test_writeback_and_recompress_through_the_attributes(dev: ZramDevice, backing: str) -> None:
+    store(dev, "backing_dev", backing.encode())
+    store(dev, "recomp_algorithm", b"algo=zstd priority=1")
+    store(dev, "disksize", b"1M\n")
+    data = b"".join(synthetic_pages(256, seed=8))
+    dev.write(0, data)
+    store(dev, "recompress", b"type=huge_idle threshold=100 max_pages=1000\n")  # none idle yet
+    assert not any(dev.slot_flags(i) & ZRAM_COMP_PRIORITY_MASK for i in range(256))
+    store(dev, "idle", b"all\n")
+    store(dev, "recompress", b"type=idle algo=zstd\n")
+    assert any(dev.slot_flags(i) & ZRAM_COMP_PRIORITY_MASK for i in range(256))
+    store(dev, "writeback", b"page_index=3\n")  # the pre-6.16 single-page form
+    store(dev, "writeback", b"page_indexes=10-19 page_index=30\n")
+    written = int(show(dev, "bd_stat").split()[2])
+    assert 0 < written <= 12
+    store(dev, "writeback", b"idle\n")  # the legacy bare word
+    store(dev, "writeback", b"type=huge\n")
+    store(dev, "writeback", b"\n")  # nothing asked, nothing done
+    store(dev, "writeback", b"frobnicate=1\n")  # unknown keys are ignored
+    assert dev.read(0, len(data)) == data
+    store(dev, "writeback_limit_enable", b"1\n")
+    store(dev, "writeback_limit", b"0\n")
+    assert errno_of(dev, "writeback", b"page_indexes=0-255\n") == errno.EIO
+
+
+def test_writeback_parser_order() -> None:
+    plan = writeback_plan("page_index=5 page_indexes=7-9 idle page_index=1")
+    # indexes scan their own range; a mode scans the range set last and ends the parse
+    assert plan(100) == [(0, 5, 6), (0, 7, 10), (PP_IDLE, 7, 10)]
+    assert writeback_plan("type=huge_idle")(100) == [(PP_IDLE | PP_HUGE, 0, 100)]
+    assert writeback_plan('"type=incompressible"')(8) == [(PP_INCOMPRESSIBLE, 0, 8)]
+
+
+@pytest.mark.parametrize(
+    ("attr", "value", "err"),
+    [
+        ("backing_dev", b"none\n", errno.EBUSY),
+        ("recomp_algorithm", b"algo=deflate\n", errno.EBUSY),
+        ("writeback", b"nonsense\n", errno.EINVAL),
+        ("writeback", b"type=cold\n", errno.EINVAL),
+        ("writeback", b"page_index=256\n", errno.ERANGE),  # 256 pages: 0..255
+        ("writeback", b"page_index=x\n", errno.EINVAL),
+        ("writeback", b"page_index=99999999999999999999\n", errno.ERANGE),
+        ("writeback", b"page_indexes=5\n", errno.EINVAL),
+        ("writeback", b"page_indexes=9-3\n", errno.ERANGE),
+        ("writeback", b"page_indexes=0-256\n", errno.ERANGE),
+        ("recompress", b"type\n", errno.EINVAL),
+        ("recompress", b"threshold=4000\n", errno.EINVAL),  # not below huge_class_size
+        ("recompress", b"max_pages=x\n", errno.EINVAL),
+        ("recompress", b"algo=deflate\n", errno.EINVAL),  # not a configured secondary
+        ("recompress", b"priority=2\n", errno.EINVAL),
+        ("recompress", b"priority=0\n", errno.EINVAL),
+    ],
+)
+def test_bad_tier_writes_after_init(
+    dev: ZramDevice, backing: str, attr: str, value: bytes, err: int
+) -> None:
+    store(dev, "backing_dev", backing.encode())
+    store(dev, "recomp_algorithm", b"algo=zstd")
+    store(dev, "disksize", b"1M")
+    dev.write(0, b"".join(synthetic_pages(256, seed=3)))
+    before = (show(dev, "mm_stat"), show(dev, "bd_stat"), show(dev, "backing_dev"))
+    assert errno_of(dev, attr, value) == err
+    assert (show(dev, "mm_stat"), show(dev, "bd_stat"), show(dev, "backing_dev")) == before
+
+
+def test_writeback_without_backing_dev_is_enodev(dev: ZramDevice) -> None:
+    store(dev, "disksize", b"1M")
+    assert errno_of(dev, "writeback", b"idle\n") == errno.ENODEV
+    assert errno_of(dev, "recompress", b"type=idle\n") == errno.EINVAL  # no secondary

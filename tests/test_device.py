@@ -89,10 +89,16 @@ def test_algorithm_params() -> None:
     assert d.algorithm_level == 9
     with pytest.raises(InvalidValueError, match="zstd level 99"):
         d.set_algorithm_params(level=99)
-    with pytest.raises(InvalidValueError, match="algo=lz4 is not the selected"):
+    with pytest.raises(InvalidValueError, match="algo=lz4 is neither comp_algorithm nor"):
         d.set_algorithm_params(algo="lz4", level=1)
-    with pytest.raises(InvalidValueError, match="priority=1"):
+    with pytest.raises(InvalidValueError, match="priority=1: no recomp_algorithm"):
         d.set_algorithm_params(priority=1, level=1)
+    d.set_recomp_algorithm("lz4hc", 1)  # a secondary takes parameters by priority or name
+    d.set_algorithm_params(priority=1, level=12)
+    d.set_algorithm_params(algo="lz4hc", level=3)
+    with pytest.raises(InvalidValueError, match="lz4hc level 99"):
+        d.set_algorithm_params(algo="lz4hc", level=99)
+    assert d.algorithm_level == 9  # the primary's level is untouched
     with pytest.raises(InvalidValueError, match="does not take winbits"):
         d.set_algorithm_params(winbits=12)
     d.set_algorithm_params()  # replaces: back to the default level

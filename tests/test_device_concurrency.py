@@ -6,10 +6,13 @@ import random
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from zramd.device import ZramDevice
+from zramd.device import PP_IDLE, ZramDevice
+from zramd.shrinker import Shrinker
+from zramd.slots import ZRAM_WB
 from zramd.testing import check_pool_invariants, synthetic_pages
 
 P = 4096
@@ -43,6 +46,44 @@ def run_threads(targets: list[Callable[[], None]]) -> None:
     assert not errors, errors
 
 
+def region_client(
+    dev: ZramDevice,
+    w: int,
+    model: bytearray,
+    sources: list[bytes],
+    *,
+    steps: int,
+    max_pages: int,
+    discards: float,
+    done: threading.Event | None = None,
+) -> Callable[[], None]:
+    """A client owning region ``w`` (``len(model)`` bytes): random writes (half the steps),
+    discards (``discards`` of them) and reads, each read checked against its model."""
+    region = len(model)
+    base = w * region
+
+    def run() -> None:
+        rng = random.Random(w)
+        for _ in range(steps):
+            off = rng.randrange(region)
+            length = rng.randint(1, min(region - off, max_pages * P))
+            op = rng.random()
+            if op < 0.5:
+                data = (b"".join(rng.sample(sources, 3)))[rng.randrange(P) :][:length]
+                data = data.ljust(length, b"z")
+                dev.write(base + off, data)
+                model[off : off + length] = data
+            elif op < 0.5 + discards:
+                dev.discard(base + off, length)
+                model[off : off + length] = bytes(length)
+            else:
+                assert dev.read(base + off, length) == model[off : off + length]
+        if done is not None:
+            done.set()
+
+    return run
+
+
 def test_regions_with_compaction_alongside() -> None:
     dev = ZramDevice()
     region = 256 * P
@@ -53,28 +94,16 @@ def test_regions_with_compaction_alongside() -> None:
     stop = threading.Event()
 
     def worker(w: int) -> Callable[[], None]:
-        def run() -> None:
-            rng = random.Random(w)
-            model = models[w]
-            base = w * region
-            for _ in range(1500):
-                off = rng.randrange(region)
-                length = rng.randint(1, min(region - off, 6 * P))
-                op = rng.random()
-                if op < 0.5:
-                    data = (b"".join(rng.sample(sources, 3)))[rng.randrange(P) :][:length]
-                    data = data.ljust(length, b"z")
-                    dev.write(base + off, data)
-                    model[off : off + length] = data
-                elif op < 0.65:
-                    dev.discard(base + off, length)
-                    model[off : off + length] = bytes(length)
-                else:
-                    assert dev.read(base + off, length) == model[off : off + length]
-            if w == 0:
-                stop.set()
-
-        return run
+        return region_client(
+            dev,
+            w,
+            models[w],
+            sources,
+            steps=1500,
+            max_pages=6,
+            discards=0.15,
+            done=stop if w == 0 else None,
+        )
 
     compactions = [0]
 
@@ -147,4 +176,55 @@ def test_partial_writes_to_one_page_all_land() -> None:
     page = dev.read(P, P)
     for k in range(8):
         assert page[k * chunk : (k + 1) * chunk] == bytes([k + 1, 299 & 255]) * (chunk // 2)
+    dev.reset()
+
+
+def test_tiers_under_concurrent_io(tmp_path: Path) -> None:
+    """Idle marking, writeback, recompression and background compaction run while four
+    clients write, discard and read their regions: every read matches the client's model."""
+    dev = ZramDevice()
+    region = 128 * P
+    workers = 4
+    backing = tmp_path / "backing.img"
+    with open(backing, "wb") as f:
+        f.truncate(region * workers + P)
+    dev.set_recomp_algorithm("zstd")
+    dev.set_backing_dev(str(backing))
+    dev.set_disksize(region * workers)
+    dev.set_auto_compact(min_bytes=0, min_percent=0)
+    dev.set_writeback_batch_size(4)
+    sources = synthetic_pages(64, seed=2)
+    models = [bytearray(region) for _ in range(workers)]
+    stop = threading.Event()
+    done = [0, 0, 0]
+
+    def worker(w: int) -> Callable[[], None]:
+        return region_client(
+            dev,
+            w,
+            models[w],
+            sources,
+            steps=1200,
+            max_pages=5,
+            discards=0.1,
+            done=stop if w == 0 else None,
+        )
+
+    def post_processor() -> None:
+        shrinker = Shrinker(dev, pressure=lambda: False)
+        while not stop.is_set():
+            dev.mark_idle()
+            done[0] += dev.writeback([(PP_IDLE, 0, dev.disksize // P)])
+            done[1] += dev.recompress()
+            done[2] += shrinker.scan()
+
+    run_threads([worker(w) for w in range(workers)] + [post_processor])
+    assert done[0] > 0  # pages did go to the backing store while clients ran
+    for w in range(workers):
+        assert dev.read(w * region, region) == models[w]
+    wb = sum(bool(dev.slot_flags(i) & ZRAM_WB) for i in range(dev.disksize // P))
+    assert dev.bd_stat().bd_count == wb
+    pool = dev.pool
+    assert pool is not None
+    check_pool_invariants(pool)
     dev.reset()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
+
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from zramd import MemLimitError
-from zramd.device import ZramDevice, same_fill
-from zramd.slots import ZRAM_HUGE, ZRAM_SAME, ZRAM_SIZE_MASK
+from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice, same_fill
+from zramd.errors import ZramdError
+from zramd.shrinker import Shrinker
+from zramd.slots import ZRAM_HUGE, ZRAM_PP_SLOT, ZRAM_SAME, ZRAM_SIZE_MASK, ZRAM_WB
 from zramd.testing import check_pool_invariants, synthetic_pages
 
 P = 4096
@@ -16,15 +22,36 @@ SIZE = PAGES * P
 SOURCES = synthetic_pages(32, seed=42)
 
 
+BACKING_BLOCKS = PAGES // 2  # smaller than the device: writeback can run out of blocks
+MODES = st.sampled_from([0, PP_IDLE, PP_HUGE, PP_IDLE | PP_HUGE, PP_INCOMPRESSIBLE])
+
+
 class DeviceMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.dev = ZramDevice()
+        self.dev = ZramDevice(clock=self.clock)
+        self.now = 0.0
         self.model = bytearray()
+        fd, self.backing = tempfile.mkstemp(prefix="zramd-backing-")
+        os.ftruncate(fd, BACKING_BLOCKS * P)
+        os.close(fd)
 
-    @initialize(algo=st.sampled_from(["lz4", "zstd", "lz4hc", "deflate"]))
-    def setup(self, algo: str) -> None:
+    def clock(self) -> float:
+        return self.now
+
+    @initialize(
+        algo=st.sampled_from(["lz4", "zstd", "lz4hc", "deflate"]),
+        recomp=st.sampled_from([[], ["zstd"], ["lz4hc", "deflate"]]),
+    )
+    def setup(self, algo: str, recomp: list[str]) -> None:
+        self.recomp = recomp
         self.dev.set_comp_algorithm(algo)
+        self._init()
+
+    def _init(self) -> None:
+        for prio, name in enumerate(self.recomp, 1):
+            self.dev.set_recomp_algorithm(name, prio)
+        self.dev.set_backing_dev(self.backing)
         self.dev.set_disksize(SIZE)
         self.model = bytearray(SIZE)
 
@@ -94,20 +121,56 @@ class DeviceMachine(RuleBasedStateMachine):
     @rule()
     def reset(self) -> None:
         self.dev.reset()
-        self.dev.set_disksize(SIZE)
-        self.model = bytearray(SIZE)
+        self._init()
+
+    @precondition(lambda self: self.dev.initstate)
+    @rule(age=st.one_of(st.none(), st.integers(0, 30)), elapsed=st.integers(0, 20))
+    def idle(self, age: int | None, elapsed: int) -> None:
+        self.now += elapsed
+        self.dev.mark_idle(age)
+
+    @precondition(lambda self: self.dev.initstate)
+    @rule(data=st.data(), mode=MODES, limit=st.one_of(st.none(), st.integers(0, 8)))
+    def writeback(self, data: st.DataObject, mode: int, limit: int | None) -> None:
+        lo = data.draw(st.integers(0, PAGES - 1))
+        hi = data.draw(st.integers(lo + 1, PAGES))
+        self.dev.set_writeback_limit_enable(limit is not None)
+        self.dev.set_writeback_limit(limit or 0)
+        self.dev.set_writeback_batch_size(data.draw(st.integers(1, 8)))
+        try:
+            self.dev.writeback([(mode, lo, hi)])
+        except ZramdError as e:  # EIO: limit used up; ENOSPC: backing store full
+            if e.errno not in (errno.EIO, errno.ENOSPC):
+                raise
+
+    @precondition(lambda self: self.dev.initstate and self.recomp)
+    @rule(
+        mode=st.sampled_from([0, PP_IDLE, PP_HUGE, PP_IDLE | PP_HUGE]),
+        threshold=st.sampled_from([0, 500, 2000]),
+        max_pages=st.one_of(st.none(), st.integers(0, 10)),
+    )
+    def recompress(self, mode: int, threshold: int, max_pages: int | None) -> None:
+        self.dev.recompress(mode=mode, threshold=threshold, max_pages=max_pages)
+
+    @precondition(lambda self: self.dev.initstate)
+    @rule()
+    def auto_compact(self) -> None:
+        self.dev.set_auto_compact(min_bytes=0, min_percent=0)
+        Shrinker(self.dev, pressure=lambda: False).scan()
 
     @invariant()
     def accounting(self) -> None:
         if not self.dev.initstate:
             return
         s = self.dev.mm_stat()
-        stored = same = huge = compr = 0
+        stored = same = huge = compr = wb = 0
         for i in range(PAGES):
             f = self.dev.slot_flags(i)
-            if f & (ZRAM_SIZE_MASK | ZRAM_SAME):
+            assert not f & ZRAM_PP_SLOT  # post-processing leaves no pick behind
+            if f & (ZRAM_SIZE_MASK | ZRAM_SAME | ZRAM_WB):
                 stored += 1
             same += bool(f & ZRAM_SAME)
+            wb += bool(f & ZRAM_WB)
             huge += bool(f & ZRAM_HUGE)
             compr += f & ZRAM_SIZE_MASK
             page = self.model[i * P : (i + 1) * P]
@@ -120,7 +183,8 @@ class DeviceMachine(RuleBasedStateMachine):
         pool = self.dev.pool
         assert pool is not None
         assert s.mem_used_total == pool.total_pages * P
-        assert pool.stats().objects == stored - same
+        assert pool.stats().objects == stored - same - wb
+        assert self.dev.bd_stat().bd_count == wb
         assert s.mem_used_max >= s.mem_used_total
         check_pool_invariants(pool)
 
@@ -128,6 +192,7 @@ class DeviceMachine(RuleBasedStateMachine):
         if self.dev.initstate:
             assert self.dev.read(0, SIZE) == self.model
             self.dev.reset()
+        os.unlink(self.backing)
 
 
 TestDevice = DeviceMachine.TestCase

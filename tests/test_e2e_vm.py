@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,17 +32,24 @@ echo "SWAP-USED-KB $((total - free))"
 """
 
 
+def swap_in_guest(socket: Path, tmp_path: Path) -> int:
+    """Run SWAP_SCRIPT in a 160 MB guest whose disk is the export; check the checksums and
+    return the bytes the guest swapped out."""
+    drive = f"file=nbd:unix:{socket},format=raw,if=virtio,cache=none"
+    rc, out = run_vm(SWAP_SCRIPT, tmp_path, memory="160M", qemu_args=["-drive", drive])
+    assert rc == 0, out[-3000:]
+    assert "TEXT-OK" in out, out[-3000:]
+    assert "RANDOM-OK" in out, out[-3000:]
+    m = re.search(r"SWAP-USED-KB (\d+)", out)
+    assert m, out[-3000:]
+    swapped = int(m.group(1)) * 1024
+    assert swapped > 50 * MiB  # the guest really was driven into swap
+    return swapped
+
+
 def test_guest_swaps_into_zramd_over_qemu_nbd(tmp_path: Path) -> None:
     with serve(tmp_path, "size=512M") as srv:
-        drive = f"file=nbd:unix:{srv.socket},format=raw,if=virtio,cache=none"
-        rc, out = run_vm(SWAP_SCRIPT, tmp_path, memory="160M", qemu_args=["-drive", drive])
-        assert rc == 0, out[-3000:]
-        assert "TEXT-OK" in out, out[-3000:]
-        assert "RANDOM-OK" in out, out[-3000:]
-        m = re.search(r"SWAP-USED-KB (\d+)", out)
-        assert m, out[-3000:]
-        swapped = int(m.group(1)) * 1024
-        assert swapped > 50 * MiB  # the guest really was driven into swap
+        swapped = swap_in_guest(srv.socket, tmp_path)
         orig, compr, used = srv.mm_stat()[:3]
         assert orig >= swapped  # every swapped page is stored (freed slots are not discarded)
         assert compr < orig  # and compressed
@@ -80,3 +90,53 @@ def test_nbd_client_in_guest_mkfs_mount_fsck(tmp_path: Path) -> None:
         orig, compr = srv.mm_stat()[:2]
         assert orig > 50 * MiB  # files and ext4 metadata landed in the device
         assert compr < orig
+
+
+def test_guest_swap_beyond_mem_limit_with_writeback(tmp_path: Path) -> None:
+    """The guest swaps ~200 MB through a pool limited to 24 MiB: a host-side loop does what
+    Android's and zram-generator users script (mark idle, write idle pages back to a file),
+    so cold pages leave RAM and every byte still comes back."""
+    backing = tmp_path / "backing.img"
+    with open(backing, "wb") as f:
+        f.truncate(512 * MiB)
+    limit = 24 * MiB
+    config = ("size=512M", f"mem_limit={limit}", f"backing_dev={backing}")
+    with serve(tmp_path, *config) as srv:
+        assert srv.control is not None
+        stop = threading.Event()
+        loops = [0]
+
+        def store(attr: str, value: bytes) -> None:
+            fd = os.open(srv.control / attr, os.O_WRONLY)  # type: ignore[operator]
+            try:
+                os.write(fd, value)
+            except OSError as e:  # EIO/ENOSPC from writeback: try again next round
+                if e.errno not in (errno.EIO, errno.ENOSPC):
+                    raise
+            finally:
+                os.close(fd)
+
+        def writeback_loop() -> None:
+            while not stop.wait(0.1):
+                store("idle", b"all\n")
+                store("writeback", b"idle\n")
+                loops[0] += 1
+
+        t = threading.Thread(target=writeback_loop)
+        t.start()
+        try:
+            swapped = swap_in_guest(srv.socket, tmp_path)
+        finally:
+            stop.set()
+            t.join()
+        mm = srv.mm_stat()
+        bd_count, bd_reads, bd_writes = (int(x) for x in srv.attr("bd_stat").split())
+        failed_writes = int(srv.attr("io_stat").split()[1])
+        print(
+            f"swapped {swapped >> 20} MiB, loops {loops[0]}, bd_stat {bd_count} {bd_reads} "
+            f"{bd_writes}, mem_used_max {mm[4] >> 20} MiB, failed_writes {failed_writes}"
+        )
+        assert mm[4] <= limit  # the pool never went over mem_limit
+        assert bd_writes * 4096 > swapped - limit  # the rest went to the backing file
+        assert bd_reads > 0  # and the guest read some of it back
+        assert mm[0] >= swapped

@@ -214,9 +214,9 @@ def test_compaction_visits_classes_largest_first(
     order: list[int] = []
     real = compaction_module.compact_class
 
-    def spy(p: ZsPool, cls: object) -> int:
+    def spy(p: ZsPool, cls: object, *, gentle: bool = False) -> int:
         order.append(cls.size)  # type: ignore[attr-defined]
-        return real(p, cls)  # type: ignore[arg-type]
+        return real(p, cls, gentle=gentle)  # type: ignore[arg-type]
 
     monkeypatch.setattr("zramd.pool.compact_class", spy)
     assert pool.compact() > 0

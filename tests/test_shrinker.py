@@ -6,10 +6,13 @@ import time
 from pathlib import Path
 
 from zramd.device import ZramDevice
-from zramd.shrinker import MIN_THRESHOLD_PAGES, Shrinker, memory_pressure
+from zramd.shrinker import Shrinker, memory_pressure
 from zramd.testing import synthetic_pages
 
 P = 4096
+
+
+MIN_THRESHOLD_PAGES = 256  # the default policy: at least 1 MiB ...
 
 
 def sparse_device(pages: int) -> ZramDevice:
@@ -27,11 +30,14 @@ def test_scan_compacts_above_the_threshold() -> None:
     pool = dev.pool
     assert pool is not None
     assert pool.can_compact() >= MIN_THRESHOLD_PAGES
-    s = Shrinker(dev, 0, pressure=lambda: False)
+    s = Shrinker(dev, pressure=lambda: False)
     freed = s.scan()
     assert freed > 0
     assert pool.can_compact() == 0
-    assert (s.runs, s.pages_freed) == (1, freed)
+    cs = dev.compact_stat()
+    assert (cs.auto_runs, cs.auto_pages_freed) == (1, freed)
+    assert (cs.direct_runs, cs.direct_pages_freed) == (0, 0)
+    assert dev.mm_stat().pages_compacted == freed
     assert s.scan() == 0  # nothing left to do
     dev.reset()
 
@@ -41,26 +47,51 @@ def test_small_gains_wait_for_pressure() -> None:
     pool = dev.pool
     assert pool is not None
     assert 0 < pool.can_compact() < MIN_THRESHOLD_PAGES
-    assert Shrinker(dev, 0, pressure=lambda: False).scan() == 0
-    assert Shrinker(dev, 0, pressure=lambda: True).scan() > 0
+    assert Shrinker(dev, pressure=lambda: False).scan() == 0
+    assert Shrinker(dev, pressure=lambda: True).scan() > 0
+    dev.reset()
+
+
+def test_thresholds_follow_the_policy() -> None:
+    dev = sparse_device(2048)
+    pool = dev.pool
+    assert pool is not None
+    freeable = pool.can_compact()
+    total = pool.total_pages
+    s = Shrinker(dev, pressure=lambda: False)
+    # a byte threshold just above what can be freed: nothing happens
+    dev.set_auto_compact(min_bytes=(freeable + 1) * P, min_percent=0)
+    assert s.scan() == 0
+    # the byte threshold met, but the percentage not
+    dev.set_auto_compact(min_bytes=freeable * P, min_percent=-(-(freeable + 1) * 100 // total))
+    assert s.scan() == 0
+    # both met
+    dev.set_auto_compact(min_percent=freeable * 100 // total)
+    assert s.scan() == freeable
     dev.reset()
 
 
 def test_thread_runs_and_stops() -> None:
     dev = sparse_device(8192)
-    s = Shrinker(dev, 0.05, pressure=lambda: False)
+    dev.set_auto_compact(interval=0)  # off: the thread only watches the policy
+    s = Shrinker(dev, pressure=lambda: False)
     s.start()
+    time.sleep(0.3)
+    assert dev.compact_stat().auto_runs == 0
+    dev.set_auto_compact(interval=0.05)  # switched on while the thread runs
     deadline = time.monotonic() + 10
-    while not s.runs and time.monotonic() < deadline:
+    while not dev.compact_stat().auto_runs and time.monotonic() < deadline:
         time.sleep(0.02)
     s.stop()
-    assert s.runs == 1
-    assert dev.mm_stat().pages_compacted == s.pages_freed
+    cs = dev.compact_stat()
+    assert cs.auto_runs == 1
+    assert dev.mm_stat().pages_compacted == cs.auto_pages_freed > 0
+    assert 0 < cs.max_pause_us < 50_000  # one slice: a single source zspage
     dev.reset()
 
 
 def test_uninitialised_device_is_left_alone() -> None:
-    assert Shrinker(ZramDevice(), 0).scan() == 0
+    assert Shrinker(ZramDevice()).scan() == 0
 
 
 def test_psi_parsing(tmp_path: Path) -> None:

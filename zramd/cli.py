@@ -725,5 +725,68 @@ def reset(control: Path | None) -> None:
     files.write("reset", "1\n")
 
 
+def _bd_stat(files: ControlFiles) -> list[int]:
+    return [int(x) for x in files.read("bd_stat").split()]
+
+
+@main.command()
+@control_option
+@click.option("--idle", "mark", help="First mark pages idle: 'all' or an age in seconds.")
+@click.argument("what", nargs=-1, required=True)
+def writeback(control: Path | None, mark: str | None, what: tuple[str, ...]) -> None:
+    """Write pages out to the backing device (echo WHAT > writeback).
+
+    WHAT is idle, huge, huge_idle, incompressible, type=MODE, page_index=N or
+    page_indexes=LO-HI (several indexes may be given). With --idle, pages are marked idle
+    first (echo all > idle), so `zramd writeback --idle all idle` writes back everything.
+    """
+    files = ControlFiles(control or default_control())
+    files.check()
+    if mark is not None:
+        files.write("idle", mark + "\n")
+    before = _bd_stat(files)
+    files.write("writeback", " ".join(what) + "\n")
+    after = _bd_stat(files)
+    pages = after[2] - before[2]
+    click.echo(
+        f"wrote back {pages} pages ({human_size(pages * 4096)}); "
+        f"{after[0]} blocks in use on the backing device"
+    )
+
+
+@main.command()
+@control_option
+@click.option("--type", "kind", type=click.Choice(["idle", "huge", "huge_idle"]))
+@click.option("--threshold", type=int, help="Only objects of at least this many bytes.")
+@click.option("--max-pages", type=int, help="Budget: at most this many attempts.")
+@click.option("--algo", help="Only this secondary algorithm.")
+@click.option("--priority", type=int, help="Only the secondary algorithm of this priority.")
+def recompress(
+    control: Path | None,
+    kind: str | None,
+    threshold: int | None,
+    max_pages: int | None,
+    algo: str | None,
+    priority: int | None,
+) -> None:
+    """Recompress stored pages with the secondary algorithms (echo ... > recompress)."""
+    files = ControlFiles(control or default_control())
+    files.check()
+    args = {
+        "type": kind,
+        "threshold": threshold,
+        "max_pages": max_pages,
+        "algo": algo,
+        "priority": priority,
+    }
+    before = files.mm_stat()
+    files.write("recompress", " ".join(f"{k}={v}" for k, v in args.items() if v is not None) + "\n")
+    after = files.mm_stat()
+    click.echo(
+        f"compressed data {human_size(before[1])} -> {human_size(after[1])}; "
+        f"huge pages {before[7]} -> {after[7]}"
+    )
+
+
 if __name__ == "__main__":
     main()

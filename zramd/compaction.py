@@ -12,10 +12,14 @@ Policy, as in ``__zs_compact`` (kernel >= 6.4):
 
 The class lock is held for one source zspage at a time and dropped in between, so reads and
 writes on the class interleave with a long pass (the kernel drops its locks when contended).
+A background pass (``gentle``) also gives the GIL away after every slice, so a waiting I/O
+thread runs at once instead of after the interpreter's 5 ms switch interval; it records the
+longest slice, which bounds how long any request waited for the class.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from zramd.size_class import ZS_INUSE_RATIO_100, SizeClass
@@ -25,11 +29,16 @@ if TYPE_CHECKING:
     from zramd.pool import ZsPool
 
 
-def compact_class(pool: ZsPool, cls: SizeClass) -> int:
-    """Compact one class; returns frames freed."""
+def compact_class(pool: ZsPool, cls: SizeClass, *, gentle: bool = False) -> int:
+    """Compact one class; returns frames freed. ``gentle``: yield the GIL between slices and
+    record the longest slice in ``pool.max_slice_ns``."""
     zspages = pool.zspages
     freed = 0
+    clock = time.perf_counter_ns
     while True:
+        if gentle:
+            time.sleep(0)
+            t0 = clock()
         with cls.lock:
             if not cls.can_compact():
                 break
@@ -63,6 +72,8 @@ def compact_class(pool: ZsPool, cls: SizeClass) -> int:
                 cls.counts[ZS_INUSE_RATIO_100] += 1
             else:
                 zspages.link(cls, dst, dst_group)
+        if gentle:
+            pool.max_slice_ns = max(pool.max_slice_ns, clock() - t0)
     return freed
 
 

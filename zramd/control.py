@@ -5,9 +5,10 @@ return the exact text the kernel prints; stores take the raw bytes written and a
 return, raising a ZramdError whose ``errno`` is the kernel's answer for that attribute (and
 changing nothing). The FUSE filesystem (``fusefs.py``) and the CLI only call ``show``/``store``.
 
-Kernel features that are not built into zramd are absent, as they are from a kernel built
-without them: writeback (``backing_dev``, ``writeback*``, ``bd_stat``), recompression
-(``recomp_algorithm``, ``recompress``) and ``max_comp_streams`` (removed in 6.15).
+Writeback (CONFIG_ZRAM_WRITEBACK, with 7.0's ``writeback_batch_size``) and recompression
+(CONFIG_ZRAM_MULTI_COMP) are built in; ``max_comp_streams`` (removed in 6.15) and
+``writeback_compressed`` are absent, as from a kernel without them. ``mem_stat``, ``classes``,
+``auto_compact`` and ``compact_stat`` are zramd's own.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zramd.compress import BACKENDS
-from zramd.device import ZramDevice
-from zramd.errors import InvalidValueError, ValueTooLongError, ZramdError
+from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice
+from zramd.errors import InvalidValueError, OutOfRangeError, ValueTooLongError, ZramdError
 from zramd.parse import kstrtoint, kstrtoull, memparse, next_args, sysfs_streq
-from zramd.stats import DebugStat, IoStat, MemStat, MmStat, PoolStats
+from zramd.stats import BdStat, CompactStat, DebugStat, IoStat, MemStat, MmStat, PoolStats
 
 ZRAM_MAX_ALGO_NAME_SZ = 128
 
@@ -52,6 +53,17 @@ def format_io_stat(s: IoStat) -> str:
 def format_debug_stat(s: DebugStat) -> str:
     # writestall is a literal 0 since 6.15
     return f"version: {s.version}\n0 {s.miss_free:8d}\n"
+
+
+def format_bd_stat(s: BdStat) -> str:
+    return f"{s.bd_count:8d} {s.bd_reads:8d} {s.bd_writes:8d}\n"
+
+
+def format_compact_stat(s: CompactStat) -> str:
+    return (
+        f"{s.auto_runs:8d} {s.auto_pages_freed:8d} {s.direct_runs:8d} "
+        f"{s.direct_pages_freed:8d} {s.max_pause_us:8d}\n"
+    )
 
 
 def format_mem_stat(s: MemStat) -> str:
@@ -111,6 +123,17 @@ def _text(data: bytes, attr: str) -> str:
         return data.decode("ascii")
     except UnicodeDecodeError:
         raise InvalidValueError(f"{attr}: value is not ASCII text") from None
+
+
+def _params(data: bytes, attr: str) -> list[tuple[str, str]]:
+    """The ``key=value`` words of a write (kernel ``next_arg`` rules); a key without a value
+    is EINVAL, as every zram handler of this syntax answers."""
+    out = []
+    for key, value in next_args(_text(data, attr)):
+        if not value:
+            raise InvalidValueError(f"{attr}: {key} needs a value ({key}=...)")
+        out.append((key, value))
+    return out
 
 
 def disksize_show(dev: ZramDevice) -> str:
@@ -184,9 +207,7 @@ def algorithm_params_store(dev: ZramDevice, data: bytes) -> None:
     winbits: int | None = None
     algo: str | None = None
     dict_path: str | None = None
-    for key, value in next_args(_text(data, "algorithm_params")):
-        if not value:
-            raise InvalidValueError(f"algorithm_params: {key} needs a value ({key}=...)")
+    for key, value in _params(data, "algorithm_params"):
         if key == "priority":
             priority = kstrtoint(value, what="algorithm_params priority")
         elif key == "level":
@@ -201,6 +222,188 @@ def algorithm_params_store(dev: ZramDevice, data: bytes) -> None:
     dev.set_algorithm_params(
         priority=priority, algo=algo, level=level, winbits=winbits, dict_path=dict_path
     )
+
+
+def backing_dev_show(dev: ZramDevice) -> str:
+    return f"{dev.backing_dev or 'none'}\n"
+
+
+def backing_dev_store(dev: ZramDevice, data: bytes) -> None:
+    spec = _text(data, "backing_dev").removesuffix("\n")
+    if not spec:
+        raise InvalidValueError("backing_dev: write a file path, an NBD URI, or none")
+    dev.set_backing_dev(spec)
+
+
+WRITEBACK_MODES = {
+    "idle": PP_IDLE,
+    "huge": PP_HUGE,
+    "huge_idle": PP_IDLE | PP_HUGE,
+    "incompressible": PP_INCOMPRESSIBLE,
+}
+
+
+def _wb_mode(word: str) -> int:
+    try:
+        return WRITEBACK_MODES[word]
+    except KeyError:
+        raise InvalidValueError(
+            f"writeback: {word!r} is not a mode ({', '.join(WRITEBACK_MODES)})"
+        ) from None
+
+
+def _page_index(text: str, nr_pages: int) -> int:
+    index = kstrtoull(text, what="writeback page index")
+    if index >= nr_pages:
+        raise OutOfRangeError(f"writeback: page {index} is beyond the last page ({nr_pages - 1})")
+    return index
+
+
+def writeback_plan(text: str) -> Callable[[int], list[tuple[int, int, int]]]:
+    """``writeback_store``'s parser (6.16+, legacy words accepted), run once the device's size
+    is known: a list of (mode, lo, hi) scans. ``page_index=N`` and ``page_indexes=LO-HI`` each
+    scan their range and may repeat; a mode (``idle``, ``type=huge``...) scans the range set
+    so far (the whole device if none) and ends the parse. Unknown keys are ignored."""
+
+    def plan(nr_pages: int) -> list[tuple[int, int, int]]:
+        scans: list[tuple[int, int, int]] = []
+        lo, hi, mode = 0, nr_pages, 0
+        for key, value in next_args(text):
+            if not value:  # the legacy form: a bare mode word
+                scans.append((_wb_mode(key), lo, hi))
+                break
+            if key == "type":
+                scans.append((_wb_mode(value), lo, hi))
+                break
+            if key == "page_index":
+                lo = _page_index(value, nr_pages)
+                hi = lo + 1
+            elif key == "page_indexes":
+                first, dash, last = value.partition("-")
+                if not dash:
+                    raise InvalidValueError(f"writeback: page_indexes={value}: expected LO-HI")
+                lo = _page_index(first, nr_pages)
+                hi = _page_index(last, nr_pages) + 1
+                if hi <= lo:
+                    raise OutOfRangeError(f"writeback: page_indexes={value}: LO is above HI")
+            else:
+                continue
+            scans.append((mode, lo, hi))
+        return scans
+
+    return plan
+
+
+def writeback_store(dev: ZramDevice, data: bytes) -> None:
+    dev.writeback(writeback_plan(_text(data, "writeback")))
+
+
+def writeback_limit_show(dev: ZramDevice) -> str:
+    return f"{dev.writeback_limit}\n"
+
+
+def writeback_limit_store(dev: ZramDevice, data: bytes) -> None:
+    dev.set_writeback_limit(kstrtoull(_text(data, "writeback_limit"), what="writeback_limit"))
+
+
+def writeback_limit_enable_show(dev: ZramDevice) -> str:
+    return f"{int(dev.writeback_limit_enable)}\n"
+
+
+def writeback_limit_enable_store(dev: ZramDevice, data: bytes) -> None:
+    text = _text(data, "writeback_limit_enable")
+    dev.set_writeback_limit_enable(bool(kstrtoull(text, what="writeback_limit_enable")))
+
+
+def writeback_batch_size_show(dev: ZramDevice) -> str:
+    return f"{dev.writeback_batch_size}\n"
+
+
+def writeback_batch_size_store(dev: ZramDevice, data: bytes) -> None:
+    text = _text(data, "writeback_batch_size")
+    value = kstrtoull(text, what="writeback_batch_size", limit=0xFFFFFFFF)
+    if not value:
+        raise InvalidValueError("writeback_batch_size: must be at least 1")
+    dev.set_writeback_batch_size(value)
+
+
+def bd_stat_show(dev: ZramDevice) -> str:
+    return format_bd_stat(dev.bd_stat())
+
+
+def recomp_algorithm_show(dev: ZramDevice) -> str:
+    return "".join(
+        f"#{prio}: {format_comp_algorithm(name)}" for prio, name in dev.recomp_algorithms.items()
+    )
+
+
+def recomp_algorithm_store(dev: ZramDevice, data: bytes) -> None:
+    algo: str | None = None
+    priority = 1
+    for key, value in _params(data, "recomp_algorithm"):
+        if key == "algo":
+            algo = value
+        elif key == "priority":
+            priority = kstrtoint(value, what="recomp_algorithm priority")
+    if algo is None:
+        raise InvalidValueError("recomp_algorithm: write algo=NAME [priority=1..3]")
+    if len(algo) >= ZRAM_MAX_ALGO_NAME_SZ:
+        raise ValueTooLongError(f"recomp_algorithm: name of {len(algo)} bytes is too long")
+    dev.set_recomp_algorithm(algo, priority)
+
+
+RECOMPRESS_TYPES = {"idle": PP_IDLE, "huge": PP_HUGE, "huge_idle": PP_IDLE | PP_HUGE}
+
+
+def recompress_store(dev: ZramDevice, data: bytes) -> None:
+    mode = threshold = 0
+    max_pages: int | None = None
+    algo: str | None = None
+    priority: int | None = None
+    for key, value in _params(data, "recompress"):
+        if key == "type":
+            mode = RECOMPRESS_TYPES.get(value, 0)  # as the kernel: anything else means all
+        elif key == "max_pages":
+            max_pages = kstrtoull(value, what="recompress max_pages")
+        elif key == "threshold":
+            threshold = kstrtoull(value, what="recompress threshold", limit=0xFFFFFFFF)
+        elif key == "algo":
+            algo = value
+        elif key == "priority":
+            priority = kstrtoint(value, what="recompress priority")
+    dev.recompress(
+        mode=mode, threshold=threshold, max_pages=max_pages, algo=algo, priority=priority
+    )
+
+
+def auto_compact_show(dev: ZramDevice) -> str:
+    ac = dev.auto_compact
+    return f"interval={ac.interval:g} min_bytes={ac.min_bytes} min_percent={ac.min_percent}\n"
+
+
+def auto_compact_store(dev: ZramDevice, data: bytes) -> None:
+    changes: dict[str, int] = {}
+    for key, value in _params(data, "auto_compact"):
+        if key == "interval":
+            changes[key] = kstrtoull(value, what="auto_compact interval", limit=86400)
+        elif key == "min_bytes":
+            n, used = memparse(value)
+            if used != len(value.removesuffix("\n")):
+                raise InvalidValueError(f"auto_compact: min_bytes={value} is not a size")
+            changes[key] = n
+        elif key == "min_percent":
+            changes[key] = kstrtoull(value, what="auto_compact min_percent", limit=100)
+        else:
+            raise InvalidValueError(
+                f"auto_compact: unknown key {key!r} (interval, min_bytes, min_percent)"
+            )
+    if not changes:
+        raise InvalidValueError("auto_compact: write interval=S min_bytes=SIZE min_percent=N")
+    dev.set_auto_compact(**changes)
+
+
+def compact_stat_show(dev: ZramDevice) -> str:
+    return format_compact_stat(dev.compact_stat())
 
 
 def mm_stat_show(dev: ZramDevice) -> str:
@@ -263,11 +466,69 @@ ATTRIBUTES: tuple[Attribute, ...] = (
         algorithm_params_store,
         "key=value: priority, algo, level, deflate.winbits",
     ),
+    Attribute(
+        "backing_dev",
+        RW,
+        backing_dev_show,
+        backing_dev_store,
+        "file or NBD URI for writeback (before init); none detaches",
+    ),
+    Attribute(
+        "writeback",
+        WO,
+        None,
+        writeback_store,
+        "idle|huge|huge_idle|incompressible, type=, page_index=N, page_indexes=A-B",
+    ),
+    Attribute(
+        "writeback_limit",
+        RW,
+        writeback_limit_show,
+        writeback_limit_store,
+        "writeback budget in 4 KiB pages",
+    ),
+    Attribute(
+        "writeback_limit_enable",
+        RW,
+        writeback_limit_enable_show,
+        writeback_limit_enable_store,
+        "1: writeback stops when writeback_limit runs out",
+    ),
+    Attribute(
+        "writeback_batch_size",
+        RW,
+        writeback_batch_size_show,
+        writeback_batch_size_store,
+        "pages written back at once",
+    ),
+    Attribute("bd_stat", RO, bd_stat_show, None, "backing device: blocks used, read, written"),
+    Attribute(
+        "recomp_algorithm",
+        RW,
+        recomp_algorithm_show,
+        recomp_algorithm_store,
+        "algo=NAME [priority=1..3]: secondary algorithms (before init)",
+    ),
+    Attribute(
+        "recompress",
+        WO,
+        None,
+        recompress_store,
+        "type=idle|huge|huge_idle threshold=B max_pages=N algo= priority=",
+    ),
     Attribute("mm_stat", RO, mm_stat_show, None, "memory statistics (9 fields)"),
     Attribute("io_stat", RO, io_stat_show, None, "I/O statistics (4 fields)"),
     Attribute("debug_stat", RO, debug_stat_show, None, "debug statistics"),
     Attribute("mem_stat", RO, mem_stat_show, None, "zramd: real memory cost of the process"),
     Attribute("classes", RO, classes_show, None, "zramd: zsmalloc debugfs classes table"),
+    Attribute(
+        "auto_compact",
+        RW,
+        auto_compact_show,
+        auto_compact_store,
+        "zramd: background compaction: interval=S min_bytes=SIZE min_percent=N",
+    ),
+    Attribute("compact_stat", RO, compact_stat_show, None, "zramd: background/direct compaction"),
 )
 BY_NAME = {a.name: a for a in ATTRIBUTES}
 

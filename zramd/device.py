@@ -38,31 +38,39 @@ import os
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from zramd._types import BytesLike
+from zramd.backing import BackingDevice, BackingError, BackingFullError, open_store
 from zramd.compress import DEFAULT, Compressor, create, lookup
 from zramd.errors import (
     DeviceBusyError,
     InvalidIOError,
     InvalidValueError,
     MemLimitError,
+    NoDeviceError,
     PoolExhaustedError,
+    TryAgainError,
     ZramdError,
 )
 from zramd.frames import MAX_FRAMES
 from zramd.pool import ZsPool
 from zramd.size_class import DEFAULT_CHAIN_SIZE, PAGE_SHIFT, PAGE_SIZE
 from zramd.slots import (
+    ZRAM_COMP_PRIORITY_MASK,
+    ZRAM_COMP_PRIORITY_SHIFT,
     ZRAM_HUGE,
     ZRAM_IDLE,
+    ZRAM_INCOMPRESSIBLE,
+    ZRAM_PP_SLOT,
     ZRAM_SAME,
     ZRAM_SIZE_MASK,
     ZRAM_WB,
     SlotTable,
 )
-from zramd.stats import DebugStat, IoStat, MemStat, MmStat
+from zramd.stats import BdStat, CompactStat, DebugStat, IoStat, MemStat, MmStat
 
 STRIPE_SHIFT = 5  # 32 pages per slot lock: a 128 KiB request takes one lock
 NR_STRIPES = 1024  # distinct locks; stripes alias every 128 MiB
@@ -79,6 +87,18 @@ EXTENT_DATA = 0
 EXTENT_HOLE = 1
 EXTENT_ZERO = 2
 MAX_EXTENT_PAGES = 1 << 16  # one extents() call describes at most 256 MiB (clients ask again)
+
+ZRAM_MAX_COMPS = 4  #: the primary algorithm (priority 0) and up to three for recompression
+ZRAM_SECONDARY_COMP = 1  #: the priority ``recomp_algorithm`` assumes without ``priority=``
+ACCESSED = ZRAM_IDLE | ZRAM_PP_SLOT  # what any access clears
+
+#: writeback / recompression candidate filters (the kernel's *_WRITEBACK and RECOMPRESS_*)
+PP_HUGE = 1 << 0
+PP_IDLE = 1 << 1
+PP_INCOMPRESSIBLE = 1 << 2
+PP_BUCKET_SHIFT = 6  # post-processing buckets of 64 bytes of object size: biggest first
+
+WB_BATCH_DEFAULT = 32  # writeback_batch_size: pages in flight at once (7.0's default)
 
 
 def same_fill(page: memoryview) -> int | None:
@@ -98,6 +118,46 @@ def same_fill(page: memoryview) -> int | None:
 
 def fill_page(word: int) -> bytes:
     return ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * WORDS_PER_PAGE
+
+
+def _pp_flags(mode: int) -> int:
+    """Slot flags a writeback / recompress mode requires."""
+    return (
+        (ZRAM_HUGE if mode & PP_HUGE else 0)
+        | (ZRAM_IDLE if mode & PP_IDLE else 0)
+        | (ZRAM_INCOMPRESSIBLE if mode & PP_INCOMPRESSIBLE else 0)
+    )
+
+
+def _name(comp: Compressor | None) -> str | None:
+    return comp.name if comp is not None else None
+
+
+def _make_compressor(name: str, level: int | None, winbits: int | None) -> Compressor:
+    return create(name, level, **({} if winbits is None else {"winbits": winbits}))
+
+
+class AutoCompact:
+    """Background compaction: the policy the shrinker thread reads on every check (so a
+    change through the control directory applies at once) and what it has done.
+
+    The pool is compacted when it could give back at least ``min_bytes`` and at least
+    ``min_percent`` % of its frames, or under memory pressure when anything can be freed.
+    ``interval`` 0 switches it off.
+    """
+
+    __slots__ = ("interval", "max_pause_ns", "min_bytes", "min_percent", "pages_freed", "runs")
+
+    def __init__(self) -> None:
+        self.interval = 30.0  #: seconds between checks; 0 = off
+        self.min_bytes = 1 << 20  # below 1 MiB a pass costs more than it returns
+        self.min_percent = 3
+        self.runs = 0  #: compactions started in the background
+        self.pages_freed = 0  #: frames they freed
+        self.max_pause_ns = 0  #: longest a class lock was held by one of their slices
+
+    def threshold_pages(self, total_pages: int) -> int:
+        return max(self.min_bytes >> PAGE_SHIFT, total_pages * self.min_percent // 100, 1)
 
 
 class _IoGate:
@@ -149,8 +209,10 @@ class _State:
     """Everything that exists only while the device is initialised."""
 
     __slots__ = (
+        "backing",
         "comp",
         "compr",
+        "comps",
         "disksize",
         "huge",
         "huge_since",
@@ -158,15 +220,27 @@ class _State:
         "notify_free",
         "pages",
         "pool",
+        "pp_lock",
         "same",
         "slots",
         "stored",
     )
 
-    def __init__(self, disksize: int, comp: Compressor, chain: int) -> None:
+    def __init__(
+        self,
+        disksize: int,
+        comps: list[Compressor | None],
+        chain: int,
+        backing: BackingDevice | None,
+    ) -> None:
         self.disksize = disksize
         self.pages = disksize >> PAGE_SHIFT
-        self.comp = comp
+        comp = comps[0]
+        assert comp is not None
+        self.comp = comp  #: the primary algorithm (priority 0)
+        self.comps = comps  #: by priority; None where no secondary algorithm is configured
+        self.backing = backing
+        self.pp_lock = threading.Lock()  # one writeback or recompression at a time
         arena = min(2 * disksize + ARENA_SLACK, (MAX_FRAMES - 1) * PAGE_SIZE)
         self.pool = ZsPool(arena, chain=chain)
         self.slots = SlotTable(self.pages)
@@ -206,13 +280,23 @@ class ZramDevice:
         self._algorithm = comp_algorithm
         self._level: int | None = None
         self._winbits: int | None = None
+        # secondary algorithms for recompression: priority -> [name, level, winbits]
+        self._recomp: dict[int, list[Any]] = {}
+        self._backing: BackingDevice | None = None
         self._state: _State | None = None
         self._limit_pages = 0
         self._max_pages = 0
         self._failed_reads = 0
         self._failed_writes = 0
         self._miss_free = 0
+        # writeback budget (4 KiB units); like 7.0, reset leaves these alone
+        self._wb_limit = 0
+        self._wb_limit_enable = False
+        self._wb_batch = WB_BATCH_DEFAULT
+        self._direct_runs = 0
+        self._direct_freed = 0
         self._stat_lock = threading.Lock()
+        self.auto_compact = AutoCompact()  #: background compaction policy and counters
         self.openers = 0  #: open connections (the plugin counts them); reset needs none
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -250,12 +334,11 @@ class ZramDevice:
         with self._lock, self._gate.exclusive():
             if self._state is not None:
                 raise DeviceBusyError("disksize: device already initialised; reset it first")
-            comp = self._make_compressor()
-            self._state = _State(nbytes, comp, self._chain)
-
-    def _make_compressor(self) -> Compressor:
-        params = {} if self._winbits is None else {"winbits": self._winbits}
-        return create(self._algorithm, self._level, **params)
+            comps: list[Compressor | None] = [None] * ZRAM_MAX_COMPS
+            comps[0] = _make_compressor(self._algorithm, self._level, self._winbits)
+            for prio, (name, level, winbits) in self._recomp.items():
+                comps[prio] = _make_compressor(name, level, winbits)
+            self._state = _State(nbytes, comps, self._chain, self._backing)
 
     def set_comp_algorithm(self, name: str) -> None:
         """Select the algorithm: EINVAL unknown, EBUSY after init."""
@@ -278,32 +361,100 @@ class ZramDevice:
         winbits: int | None = None,
         dict_path: str | None = None,
     ) -> None:
-        """``algorithm_params``: replace the primary algorithm's parameters.
+        """``algorithm_params``: replace the parameters of one configured algorithm.
 
-        As in 7.0.y: EBUSY after init; ``algo=`` must name the selected algorithm; only
-        priority 0 exists (no recompression algorithms are built in). Unset values return to
-        the backend's default.
+        ``algo=`` picks the algorithm by name (primary or a secondary), else ``priority``
+        (0 = primary, 1..3 = a configured ``recomp_algorithm``). As in 7.0.y: EBUSY after init.
+        Unset values return to the backend's default.
         """
         with self._lock:
             if self._state is not None:
                 raise DeviceBusyError("algorithm_params: device already initialised")
             if algo is not None:
-                if algo != self._algorithm:
+                names = {0: self._algorithm} | {p: r[0] for p, r in self._recomp.items()}
+                found = [p for p, n in names.items() if n == algo]
+                if not found:
                     raise InvalidValueError(
-                        f"algorithm_params: algo={algo} is not the selected comp_algorithm "
-                        f"({self._algorithm})"
+                        f"algorithm_params: algo={algo} is neither comp_algorithm nor a "
+                        "configured recomp_algorithm"
                     )
-            elif priority != 0:
+                priority = found[0]
+            elif priority != 0 and priority not in self._recomp:
                 raise InvalidValueError(
-                    f"algorithm_params: priority={priority}: only the primary algorithm "
-                    "(priority 0) exists; recompression is not built in"
+                    f"algorithm_params: priority={priority}: no recomp_algorithm is configured "
+                    "with that priority (0 = comp_algorithm, 1..3 = recomp_algorithm)"
                 )
             if dict_path is not None:
                 raise InvalidValueError("algorithm_params: dict= is not supported")
-            params = {} if winbits is None else {"winbits": winbits}
-            create(self._algorithm, level, **params)  # validate now, not at disksize
-            self._level = level
-            self._winbits = winbits
+            name = self._algorithm if priority == 0 else self._recomp[priority][0]
+            _make_compressor(name, level, winbits)  # validate now, not at disksize
+            if priority == 0:
+                self._level = level
+                self._winbits = winbits
+            else:
+                self._recomp[priority][1:] = [level, winbits]
+
+    @property
+    def recomp_algorithms(self) -> dict[int, str]:
+        """Configured secondary algorithms by priority (1..3)."""
+        return {p: r[0] for p, r in sorted(self._recomp.items())}
+
+    def set_recomp_algorithm(self, name: str, priority: int = ZRAM_SECONDARY_COMP) -> None:
+        """``recomp_algorithm``: configure a secondary algorithm (priority 1..3) for
+        ``recompress``. EINVAL for an unknown name or a priority outside 1..3, EBUSY after
+        init. Replacing an algorithm forgets its parameters."""
+        if not 1 <= priority < ZRAM_MAX_COMPS:
+            raise InvalidValueError(
+                f"recomp_algorithm: priority={priority} outside 1..{ZRAM_MAX_COMPS - 1}"
+            )
+        lookup(name)
+        with self._lock:
+            if self._state is not None:
+                raise DeviceBusyError("recomp_algorithm: device already initialised")
+            if self._recomp.get(priority, [None])[0] != name:
+                self._recomp[priority] = [name, None, None]
+
+    @property
+    def backing_dev(self) -> str | None:
+        """The backing store's path or URI, or None."""
+        b = self._backing
+        return b.name if b else None
+
+    def set_backing_dev(self, spec: str) -> None:
+        """``backing_dev``: a file (regular or block device) or an NBD URI to write cold pages
+        to; ``none`` detaches. EBUSY after init; open errors carry their errno (ENOENT, ...)."""
+        with self._lock:
+            if self._state is not None:
+                raise DeviceBusyError("backing_dev: device already initialised")
+            new = None if spec == "none" else BackingDevice(open_store(spec))
+            old, self._backing = self._backing, new
+        if old is not None:
+            old.close()
+
+    @property
+    def writeback_limit(self) -> int:
+        """Pages writeback may still write while the limit is enabled (4 KiB units)."""
+        return self._wb_limit
+
+    def set_writeback_limit(self, units: int) -> None:
+        with self._stat_lock:
+            self._wb_limit = units
+
+    @property
+    def writeback_limit_enable(self) -> bool:
+        return self._wb_limit_enable
+
+    def set_writeback_limit_enable(self, on: bool) -> None:
+        self._wb_limit_enable = on
+
+    @property
+    def writeback_batch_size(self) -> int:
+        return self._wb_batch
+
+    def set_writeback_batch_size(self, pages: int) -> None:
+        if pages <= 0:
+            raise InvalidValueError(f"writeback_batch_size {pages}: must be at least 1")
+        self._wb_batch = pages
 
     @property
     def mem_limit(self) -> int:
@@ -322,6 +473,29 @@ class ZramDevice:
             if st is not None:
                 self._max_pages = st.pool.total_pages
 
+    def set_auto_compact(
+        self,
+        *,
+        interval: float | None = None,
+        min_bytes: int | None = None,
+        min_percent: int | None = None,
+    ) -> None:
+        """Change the background compaction policy (the shrinker thread reads it on every
+        check). EINVAL for a negative interval or size, or a percentage outside 0..100."""
+        if interval is not None and interval < 0:
+            raise InvalidValueError(f"auto_compact: interval={interval} must not be negative")
+        if min_bytes is not None and min_bytes < 0:
+            raise InvalidValueError(f"auto_compact: min_bytes={min_bytes} must not be negative")
+        if min_percent is not None and not 0 <= min_percent <= 100:
+            raise InvalidValueError(f"auto_compact: min_percent={min_percent} outside 0..100")
+        ac = self.auto_compact
+        if interval is not None:
+            ac.interval = interval
+        if min_bytes is not None:
+            ac.min_bytes = min_bytes
+        if min_percent is not None:
+            ac.min_percent = min_percent
+
     def reset(self) -> None:
         """Free everything and return to the uninitialised state (EBUSY while open)."""
         with self._lock:
@@ -331,11 +505,18 @@ class ZramDevice:
                 st, self._state = self._state, None
                 if st is not None:
                     st.close()
+            backing, self._backing = self._backing, None
+            if backing is not None:
+                backing.close()
             self._limit_pages = 0
             self._max_pages = 0
             self._failed_reads = self._failed_writes = self._miss_free = 0
+            self._direct_runs = self._direct_freed = 0
+            ac = self.auto_compact
+            ac.runs = ac.pages_freed = ac.max_pause_ns = 0
             self._algorithm = DEFAULT
             self._level = self._winbits = None
+            self._recomp.clear()
 
     def open(self) -> None:
         """A client attached (the kernel's bdev open)."""
@@ -346,10 +527,11 @@ class ZramDevice:
         with self._lock:
             self.openers = max(0, self.openers - 1)
 
-    def compact(self) -> int:
-        """``echo 1 > compact``: frames freed. EINVAL before init."""
+    def compact(self, *, gentle: bool = False) -> int:
+        """``echo 1 > compact``: frames freed. EINVAL before init. ``gentle``: a background
+        pass, in slices that yield to I/O (see ``ZsPool.compact``)."""
         with self._initialised("compact") as st:
-            return st.pool.compact()
+            return st.pool.compact(gentle=gentle)
 
     @contextmanager
     def _initialised(self, what: str) -> Iterator[_State]:
@@ -389,6 +571,328 @@ class ZramDevice:
                     else:
                         flags[i] = f & ~ZRAM_IDLE
         return marked
+
+    # -- post-processing: writeback and recompression --------------------------------------------
+
+    @contextmanager
+    def _post_processing(self, what: str) -> Iterator[_State]:
+        """The state, with the device's single post-processing slot (EAGAIN if taken)."""
+        with self._initialised(what) as st:
+            if not st.pp_lock.acquire(blocking=False):
+                raise TryAgainError(f"{what}: another writeback or recompression is running")
+            try:
+                yield st
+            finally:
+                st.pp_lock.release()
+
+    @staticmethod
+    def _pick(st: _State, lo: int, hi: int, need: int, skip: int, picked: list[int]) -> None:
+        """``scan_slots_for_*``: flag PP_SLOT on every slot in [lo, hi) that holds a pool
+        object, has all the ``need`` flags and none of ``skip``, and append it to ``picked``."""
+        flags = st.slots.flags
+        skip |= ZRAM_PP_SLOT
+        i = lo
+        while i < hi:
+            end = min(hi, ((i >> STRIPE_SHIFT) + 1) << STRIPE_SHIFT)
+            with st.locks[(i >> STRIPE_SHIFT) & STRIPE_MASK]:
+                for j in range(i, end):
+                    f = flags[j]
+                    if f & ZRAM_SIZE_MASK and f & need == need and not f & skip:
+                        flags[j] = f | ZRAM_PP_SLOT
+                        picked.append(j)
+            i = end
+
+    @staticmethod
+    def _biggest_first(st: _State, picked: list[int]) -> list[int]:
+        """The kernel's post-processing buckets: 64-byte size groups, largest first."""
+        flags = st.slots.flags
+        return sorted(picked, key=lambda j: -((flags[j] & ZRAM_SIZE_MASK) >> PP_BUCKET_SHIFT))
+
+    @staticmethod
+    def _unpick(st: _State, picked: list[int]) -> None:
+        """``release_pp_ctl``: candidates that were not processed lose PP_SLOT."""
+        flags = st.slots.flags
+        for j in picked:
+            if flags[j] & ZRAM_PP_SLOT:
+                with st.locks[(j >> STRIPE_SHIFT) & STRIPE_MASK]:
+                    flags[j] &= ~ZRAM_PP_SLOT
+
+    def _take_picked(self, st: _State, index: int) -> tuple[int, int, bytes] | None:
+        """(flags, handle, uncompressed page) of a candidate still picked, else None."""
+        with st.locks[(index >> STRIPE_SHIFT) & STRIPE_MASK]:
+            f = st.slots.flags[index]
+            if not f & ZRAM_PP_SLOT:
+                return None  # accessed or freed since it was picked
+            handle = st.slots.handle[index]
+            obj = st.pool.read(handle)
+        if f & ZRAM_SIZE_MASK == PAGE_SIZE:
+            return f, handle, obj
+        comp = st.comps[(f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT]
+        assert comp is not None
+        return f, handle, comp.decompress(obj, PAGE_SIZE)
+
+    def writeback(
+        self,
+        scans: Sequence[tuple[int, int, int]] | Callable[[int], Sequence[tuple[int, int, int]]],
+    ) -> int:
+        """``writeback``: write slots out to the backing device and free their memory.
+
+        ``scans`` are (mode, lo, hi) in the order the kernel's parser issues them: slots
+        [lo, hi) holding a pool object with every flag the mode asks for (PP_IDLE, PP_HUGE,
+        PP_INCOMPRESSIBLE; 0 = any) are picked. Largest objects go first, in batches of
+        ``writeback_batch_size`` pages written at once. A page accessed or freed while its
+        batch is in flight stays in memory. Returns the pages written back.
+
+        ENODEV without a backing device; EAGAIN while another writeback or recompression
+        runs; EIO when the enabled ``writeback_limit`` runs out or the store fails; ENOSPC
+        when it is full. On an error, what was written back before it stays written back.
+        ``scans`` may be a function of the device's page count (the control file's parser),
+        called after those checks, as the kernel parses after them.
+        """
+        with self._post_processing("writeback") as st:
+            backing = st.backing
+            if backing is None:
+                raise NoDeviceError("writeback: no backing_dev was set before disksize")
+            if callable(scans):
+                scans = scans(st.pages)
+            picked: list[int] = []
+            try:
+                for mode, lo, hi in scans:
+                    self._pick(st, lo, hi, _pp_flags(mode), ZRAM_WB | ZRAM_SAME, picked)
+                return self._writeback_slots(st, backing, self._biggest_first(st, picked))
+            finally:
+                self._unpick(st, picked)
+
+    def _wb_budget(self, pages: int) -> bool:
+        """Take ``pages`` (negative: give back) from an enabled writeback_limit."""
+        if not self._wb_limit_enable:
+            return True
+        with self._stat_lock:
+            if pages > 0 and self._wb_limit < pages:
+                return False
+            self._wb_limit -= pages
+            return True
+
+    def _writeback_slots(self, st: _State, backing: BackingDevice, picked: list[int]) -> int:
+        written = 0
+        error: ZramdError | None = None
+        for start in range(0, len(picked), self._wb_batch):
+            jobs: list[tuple[int, int, int, int, bytes]] = []  # index, flags, handle, block, page
+            for index in picked[start : start + self._wb_batch]:
+                if not self._wb_budget(1):
+                    error = ZramdError("writeback: writeback_limit is used up")
+                    break
+                taken = self._take_picked(st, index)
+                if taken is None:
+                    self._wb_budget(-1)
+                    continue
+                try:
+                    block = backing.alloc()
+                except BackingFullError as e:
+                    self._wb_budget(-1)
+                    error = e
+                    break
+                f, handle, page = taken
+                jobs.append((index, f, handle, block, page))
+            if jobs:
+                blocks = [job[3] for job in jobs]
+                try:
+                    backing.write(blocks, [job[4] for job in jobs])
+                except BackingError as e:
+                    backing.free(blocks)
+                    self._wb_budget(-len(jobs))
+                    error = e
+                    break
+                written += self._complete_writeback(st, backing, jobs)
+            if error is not None:
+                break
+        if error is not None:
+            raise error
+        return written
+
+    @staticmethod
+    def _complete_writeback(
+        st: _State, backing: BackingDevice, jobs: list[tuple[int, int, int, int, bytes]]
+    ) -> int:
+        """Switch written slots to their blocks, unless they changed meanwhile."""
+        flags = st.slots.flags
+        handles = st.slots.handle
+        done = 0
+        stale: list[int] = []
+        unused: list[int] = []
+        for index, f, handle, block, _ in jobs:
+            s = (index >> STRIPE_SHIFT) & STRIPE_MASK
+            with st.locks[s]:
+                now = flags[index]
+                if not now & ZRAM_PP_SLOT or handles[index] != handle:
+                    unused.append(block)
+                    continue
+                stale.append(handle)
+                st.compr[s] -= f & ZRAM_SIZE_MASK
+                if f & ZRAM_HUGE:
+                    st.huge[s] -= 1
+                flags[index] = ZRAM_WB  # zram_free_page + set WB: size, IDLE, HUGE cleared
+                handles[index] = block
+                st.slots.actime[index] = 0
+                done += 1
+        st.pool.free_many(stale)
+        backing.free(unused)
+        return done
+
+    def recompress(
+        self,
+        *,
+        mode: int = 0,
+        threshold: int = 0,
+        max_pages: int | None = None,
+        algo: str | None = None,
+        priority: int | None = None,
+    ) -> int:
+        """``recompress``: try the secondary algorithms on stored pages; returns pages
+        recompressed.
+
+        Candidates hold a pool object with the ``mode`` flags (PP_IDLE, PP_HUGE; 0 = all), are
+        not INCOMPRESSIBLE, are at least ``threshold`` bytes, and have a higher priority left
+        to try. Biggest objects go first. Each try of an algorithm costs one of ``max_pages``.
+        A result is kept only if it lands in a smaller size class than the old object (and
+        under ``threshold`` when one is set); a page no algorithm up to the last helps is
+        marked INCOMPRESSIBLE and never tried again. ``priority`` overrides ``algo``.
+
+        EINVAL when no secondary algorithm (or not the named one) is configured, or the
+        threshold is not below ``huge_class_size``; EAGAIN while another post-processing runs.
+        """
+        with self._post_processing("recompress") as st:
+            configured = [p for p in range(1, ZRAM_MAX_COMPS) if st.comps[p] is not None]
+            if not configured:
+                raise InvalidValueError("recompress: no recomp_algorithm was configured")
+            prios = configured
+            if priority is not None:
+                if priority not in configured:
+                    raise InvalidValueError(
+                        f"recompress: priority={priority} names no configured recomp_algorithm"
+                    )
+                prios = [priority]
+            elif algo is not None:
+                prios = [p for p in configured if _name(st.comps[p]) == algo]
+                if not prios:
+                    raise InvalidValueError(f"recompress: algo={algo} is not a recomp_algorithm")
+            huge_size = st.pool.huge_class_size
+            if threshold >= huge_size:
+                raise InvalidValueError(
+                    f"recompress: threshold={threshold} must be below huge_class_size ({huge_size})"
+                )
+            picked: list[int] = []
+            try:
+                self._pick(
+                    st,
+                    0,
+                    st.pages,
+                    _pp_flags(mode),
+                    ZRAM_WB | ZRAM_SAME | ZRAM_INCOMPRESSIBLE,
+                    picked,
+                )
+                return self._recompress_slots(
+                    st,
+                    self._biggest_first(st, picked),
+                    prios,
+                    configured[-1],
+                    threshold,
+                    max_pages,
+                )
+            finally:
+                self._unpick(st, picked)
+
+    def _recompress_slots(
+        self,
+        st: _State,
+        picked: list[int],
+        prios: list[int],
+        last: int,
+        threshold: int,
+        max_pages: int | None,
+    ) -> int:
+        pool = st.pool
+        class_of = pool.class_for_size
+        budget = max_pages
+        done = 0
+        for index in picked:
+            if budget is not None and budget <= 0:
+                break
+            cur = (st.slots.flags[index] & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
+            todo = [p for p in prios if p > cur]
+            if not todo:
+                continue
+            taken = self._take_picked(st, index)
+            if taken is None:
+                continue
+            f, handle, page = taken
+            size = f & ZRAM_SIZE_MASK
+            if size < threshold:
+                continue
+            old_class = class_of(size).index
+            found: tuple[int, bytes] | None = None
+            tried = 0
+            for p in todo:
+                if budget is not None:
+                    if budget <= 0:
+                        break
+                    budget -= 1
+                tried += 1
+                comp = st.comps[p]
+                assert comp is not None
+                c = comp.compress(page)
+                n = len(c)
+                if (
+                    n < PAGE_SIZE
+                    and class_of(n).index < old_class
+                    and (not threshold or n < threshold)
+                ):
+                    found = (p, c)
+                    break
+            if found is None:
+                self._tried(
+                    st, index, handle, incompressible=tried == len(todo) and todo[-1] == last
+                )
+                continue
+            p, c = found
+            new = pool.store_many([c])[0]
+            if self._complete_recompress(st, index, f, handle, new, len(c), p):
+                done += 1
+            else:
+                pool.free(new)
+        self._note_peak(pool.total_pages)
+        return done
+
+    @staticmethod
+    def _tried(st: _State, index: int, handle: int, *, incompressible: bool) -> None:
+        """A slot no algorithm improved: it was touched, so it is no longer IDLE (and not
+        picked for another post-processing); INCOMPRESSIBLE if the last algorithm failed."""
+        with st.locks[(index >> STRIPE_SHIFT) & STRIPE_MASK]:
+            f = st.slots.flags[index]
+            if f & ZRAM_PP_SLOT and st.slots.handle[index] == handle:
+                f &= ~(ZRAM_PP_SLOT | ZRAM_IDLE)
+                st.slots.flags[index] = f | (ZRAM_INCOMPRESSIBLE if incompressible else 0)
+
+    @staticmethod
+    def _complete_recompress(
+        st: _State, index: int, f: int, handle: int, new: int, size: int, prio: int
+    ) -> bool:
+        """Install the recompressed object unless the slot changed meanwhile."""
+        s = (index >> STRIPE_SHIFT) & STRIPE_MASK
+        with st.locks[s]:
+            flags = st.slots.flags
+            if not flags[index] & ZRAM_PP_SLOT or st.slots.handle[index] != handle:
+                return False
+            keep = f & ~(ZRAM_SIZE_MASK | ZRAM_HUGE | ZRAM_IDLE | ZRAM_PP_SLOT)
+            flags[index] = (
+                (keep & ~ZRAM_COMP_PRIORITY_MASK) | size | (prio << ZRAM_COMP_PRIORITY_SHIFT)
+            )
+            st.slots.handle[index] = new
+            st.compr[s] += size - (f & ZRAM_SIZE_MASK)
+            if f & ZRAM_HUGE:
+                st.huge[s] -= 1
+        st.pool.free(handle)
+        return True
 
     # -- I/O -----------------------------------------------------------------------------------
 
@@ -453,28 +957,47 @@ class ZramDevice:
         load_many = st.pool.load_many
         now = int(self._clock())
         out: list[int | bytes] = [0] * (stop - first)
+        recompressed: list[tuple[int, int]] = []  # (page, flags)
         i = first
         while i < stop:
             run_end = min(stop, ((i >> STRIPE_SHIFT) + 1) << STRIPE_SHIFT)
             stored: list[int] = []
             where: list[int] = []
+            blocks: list[int] = []
+            block_where: list[int] = []
             with st.locks[(i >> STRIPE_SHIFT) & STRIPE_MASK]:
                 for j in range(i, run_end):
                     f = flags[j]
                     if f & ZRAM_SIZE_MASK:
                         stored.append(handles[j])
                         where.append(j - first)
+                        if f & ZRAM_COMP_PRIORITY_MASK:
+                            recompressed.append((j - first, f))
                     elif f & ZRAM_SAME:
                         out[j - first] = handles[j]
+                    elif f & ZRAM_WB:
+                        blocks.append(handles[j])
+                        block_where.append(j - first)
                     else:
                         continue
-                    if f & ZRAM_IDLE:
-                        flags[j] = f & ~ZRAM_IDLE
+                    if f & ACCESSED:  # any access ends idleness and post-processing picks
+                        flags[j] = f & ~ACCESSED
                     actime[j] = now
                 if stored:
                     for k, obj in zip(where, load_many(stored), strict=True):
                         out[k] = obj
+                if blocks:  # read under the lock: the block may be reused once it is dropped
+                    assert st.backing is not None
+                    for k, page in zip(block_where, st.backing.read(blocks), strict=True):
+                        out[k] = page  # whole pages: the caller copies them like huge ones
             i = run_end
+        # objects made by a secondary algorithm: decompressed here, the rest by the caller
+        for k, f in recompressed:
+            comp = st.comps[(f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT]
+            assert comp is not None
+            packed = out[k]
+            assert isinstance(packed, bytes)
+            out[k] = comp.decompress(packed, PAGE_SIZE)
         return out
 
     def write(self, offset: int, data: BytesLike) -> None:
@@ -671,13 +1194,13 @@ class ZramDevice:
         try:
             handles = pool.store_many(objs)
         except PoolExhaustedError:
-            pool.compact()
+            self._direct_compact(pool)
             handles = pool.store_many(objs)
         limit = self._limit_pages
         total = pool.total_pages
         if limit and total > limit:
             pool.free_many(handles)
-            pool.compact()  # the "direct compaction" the 2014 review asked for
+            self._direct_compact(pool)  # the "direct compaction" the 2014 review asked for
             handles = pool.store_many(objs)
             total = pool.total_pages
             if total > limit:
@@ -686,10 +1209,21 @@ class ZramDevice:
                     f"write refused: the pool would hold {total} pages, over mem_limit "
                     f"({limit} pages) even after compaction"
                 )
+        self._note_peak(total)
+        return handles
+
+    def _note_peak(self, total: int) -> None:
+        """Raise mem_used_max to ``total`` pages if it is a new peak."""
         if total > self._max_pages:
             with self._stat_lock:
                 self._max_pages = max(self._max_pages, total)
-        return handles
+
+    def _direct_compact(self, pool: ZsPool) -> None:
+        """Compact before refusing a write (counted apart from manual and background runs)."""
+        freed = pool.compact()
+        with self._stat_lock:
+            self._direct_runs += 1
+            self._direct_freed += freed
 
     def _install(
         self, st: _State, first: int, values: list[int | None], flags: list[int], now: int
@@ -702,6 +1236,7 @@ class ZramDevice:
         actime = slots.actime
         stored, same, compr, huge = st.stored, st.same, st.compr, st.huge
         stale: list[int] = []
+        blocks: list[int] = []
         for k, value in enumerate(values):
             i = first + k
             s = (i >> STRIPE_SHIFT) & STRIPE_MASK
@@ -709,6 +1244,8 @@ class ZramDevice:
             if old & (ZRAM_SIZE_MASK | ZRAM_SAME | ZRAM_WB):  # zram_free_page
                 if old & ZRAM_SAME:
                     same[s] -= 1
+                elif old & ZRAM_WB:
+                    blocks.append(handle_col[i])
                 else:
                     stale.append(handle_col[i])
                     compr[s] -= old & ZRAM_SIZE_MASK
@@ -733,6 +1270,9 @@ class ZramDevice:
                     st.huge_since[s] += 1
         if stale:
             st.pool.free_many(stale)
+        if blocks:
+            assert st.backing is not None
+            st.backing.free(blocks)
 
     def _load_locked(self, st: _State, index: int) -> bytes:
         """The page's current contents (caller holds the stripe lock)."""
@@ -740,9 +1280,16 @@ class ZramDevice:
         size = f & ZRAM_SIZE_MASK
         if size:
             obj = st.pool.read(st.slots.handle[index])
-            return obj if size == PAGE_SIZE else st.comp.decompress(obj, PAGE_SIZE)
+            if size == PAGE_SIZE:
+                return obj
+            comp = st.comps[(f & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT]
+            assert comp is not None
+            return comp.decompress(obj, PAGE_SIZE)
         if f & ZRAM_SAME:
             return fill_page(st.slots.handle[index])
+        if f & ZRAM_WB:
+            assert st.backing is not None
+            return st.backing.read([st.slots.handle[index]])[0]
         return ZERO_PAGE
 
     def flush(self) -> None:
@@ -807,6 +1354,25 @@ class ZramDevice:
 
     def debug_stat(self) -> DebugStat:
         return DebugStat(1, self._miss_free)
+
+    def bd_stat(self) -> BdStat:
+        """Backing device use in 4 KiB blocks (zeros without one)."""
+        st = self._state
+        b = st.backing if st else self._backing
+        if b is None:
+            return BdStat(0, 0, 0)
+        return BdStat(b.count, b.reads, b.writes)
+
+    def compact_stat(self) -> CompactStat:
+        """What compaction did since init: background (shrinker) and direct runs."""
+        ac = self.auto_compact
+        return CompactStat(
+            auto_runs=ac.runs,
+            auto_pages_freed=ac.pages_freed,
+            direct_runs=self._direct_runs,
+            direct_pages_freed=self._direct_freed,
+            max_pause_us=ac.max_pause_ns // 1000,
+        )
 
     def mem_stat(self) -> MemStat:
         rss = _rss_bytes()

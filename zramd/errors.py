@@ -67,6 +67,18 @@ class DeviceBusyError(ControlError):
     errno = _errno.EBUSY
 
 
+class NoDeviceError(ControlError):
+    """ENODEV: writeback without a backing device."""
+
+    errno = _errno.ENODEV
+
+
+class TryAgainError(ControlError):
+    """EAGAIN: another writeback or recompression is in progress on the device."""
+
+    errno = _errno.EAGAIN
+
+
 class ValueTooLongError(ControlError):
     """E2BIG: an algorithm name of 128 bytes or more."""
 

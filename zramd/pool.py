@@ -128,6 +128,7 @@ class ZsPool:
         self._compact_lock = threading.Lock()
         self.pages_compacted = 0
         self.bytes_moved = 0  #: object bytes (headers included) copied by compaction
+        self.max_slice_ns = 0  #: longest class-lock hold of a gentle compaction slice
         self._closed = False
 
     def _class_at(self, spec: ClassSpec) -> SizeClass:
@@ -463,10 +464,12 @@ class ZsPool:
         """Frames compaction could free now, summed over classes (the shrinker's count)."""
         return sum(cls.can_compact() for cls in self.classes)
 
-    def compact(self) -> int:
+    def compact(self, *, gentle: bool = False) -> int:
         """``zs_compact``: move objects to free whole zspages; returns frames freed.
 
-        Single flight: if a compaction is already running, returns 0 at once.
+        Single flight: if a compaction is already running, returns 0 at once. ``gentle`` (for
+        background passes): give waiting threads the GIL after every slice and record the
+        longest slice in ``max_slice_ns``.
         """
         if not self._compact_lock.acquire(blocking=False):
             return 0
@@ -474,7 +477,7 @@ class ZsPool:
             freed = 0
             for cls in reversed(self.classes):  # largest first: fewest moves per frame freed
                 if cls.can_compact():
-                    freed += compact_class(self, cls)
+                    freed += compact_class(self, cls, gentle=gentle)
             self.pages_compacted += freed
             with self._page_lock:
                 self.arena.release_cached()

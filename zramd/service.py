@@ -33,6 +33,10 @@ CONFIG_KEYS: dict[str, str] = {
     "chain": f"zsmalloc chain size {MIN_CHAIN_SIZE}..{MAX_CHAIN_SIZE} "
     f"(default {DEFAULT_CHAIN_SIZE})",
     "auto_compact": "seconds between background compaction checks (0 = off; default 30)",
+    "auto_compact_min": "background compaction frees at least this much (default 1M) ...",
+    "auto_compact_percent": "... and at least this % of the pool (default 3)",
+    "backing_dev": "file or NBD URI that writeback sends cold pages to (like zram's backing_dev)",
+    "recomp_algorithm": "secondary algorithms for recompress, priority 1 first (e.g. zstd,deflate)",
 }
 
 
@@ -69,6 +73,10 @@ class Settings:
     allow_other: bool = False
     chain: int = DEFAULT_CHAIN_SIZE
     auto_compact: float = 30.0
+    auto_compact_min: int | None = None
+    auto_compact_percent: int | None = None
+    backing_dev: str | None = None
+    recomp_algorithm: list[str] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
 
 
@@ -113,6 +121,23 @@ class Service:
                 s.chain = _int(key, value, MIN_CHAIN_SIZE, MAX_CHAIN_SIZE)
             elif key == "auto_compact":
                 s.auto_compact = float(_int(key, value, 0, 86400))
+            elif key == "auto_compact_min":
+                s.auto_compact_min = parse_size(value, what=key)
+            elif key == "auto_compact_percent":
+                s.auto_compact_percent = _int(key, value, 0, 100)
+            elif key == "backing_dev":
+                if not value:
+                    raise ConfigError("backing_dev=: empty path")
+                s.backing_dev = value if "://" in value else os.path.abspath(value)
+            elif key == "recomp_algorithm":
+                names = value.split(",")
+                if not 1 <= len(names) <= 3:
+                    raise ConfigError(f"{key}={value!r}: one to three names, comma-separated")
+                for name in names:
+                    if name not in available():
+                        choices = " ".join(available())
+                        raise ConfigError(f"{key}: {name!r} is not available; choose {choices}")
+                s.recomp_algorithm = names
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
@@ -126,6 +151,18 @@ class Service:
             except ZramdError as e:
                 raise ConfigError(f"level={s.level}: {e}") from None
         dev.set_mem_limit(s.mem_limit)
+        for prio, name in enumerate(s.recomp_algorithm, 1):
+            dev.set_recomp_algorithm(name, prio)
+        dev.set_auto_compact(
+            interval=s.auto_compact,
+            min_bytes=s.auto_compact_min,
+            min_percent=s.auto_compact_percent,
+        )
+        if s.backing_dev is not None:
+            try:
+                dev.set_backing_dev(s.backing_dev)
+            except ZramdError as e:
+                raise ConfigError(str(e)) from None
         if s.size is not None:
             dev.set_disksize(s.size)
         self.device = dev
@@ -146,7 +183,7 @@ class Service:
         assert self.device is not None
         if self.control is not None:
             self.control.start()
-        self.shrinker = Shrinker(self.device, self.settings.auto_compact)
+        self.shrinker = Shrinker(self.device)
         self.shrinker.start()
 
     def stop(self) -> None:

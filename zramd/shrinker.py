@@ -4,8 +4,10 @@ The kernel registers a shrinker per pool (2015, "zsmalloc: use shrinker to trigg
 auto-compaction"): under memory pressure it asks how many pages compaction could free
 (``zs_can_compact`` summed over classes) and compacts. A userspace process gets no reclaim
 callback, so this thread polls instead: every ``interval`` seconds it compacts when the pool
-could give back at least ``threshold`` pages, or when the system reports memory pressure
-(``/proc/pressure/memory``, PSI) and anything at all can be freed.
+could give back enough (``AutoCompact.threshold_pages``: at least ``min_bytes`` and
+``min_percent`` of the pool), or when the system reports memory pressure
+(``/proc/pressure/memory``, PSI) and anything at all can be freed. The policy lives in the
+device so the control directory's ``auto_compact`` changes it while the thread runs.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from collections.abc import Callable
 from zramd.device import ZramDevice
 from zramd.errors import ZramdError
 
-MIN_THRESHOLD_PAGES = 256  # 1 MiB: below this a compaction pass costs more than it returns
-THRESHOLD_SHARE = 32  # or 1/32 of the pool, whichever is larger
 PSI_PATH = "/proc/pressure/memory"
+IDLE_POLL = 1.0  # seconds between looks at the policy while background compaction is off
 
 
 def memory_pressure(path: str = PSI_PATH) -> bool:
@@ -33,53 +34,54 @@ def memory_pressure(path: str = PSI_PATH) -> bool:
 
 
 class Shrinker:
-    """Background compaction of one device."""
+    """Background compaction of one device, following ``device.auto_compact`` (interval,
+    thresholds) and counting its work there (``compact_stat``)."""
 
     def __init__(
         self,
         device: ZramDevice,
-        interval: float,
         *,
         pressure: Callable[[], bool] = memory_pressure,
     ) -> None:
         self.device = device
-        self.interval = interval
         self.pressure = pressure
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.runs = 0  #: compactions started by the shrinker
-        self.pages_freed = 0
-
-    def threshold(self, total_pages: int) -> int:
-        return max(MIN_THRESHOLD_PAGES, total_pages // THRESHOLD_SHARE)
 
     def scan(self) -> int:
-        """One check; compacts if worthwhile. Returns pages freed."""
+        """One check; compacts (gently: sliced, yielding the GIL) if worthwhile. Returns pages
+        freed."""
+        policy = self.device.auto_compact
         pool = self.device.pool
         if pool is None:
             return 0
         freeable = pool.can_compact()
         if not freeable:
             return 0
-        if freeable < self.threshold(pool.total_pages) and not self.pressure():
+        if freeable < policy.threshold_pages(pool.total_pages) and not self.pressure():
             return 0
         try:
-            freed = self.device.compact()
+            freed = self.device.compact(gentle=True)
         except ZramdError:  # reset under our feet: nothing to do until re-initialised
             return 0
-        self.runs += 1
-        self.pages_freed += freed
+        policy.runs += 1
+        policy.pages_freed += freed
+        policy.max_pause_ns = max(policy.max_pause_ns, pool.max_slice_ns)
         return freed
 
     def start(self) -> None:
-        if self.interval <= 0 or self._thread is not None:
+        if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="zramd-shrinker", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.scan()
+        while True:
+            interval = self.device.auto_compact.interval
+            if self._stop.wait(interval if interval > 0 else IDLE_POLL):
+                return
+            if self.device.auto_compact.interval > 0:
+                self.scan()
 
     def stop(self) -> None:
         self._stop.set()

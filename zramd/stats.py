@@ -80,6 +80,26 @@ class DebugStat:
 
 
 @dataclass(frozen=True, slots=True)
+class BdStat:
+    """``bd_stat``, in 4 KiB blocks."""
+
+    bd_count: int  #: blocks of the backing device in use now
+    bd_reads: int  #: blocks read from it since init
+    bd_writes: int  #: blocks written to it since init
+
+
+@dataclass(frozen=True, slots=True)
+class CompactStat:
+    """``compact_stat`` (zramd only): compaction nobody asked for, since init."""
+
+    auto_runs: int  #: background compactions (the shrinker thread)
+    auto_pages_freed: int  #: frames they freed
+    direct_runs: int  #: compactions before refusing a write (mem_limit, full arena)
+    direct_pages_freed: int  #: frames they freed
+    max_pause_us: int  #: longest a size class was locked by one background slice
+
+
+@dataclass(frozen=True, slots=True)
 class MemStat:
     """``mem_stat`` (zramd only): what the device really costs this process, in bytes."""
 

@@ -1,0 +1,447 @@
+"""Memory tiers in the device: idle tracking, writeback to a backing store, recompression."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from zramd.backing import BackingError, FileStore, open_store
+from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice
+from zramd.errors import (
+    DeviceBusyError,
+    InvalidValueError,
+    NoDeviceError,
+    TryAgainError,
+    ZramdError,
+)
+from zramd.slots import (
+    ZRAM_COMP_PRIORITY_MASK,
+    ZRAM_HUGE,
+    ZRAM_IDLE,
+    ZRAM_INCOMPRESSIBLE,
+    ZRAM_PP_SLOT,
+    ZRAM_WB,
+)
+from zramd.stats import BdStat
+from zramd.testing import synthetic_pages
+
+P = 4096
+PAGES = 256
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def backing_file(tmp_path: Path, blocks: int = 1024) -> str:
+    path = tmp_path / "backing.img"
+    with open(path, "wb") as f:
+        f.truncate(blocks * P)
+    return str(path)
+
+
+def random_page(seed: int) -> bytes:
+    return os.urandom(P) if seed < 0 else bytes((seed * 7 + i * 13) % 251 for i in range(P))
+
+
+@pytest.fixture
+def data() -> bytes:
+    return b"".join(synthetic_pages(PAGES, seed=5))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def dev(tmp_path: Path, data: bytes, clock: Clock) -> Iterator[ZramDevice]:
+    d = ZramDevice(clock=clock)
+    d.set_backing_dev(backing_file(tmp_path))
+    d.set_disksize(PAGES * P)
+    d.write(0, data)
+    yield d
+    d.reset()
+
+
+def stored_objects(d: ZramDevice) -> int:
+    pool = d.pool
+    assert pool is not None
+    return pool.stats().objects
+
+
+# -- idle ---------------------------------------------------------------------------------------
+
+
+def object_pages(d: ZramDevice) -> list[int]:
+    """Pages that hold a pool object (not same-filled, not written back)."""
+    return [i for i in range(PAGES) if d.slot_flags(i) & 0x1FFF]
+
+
+def test_idle_by_age_uses_the_injected_clock(dev: ZramDevice, clock: Clock, data: bytes) -> None:
+    first, second = object_pages(dev)[:2]
+    clock.now += 100
+    dev.write(first * P, data[first * P : (first + 1) * P])  # fresh; the rest 100 s old
+    marked = dev.mark_idle(50)
+    assert not dev.slot_flags(first) & ZRAM_IDLE
+    assert dev.slot_flags(second) & ZRAM_IDLE
+    dev.read(second * P, P)  # any access clears IDLE
+    assert not dev.slot_flags(second) & ZRAM_IDLE
+    assert dev.mark_idle(50) == marked - 1
+    clock.now += 100
+    assert dev.mark_idle(50) == marked + 1 == len(object_pages(dev))  # same pages never idle
+
+
+# -- writeback ----------------------------------------------------------------------------------
+
+
+def test_writeback_moves_idle_pages_out_and_reads_them_back(dev: ZramDevice, data: bytes) -> None:
+    before = dev.mm_stat()
+    candidates = stored_objects(dev)
+    dev.mark_idle()
+    assert dev.writeback([(PP_IDLE, 0, PAGES)]) == candidates
+    after = dev.mm_stat()
+    assert after.orig_data_size == before.orig_data_size  # written-back pages still count
+    assert (after.compr_data_size, after.mem_used_total, after.huge_pages) == (0, 0, 0)
+    assert after.same_pages == before.same_pages
+    assert dev.bd_stat() == BdStat(candidates, 0, candidates)
+    assert dev.read(0, len(data)) == data
+    assert dev.bd_stat().bd_reads == candidates
+    # not brought back into RAM by reading; an overwrite or discard frees the block
+    assert dev.bd_stat().bd_count == candidates
+    dev.write(0, data[P : 3 * P])
+    dev.discard(5 * P, P)
+    flags = [dev.slot_flags(i) for i in (0, 1, 5)]
+    assert not any(f & ZRAM_WB for f in flags)
+    freed = sum(1 for i in (0, 1, 5) if data[i * P : i * P + 8] * 512 != data[i * P : (i + 1) * P])
+    assert dev.bd_stat().bd_count == candidates - freed
+    expect = bytearray(data)
+    expect[0 : 2 * P] = data[P : 3 * P]
+    expect[5 * P : 6 * P] = bytes(P)
+    assert dev.read(0, len(data)) == expect
+
+
+def test_writeback_filters_by_mode(tmp_path: Path, clock: Clock) -> None:
+    d = ZramDevice(clock=clock)
+    d.set_backing_dev(backing_file(tmp_path))
+    d.set_disksize(16 * P)
+    incompressible = os.urandom(4 * P)
+    d.write(0, incompressible)  # pages 0-3 HUGE
+    d.write(4 * P, b"".join(synthetic_pages(12, seed=9)))
+    huge = [i for i in range(16) if d.slot_flags(i) & ZRAM_HUGE]
+    assert huge[:4] == [0, 1, 2, 3]
+    d.mark_idle()
+    d.read(0, P)  # page 0 is huge but no longer idle
+    assert d.writeback([(PP_HUGE | PP_IDLE, 0, 16)]) == len(huge) - 1
+    assert not d.slot_flags(0) & ZRAM_WB
+    assert d.writeback([(PP_HUGE, 0, 16)]) == 1
+    assert d.writeback([(PP_INCOMPRESSIBLE, 0, 16)]) == 0  # nothing marked incompressible
+    # a page range takes any stored page; same-filled pages are never written back
+    d.write(15 * P, b"\x07" * P)
+    stored = [i for i in range(8, 16) if not d.slot_flags(i) & ZRAM_WB and i not in huge]
+    assert d.writeback([(0, 8, 16)]) == len(stored) - 1
+    assert d.read(0, 4 * P) == incompressible
+    d.reset()
+
+
+def test_writeback_limit(dev: ZramDevice, data: bytes) -> None:
+    dev.set_writeback_limit(10)
+    dev.set_writeback_limit_enable(True)
+    with pytest.raises(ZramdError) as e:
+        dev.writeback([(0, 0, PAGES)])
+    assert e.value.errno == errno.EIO
+    assert dev.bd_stat().bd_writes == 10  # the budget was spent, no more
+    assert dev.writeback_limit == 0
+    with pytest.raises(ZramdError):
+        dev.writeback([(0, 0, PAGES)])
+    dev.set_writeback_limit_enable(False)  # disabled: no limit, budget untouched
+    dev.writeback([(0, 0, PAGES)])
+    assert dev.writeback_limit == 0
+    assert dev.read(0, len(data)) == data
+
+
+def test_writeback_in_batches(dev: ZramDevice, data: bytes) -> None:
+    dev.set_writeback_batch_size(7)
+    n = dev.writeback([(0, 0, PAGES)])
+    assert n == dev.bd_stat().bd_count > 7
+    assert dev.read(0, len(data)) == data
+    with pytest.raises(InvalidValueError):
+        dev.set_writeback_batch_size(0)
+
+
+def test_backing_store_full_is_enospc(tmp_path: Path, data: bytes) -> None:
+    d = ZramDevice()
+    d.set_backing_dev(backing_file(tmp_path, blocks=9))  # block 0 is never used: 8 usable
+    d.set_disksize(PAGES * P)
+    d.write(0, data)
+    with pytest.raises(ZramdError) as e:
+        d.writeback([(0, 0, PAGES)])
+    assert e.value.errno == errno.ENOSPC
+    assert d.bd_stat().bd_count == 8
+    assert d.read(0, len(data)) == data
+    d.reset()
+
+
+def test_writeback_errors(tmp_path: Path, data: bytes) -> None:
+    d = ZramDevice()
+    with pytest.raises(InvalidValueError, match="not initialised"):
+        d.writeback([(0, 0, 1)])
+    d.set_disksize(PAGES * P)
+    with pytest.raises(NoDeviceError):
+        d.writeback([(0, 0, 1)])
+    with pytest.raises(DeviceBusyError):
+        d.set_backing_dev(backing_file(tmp_path))
+    d.reset()
+
+
+def test_backing_dev_open_errors(tmp_path: Path) -> None:
+    d = ZramDevice()
+    with pytest.raises(BackingError) as e:
+        d.set_backing_dev(str(tmp_path / "missing"))
+    assert e.value.errno == errno.ENOENT
+    with pytest.raises(BackingError) as e:
+        d.set_backing_dev(str(tmp_path))
+    assert e.value.errno == errno.EISDIR
+    with pytest.raises(BackingError) as e:
+        d.set_backing_dev("/dev/null")
+    assert e.value.errno == errno.ENOTBLK
+    (tmp_path / "tiny").write_bytes(b"x" * P)
+    with pytest.raises(BackingError) as e:
+        d.set_backing_dev(str(tmp_path / "tiny"))
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(BackingError) as e:
+        d.set_backing_dev("nbd+unix:///?socket=" + str(tmp_path / "nobody.sock"))
+    assert e.value.errno in (errno.ENOENT, errno.ECONNREFUSED)
+    assert d.backing_dev is None
+    d.set_backing_dev(backing_file(tmp_path))
+    assert d.backing_dev == str(tmp_path / "backing.img")
+    d.set_backing_dev("none")
+    assert d.backing_dev is None
+
+
+def test_reset_detaches_the_backing_device(dev: ZramDevice, tmp_path: Path) -> None:
+    dev.writeback([(0, 0, 8)])
+    dev.reset()
+    assert dev.backing_dev is None
+    assert dev.bd_stat() == BdStat(0, 0, 0)
+    dev.set_disksize(P * 4)
+    with pytest.raises(NoDeviceError):
+        dev.writeback([(0, 0, 4)])
+
+
+def test_file_store_round_trip(tmp_path: Path) -> None:
+    store = open_store(backing_file(tmp_path, 4))
+    assert isinstance(store, FileStore)
+    assert store.nr_blocks == 4
+    pages = [random_page(1), random_page(2)]
+    store.write_blocks([3, 1], pages)
+    assert store.read_blocks([1, 3]) == [pages[1], pages[0]]
+    store.close()
+
+
+def test_a_page_accessed_during_writeback_stays_in_memory(
+    dev: ZramDevice, data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backing = dev._state.backing  # type: ignore[union-attr]
+    assert backing is not None
+    real = backing.write
+    touched: list[int] = []
+
+    def write_and_touch(blocks: list[int], pages: list[bytes]) -> None:
+        if not touched:  # while the first batch is in flight, a client reads page 1
+            dev.read(P, P)  # and overwrites page 2
+            dev.write(2 * P, data[10 * P : 11 * P])
+            touched.append(1)
+        real(blocks, pages)
+
+    monkeypatch.setattr(backing, "write", write_and_touch)
+    n = dev.writeback([(0, 0, 4)])
+    assert n == 2  # pages 0 and 3; 1 was read and 2 rewritten meanwhile
+    assert dev.bd_stat().bd_count == 2  # the blocks of 1 and 2 went back
+    assert [bool(dev.slot_flags(i) & ZRAM_WB) for i in range(4)] == [True, False, False, True]
+    assert not any(dev.slot_flags(i) & ZRAM_PP_SLOT for i in range(PAGES))
+    assert dev.read(0, 4 * P) == data[: 2 * P] + data[10 * P : 11 * P] + data[3 * P : 4 * P]
+
+
+def test_only_one_post_processing_at_a_time(
+    dev: ZramDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backing = dev._state.backing  # type: ignore[union-attr]
+    assert backing is not None
+    real = backing.write
+    inside = threading.Event()
+    release = threading.Event()
+
+    def slow_write(blocks: list[int], pages: list[bytes]) -> None:
+        inside.set()
+        release.wait(10)
+        real(blocks, pages)
+
+    monkeypatch.setattr(backing, "write", slow_write)
+    object_pages_before = object_pages(dev)
+    t = threading.Thread(target=dev.writeback, args=([(0, 0, 8)],))
+    t.start()
+    assert inside.wait(10)
+    with pytest.raises(TryAgainError):
+        dev.writeback([(0, 8, 16)])
+    release.set()
+    t.join()
+    assert dev.bd_stat().bd_count == len([i for i in object_pages_before if i < 8])
+
+
+# -- recompression ------------------------------------------------------------------------------
+
+
+def recomp_device(tmp_path: Path | None = None, *algos: str) -> ZramDevice:
+    d = ZramDevice("lz4")
+    for prio, name in enumerate(algos, 1):
+        d.set_recomp_algorithm(name, prio)
+    d.set_disksize(PAGES * P)
+    return d
+
+
+def test_recompress_keeps_only_smaller_classes(data: bytes) -> None:
+    d = recomp_device(None, "zstd")
+    d.write(0, data)
+    before = d.mm_stat()
+    n = d.recompress()
+    after = d.mm_stat()
+    assert n > 0
+    assert after.compr_data_size < before.compr_data_size
+    assert d.read(0, len(data)) == data
+    pool = d.pool
+    assert pool is not None
+    recompressed = [i for i in range(PAGES) if d.slot_flags(i) & ZRAM_COMP_PRIORITY_MASK]
+    assert len(recompressed) == n
+    # nothing left to try: zstd was the last algorithm, every other page is INCOMPRESSIBLE
+    assert d.recompress() == 0
+    for i in range(PAGES):
+        f = d.slot_flags(i)
+        if f & 0x1FFF and not f & ZRAM_COMP_PRIORITY_MASK:
+            assert f & ZRAM_INCOMPRESSIBLE
+    d.reset()
+
+
+def test_recompress_incompressible_and_huge(data: bytes) -> None:
+    d = recomp_device(None, "zstd", "deflate")
+    noise = os.urandom(2 * P)
+    d.write(0, noise)
+    d.write(2 * P, data[: 30 * P])
+    assert d.slot_flags(0) & ZRAM_HUGE
+    huge_before = d.mm_stat().huge_pages
+    assert d.recompress(mode=PP_HUGE) == 0  # random data: no algorithm helps
+    assert d.slot_flags(0) & ZRAM_INCOMPRESSIBLE
+    assert d.mm_stat().huge_pages == huge_before
+    # incompressible pages can be written back by that mode ... (no backing here: ENODEV)
+    with pytest.raises(NoDeviceError):
+        d.writeback([(PP_INCOMPRESSIBLE, 0, PAGES)])
+    assert d.read(0, 2 * P) == noise
+    d.reset()
+
+
+def test_recompress_of_a_compressible_huge_page() -> None:
+    d = ZramDevice("lz4")
+    d.set_recomp_algorithm("zstd")
+    d.set_disksize(PAGES * P)
+    # lz4 stores it raw (≥ huge_class_size) but zstd's entropy coding shrinks it
+    page = bytes(b & 0x3F for b in os.urandom(P))
+    d.write(0, page)
+    assert d.slot_flags(0) & ZRAM_HUGE
+    assert d.recompress(mode=PP_HUGE) == 1
+    f = d.slot_flags(0)
+    assert not f & ZRAM_HUGE
+    assert f & ZRAM_COMP_PRIORITY_MASK
+    s = d.mm_stat()
+    assert (s.huge_pages, s.huge_pages_since) == (0, 1)
+    assert d.read(0, P) == page
+    d.reset()
+
+
+def test_recompress_budget_threshold_and_selection(data: bytes) -> None:
+    d = recomp_device(None, "lz4hc", "zstd")
+    d.write(0, data)
+    assert d.recompress(max_pages=3) <= 3
+    assert d.recompress(algo="zstd", max_pages=0) == 0
+    with pytest.raises(InvalidValueError, match="algo=deflate"):
+        d.recompress(algo="deflate")
+    with pytest.raises(InvalidValueError, match="priority=3"):
+        d.recompress(priority=3)
+    pool = d.pool
+    assert pool is not None
+    with pytest.raises(InvalidValueError, match="threshold"):
+        d.recompress(threshold=pool.huge_class_size)
+    # with a threshold, objects below it are left alone and results must fall below it
+    d.recompress(threshold=2000, priority=2)
+    for i in range(PAGES):
+        f = d.slot_flags(i)
+        if f & ZRAM_COMP_PRIORITY_MASK:
+            assert f & 0x1FFF < 2000
+    assert d.read(0, len(data)) == data
+    d.reset()
+
+
+def test_recompress_needs_a_secondary_algorithm() -> None:
+    d = ZramDevice()
+    d.set_disksize(P)
+    with pytest.raises(InvalidValueError, match="no recomp_algorithm"):
+        d.recompress()
+    with pytest.raises(DeviceBusyError):
+        d.set_recomp_algorithm("zstd")
+    d.reset()
+    with pytest.raises(InvalidValueError, match="priority=4"):
+        d.set_recomp_algorithm("zstd", 4)
+    with pytest.raises(InvalidValueError, match="unknown"):
+        d.set_recomp_algorithm("zippy")
+    d.set_recomp_algorithm("zstd", 3)
+    assert d.recomp_algorithms == {3: "zstd"}
+    d.reset()
+    assert d.recomp_algorithms == {}  # reset forgets secondary algorithms
+
+
+def test_written_back_and_recompressed_pages_mix(tmp_path: Path, data: bytes) -> None:
+    d = ZramDevice()
+    d.set_recomp_algorithm("zstd")
+    d.set_backing_dev(backing_file(tmp_path))
+    d.set_disksize(PAGES * P)
+    d.write(0, data)
+    d.recompress()
+    d.writeback([(0, 0, PAGES // 2)])
+    assert d.read(0, len(data)) == data
+    # sub-page writes into written-back and recompressed pages (read-modify-write)
+    d.write(P + 100, b"patch")
+    d.write((PAGES - 1) * P + 4000, b"tail")
+    expect = bytearray(data)
+    expect[P + 100 : P + 105] = b"patch"
+    expect[(PAGES - 1) * P + 4000 : (PAGES - 1) * P + 4004] = b"tail"
+    assert d.read(0, len(data)) == expect
+    d.reset()
+
+
+def test_a_block_device_as_backing_dev(tmp_path: Path, data: bytes) -> None:
+    """The kernel's usual case: a block device (here a loop device over a file)."""
+    image = backing_file(tmp_path, blocks=512)
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", image], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        d = ZramDevice()
+        d.set_backing_dev(loop)
+        assert d.backing_dev == loop
+        d.set_disksize(PAGES * P)
+        d.write(0, data)
+        n = d.writeback([(0, 0, PAGES)])
+        assert n == d.bd_stat().bd_count > 0
+        assert d.read(0, len(data)) == data
+        d.reset()  # closes the device, so the loop can go
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)

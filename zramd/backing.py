@@ -1,0 +1,299 @@
+"""Backing stores for writeback: where cold pages go when they leave RAM (``backing_dev``).
+
+The kernel's zram writes idle or incompressible pages to a block device
+(CONFIG_ZRAM_WRITEBACK) and keeps the block index in the slot. zramd accepts two kinds of store:
+
+* a **file** (a regular file or a block device, opened read-write), written with ``pwrite``;
+* an **NBD URI** (``nbd://``, ``nbd+unix://``, ``nbds://``...), so cold pages can live on any
+  NBD server, local or remote, through libnbd. This is the one edge in this module: ``nbd``
+  (python3-libnbd) is imported only when such a URI is given.
+
+A store is an array of 4 KiB blocks. ``BackingDevice`` adds what zram keeps beside it: the
+bitmap of blocks in use (block 0 is never handed out, as in the kernel, so a block index is never
+0) and the ``bd_stat`` counters. Writes come in batches (``writeback_batch_size`` pages): the
+file store issues them back to back, the NBD store keeps them all in flight at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from zramd._types import BytesLike
+from zramd.errors import ZramdError
+from zramd.size_class import PAGE_SHIFT, PAGE_SIZE
+
+NBD_SCHEMES = ("nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://")
+
+
+class BackingError(ZramdError):
+    """The backing store cannot be opened or used; ``errno`` says why (as the kernel's)."""
+
+    def __init__(self, message: str, code: int = errno.EIO) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+class BackingFullError(BackingError):
+    """No free block is left on the backing store (writeback answers ENOSPC)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, errno.ENOSPC)
+
+
+class BackingStore(Protocol):
+    """An array of ``nr_blocks`` 4 KiB blocks. Methods may be called from several threads."""
+
+    @property
+    def name(self) -> str:
+        """What ``backing_dev`` shows: the path or the URI."""
+        ...
+
+    @property
+    def nr_blocks(self) -> int: ...
+
+    def write_blocks(self, blocks: Sequence[int], pages: Sequence[BytesLike]) -> None:
+        """Write each page (exactly 4096 bytes) to its block. Raises BackingError (EIO) if
+        any write fails; blocks whose write failed hold undefined bytes."""
+        ...
+
+    def read_blocks(self, blocks: Sequence[int]) -> list[bytes]:
+        """The 4096 bytes of each block, in order. Raises BackingError (EIO)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _file_size(fd: int, path: str) -> int:
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    raise BackingError(f"backing_dev {path}: not a regular file or a block device", errno.ENOTBLK)
+
+
+def _check_size(size: int, name: str) -> int:
+    if size < 2 * PAGE_SIZE:  # block 0 is never used: one page holds nothing
+        raise BackingError(
+            f"backing_dev {name}: {size} bytes is too small (at least 2 pages)", errno.EINVAL
+        )
+    return size
+
+
+class FileStore:
+    """A regular file or a block device, opened read-write, addressed in 4 KiB blocks."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise BackingError(f"backing_dev {path}: {e.strerror}", e.errno or errno.EIO) from None
+        try:
+            size = _file_size(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._path = path
+        self._blocks = _check_size(size, path) >> PAGE_SHIFT
+
+    @property
+    def name(self) -> str:
+        return self._path
+
+    @property
+    def nr_blocks(self) -> int:
+        return self._blocks
+
+    def write_blocks(self, blocks: Sequence[int], pages: Sequence[BytesLike]) -> None:
+        fd = self._fd
+        try:
+            for block, page in zip(blocks, pages, strict=True):
+                if os.pwrite(fd, page, block << PAGE_SHIFT) != PAGE_SIZE:
+                    raise BackingError(f"backing_dev {self._path}: short write at block {block}")
+        except OSError as e:
+            raise BackingError(f"backing_dev {self._path}: write failed: {e.strerror}") from None
+
+    def read_blocks(self, blocks: Sequence[int]) -> list[bytes]:
+        fd = self._fd
+        out = []
+        try:
+            for block in blocks:
+                data = os.pread(fd, PAGE_SIZE, block << PAGE_SHIFT)
+                if len(data) != PAGE_SIZE:
+                    raise BackingError(f"backing_dev {self._path}: short read at block {block}")
+                out.append(data)
+        except OSError as e:
+            raise BackingError(f"backing_dev {self._path}: read failed: {e.strerror}") from None
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class NbdStore:
+    """An export of an NBD server, through libnbd. A batch of writes is in flight at once."""
+
+    def __init__(self, uri: str) -> None:
+        try:
+            import nbd  # noqa: PLC0415 - python3-libnbd, needed only for NBD URIs
+        except ImportError:
+            raise BackingError(
+                f"backing_dev {uri}: NBD URIs need libnbd's Python binding (python3-libnbd)",
+                errno.EINVAL,
+            ) from None
+        self._nbd: Any = nbd
+        self._uri = uri
+        self._lock = threading.Lock()  # one request batch at a time on the handle
+        h = nbd.NBD()
+        try:
+            h.connect_uri(uri)
+            read_only = h.is_read_only()
+            size = int(h.get_size())
+        except nbd.Error as e:  # the handle closes when its last reference goes
+            raise BackingError(f"backing_dev {uri}: {e.string}", e.errnum or errno.EIO) from None
+        if read_only:
+            raise BackingError(f"backing_dev {uri}: the export is read-only", errno.EROFS)
+        self._blocks = _check_size(size, uri) >> PAGE_SHIFT
+        self._h: Any = h
+
+    @property
+    def name(self) -> str:
+        return self._uri
+
+    @property
+    def nr_blocks(self) -> int:
+        return self._blocks
+
+    def _run(self, submit: list[Any]) -> None:
+        """Wait for the aio commands ``submit`` (cookies) to complete; raise on any error."""
+        h = self._h
+        pending = set(submit)
+        failed = ""
+        while pending:
+            for cookie in list(pending):
+                try:
+                    done = h.aio_command_completed(cookie)
+                except self._nbd.Error as e:
+                    failed = e.string
+                    done = True
+                if done:
+                    pending.discard(cookie)
+            if pending:
+                h.poll(-1)
+        if failed:
+            raise BackingError(f"backing_dev {self._uri}: {failed}")
+
+    def write_blocks(self, blocks: Sequence[int], pages: Sequence[BytesLike]) -> None:
+        nbd = self._nbd
+        with self._lock:
+            bufs = [nbd.Buffer.from_buffer(bytes(page)) for page in pages]  # alive until done
+            try:
+                cookies = [
+                    self._h.aio_pwrite(buf, b << PAGE_SHIFT)
+                    for buf, b in zip(bufs, blocks, strict=True)
+                ]
+                self._run(cookies)
+            except nbd.Error as e:
+                raise BackingError(f"backing_dev {self._uri}: write failed: {e.string}") from None
+
+    def read_blocks(self, blocks: Sequence[int]) -> list[bytes]:
+        nbd = self._nbd
+        with self._lock:
+            try:
+                bufs = [nbd.Buffer(PAGE_SIZE) for _ in blocks]
+                cookies = [
+                    self._h.aio_pread(buf, b << PAGE_SHIFT)
+                    for buf, b in zip(bufs, blocks, strict=True)
+                ]
+                self._run(cookies)
+            except nbd.Error as e:
+                raise BackingError(f"backing_dev {self._uri}: read failed: {e.string}") from None
+            return [bytes(buf.to_buffer()) for buf in bufs]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._h is None:
+                return
+            with contextlib.suppress(self._nbd.Error):  # the server may be gone already
+                self._h.shutdown()
+            self._h = None  # libnbd closes the handle with its last reference
+
+
+def open_store(spec: str) -> BackingStore:
+    """A file path or an NBD URI; BackingError with the kernel's errno if it can't be used."""
+    if spec.startswith(NBD_SCHEMES):
+        return NbdStore(spec)
+    if not spec:
+        raise BackingError("backing_dev: empty path", errno.EINVAL)
+    return FileStore(spec)
+
+
+class BackingDevice:
+    """A store plus zram's block bitmap and ``bd_stat`` counters. Thread-safe (one leaf lock
+    for the bitmap and counters; the store does its own locking)."""
+
+    def __init__(self, store: BackingStore) -> None:
+        self.store = store
+        self.nr_blocks = store.nr_blocks
+        self._used = bytearray(self.nr_blocks)
+        self._used[0] = 1  # block 0 is never handed out (zram keeps handle 0 for "none")
+        self._cursor = 1
+        self._lock = threading.Lock()
+        self.count = 0  #: blocks in use (bd_stat bd_count)
+        self.reads = 0  #: blocks read since init (bd_reads)
+        self.writes = 0  #: blocks written since init (bd_writes)
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+    def alloc(self) -> int:
+        """A free block (``alloc_block_bdev``); BackingFullError when none is left."""
+        with self._lock:
+            used = self._used
+            i = used.find(0, self._cursor)
+            if i < 0:
+                i = used.find(0, 1)
+                if i < 0:
+                    raise BackingFullError(
+                        f"backing_dev {self.name}: all {self.nr_blocks - 1} blocks are in use"
+                    )
+            used[i] = 1
+            self._cursor = i + 1
+            self.count += 1
+            return i
+
+    def free(self, blocks: Sequence[int]) -> None:
+        """Give blocks back (``free_block_bdev``)."""
+        if not blocks:
+            return
+        with self._lock:
+            used = self._used
+            for b in blocks:
+                if not used[b]:
+                    raise BackingError(f"backing block {b} freed twice")
+                used[b] = 0
+            self.count -= len(blocks)
+
+    def write(self, blocks: Sequence[int], pages: Sequence[BytesLike]) -> None:
+        self.store.write_blocks(blocks, pages)
+        with self._lock:
+            self.writes += len(blocks)
+
+    def read(self, blocks: Sequence[int]) -> list[bytes]:
+        out = self.store.read_blocks(blocks)
+        with self._lock:
+            self.reads += len(blocks)
+        return out
+
+    def close(self) -> None:
+        self.store.close()
