@@ -103,9 +103,49 @@ MATRIX = [
     ("fresh", "algorithm_params", b"level=3x", EINVAL),
     ("fresh", "algorithm_params", NOT_ASCII, EINVAL),
     ("live", "algorithm_params", b"level=3", EBUSY),
+    # backing_dev (never opened for real here: only paths that cannot be opened)
+    ("fresh", "backing_dev", b"", EINVAL),
+    ("fresh", "backing_dev", b"\n", EINVAL),
+    ("fresh", "backing_dev", b"/nonexistent/zramd-backing", errno.ENOENT),
+    ("fresh", "backing_dev", b"/", errno.EISDIR),
+    ("fresh", "backing_dev", b"/dev/null", errno.ENOTBLK),
+    ("fresh", "backing_dev", b"a\x00b", EINVAL),
+    ("fresh", "backing_dev", b"nbd+unix:///?socket=/nonexistent/s", errno.ENOENT),
+    ("fresh", "backing_dev", NOT_ASCII, EINVAL),
+    ("live", "backing_dev", b"none", EBUSY),
+    # writeback
+    ("fresh", "writeback", b"idle", EINVAL),
+    ("live", "writeback", b"idle", errno.ENODEV),
+    ("fresh", "writeback_limit", b"", EINVAL),
+    ("fresh", "writeback_limit", b"lots", EINVAL),
+    ("fresh", "writeback_limit", BIG, ERANGE),
+    ("live", "writeback_limit_enable", b"yes", EINVAL),
+    ("live", "writeback_limit_enable", b"", EINVAL),
+    ("live", "writeback_batch_size", b"0", EINVAL),
+    ("live", "writeback_batch_size", b"4294967296", ERANGE),
+    ("live", "writeback_batch_size", b"x", EINVAL),
+    # recompression
+    ("fresh", "recomp_algorithm", b"", EINVAL),
+    ("fresh", "recomp_algorithm", b"priority=1", EINVAL),
+    ("fresh", "recomp_algorithm", b"algo", EINVAL),
+    ("fresh", "recomp_algorithm", b"algo=snappy", EINVAL),
+    ("fresh", "recomp_algorithm", b"algo=zstd priority=4", EINVAL),
+    ("fresh", "recomp_algorithm", b"algo=" + b"z" * 130, E2BIG),
+    ("live", "recomp_algorithm", b"algo=zstd", EBUSY),
+    ("fresh", "recompress", b"type=idle", EINVAL),
+    ("live", "recompress", b"type=idle", EINVAL),  # no recomp_algorithm configured
+    ("live", "recompress", b"threshold=abc", EINVAL),
+    # auto_compact
+    ("live", "auto_compact", b"", EINVAL),
+    ("live", "auto_compact", b"interval", EINVAL),
+    ("live", "auto_compact", b"bogus=1", EINVAL),
+    ("live", "auto_compact", b"interval=99999999", ERANGE),
+    ("live", "auto_compact", b"min_percent=101", ERANGE),
+    ("live", "auto_compact", HUGE, EINVAL),
     # read-only attributes
     *[("live", name, b"0", EACCES) for name in
-      ("initstate", "mm_stat", "io_stat", "debug_stat", "mem_stat", "classes")],
+      ("initstate", "mm_stat", "io_stat", "debug_stat", "mem_stat", "classes", "bd_stat",
+       "compact_stat")],
 ]  # fmt: skip
 
 
@@ -180,6 +220,9 @@ FUSE_CASES = [
     ("algorithm_params", b"level\n", EINVAL),
     ("mem_used_max", HUGE, EINVAL),
     ("disksize", b"", None),  # an empty write() is no store at all: 0 bytes written
+    ("backing_dev", b"x\x00y\n", EINVAL),  # once took the whole control directory down
+    ("writeback", b"idle\n", errno.ENODEV),
+    ("auto_compact", b"interval=-1\n", EINVAL),
 ]
 
 
@@ -219,7 +262,7 @@ def test_bad_writes_through_the_mount(tmp_path: Path) -> None:
             os.open(ctl / "mm_stat", os.O_WRONLY)
         # and a name that is no attribute does not exist
         with pytest.raises(FileNotFoundError):
-            os.open(ctl / "backing_dev", os.O_WRONLY)
+            os.open(ctl / "max_comp_streams", os.O_WRONLY)
         assert h.pread(len(data), 0) == data
         h.shutdown()
 
@@ -267,3 +310,22 @@ def test_out_of_range_requests_reach_the_server_and_are_refused(tmp_path: Path) 
         h = srv.connect()
         assert h.pread(P, size - P) == data  # the server is still up
         h.shutdown()
+
+
+def test_a_store_bug_is_eio_not_the_end_of_the_mount() -> None:
+    """The control directory answers an unexpected exception in a store with EIO instead of
+    letting it end pyfuse3's main loop (and with it the mount)."""
+    import trio  # noqa: PLC0415 - the FUSE edge only
+
+    from zramd.fusefs import _Ops  # noqa: PLC0415
+
+    ops = _Ops(ZramDevice(), os.getuid(), os.getgid())
+
+    def broken(dev: ZramDevice, name: str, data: bytes) -> None:
+        raise ValueError("a bug")
+
+    import pyfuse3  # noqa: PLC0415
+
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        trio.run(ops._call, broken, ops.device, "backing_dev", b"x")
+    assert info.value.errno == errno.EIO

@@ -25,9 +25,11 @@ from relkit import LONG
 
 P = 4096
 MiB = 1 << 20
-STORABLE = [a.name for a in control.ATTRIBUTES if a.store is not None]
+# backing_dev opens what it is given read-write: it is fuzzed on its own, with names that can
+# only point into an empty directory
+STORABLE = [a.name for a in control.ATTRIBUTES if a.store is not None and a.name != "backing_dev"]
 READ_ONLY = [a.name for a in control.ATTRIBUTES if a.store is None]
-ERRNOS = {errno.EINVAL, errno.ERANGE, errno.EBUSY, errno.E2BIG, errno.EACCES}
+ERRNOS = {errno.EINVAL, errno.ERANGE, errno.EBUSY, errno.E2BIG, errno.EACCES, errno.ENODEV}
 
 # values near what the parsers look for, mixed with arbitrary bytes
 TOKENS = [b"0", b"1", b"0x", b"0X1f", b"07", b"+", b"-", b"K", b"m", b"G", b"e", b"all", b"\n",
@@ -99,6 +101,27 @@ def test_store_succeeds_or_fails_cleanly(
         dev.compact()
         data = dev.read(0, min(dev.disksize, MiB))
         assert len(data) == min(dev.disksize, MiB)
+
+
+@settings(max_examples=max(300, 4 * settings.default.max_examples), deadline=None)
+@given(
+    name=st.binary(max_size=60).map(lambda b: b.replace(b"/", b"")),
+    uri=st.booleans(),
+)
+def test_backing_dev_fuzz(name: bytes, uri: bool, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Arbitrary names, each inside an empty directory (or as the socket of an NBD URI):
+    refused with an errno, never another exception, and nothing attached."""
+    empty = tmp_path_factory.mktemp("empty")
+    value = (b"nbd+unix:///?socket=" if uri else b"") + str(empty).encode() + b"/x" + name
+    dev = ZramDevice()
+    error: ZramdError | None = None
+    try:
+        control.store(dev, "backing_dev", value)
+    except ZramdError as e:
+        error = e
+    assert error is not None
+    assert error.errno in {errno.EINVAL, errno.ENOENT, errno.EIO}, error
+    assert control.show(dev, "backing_dev") == b"none\n"
 
 
 @settings(max_examples=max(300, 4 * settings.default.max_examples), deadline=None)
