@@ -9,6 +9,8 @@ runs >= 500 examples is here too.
 from __future__ import annotations
 
 import errno
+import random
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -96,11 +98,87 @@ def test_store_succeeds_or_fails_cleanly(
         assert str(error)
         assert fingerprint(dev) == before, (name, value, error)
         return
-    # accepted: the device still works
+    # accepted: the device still works, and only reset may change what it holds
     if dev.initstate:
         dev.compact()
-        data = dev.read(0, min(dev.disksize, MiB))
-        assert len(data) == min(dev.disksize, MiB)
+        if name != "reset" and "data" in before:
+            assert dev.read(0, dev.disksize) == before["data"], (name, value)
+
+
+TIER_STORES = ["writeback", "recompress", "idle", "writeback_limit", "writeback_limit_enable",
+               "writeback_batch_size", "compact", "mem_limit", "auto_compact"]  # fmt: skip
+TIER_TOKENS = [b"idle", b"huge", b"huge_idle", b"incompressible", b"type=", b"page_index=",
+               b"page_indexes=", b"-", b"threshold=", b"max_pages=", b"algo=", b"priority=",
+               b"zstd", b"deflate", b"1", b"0", b"255", b"256", b"3000", b" ", b"\n", b"all",
+               b"interval=", b"min_bytes=", b"min_percent="]  # fmt: skip
+
+
+def tier_device(tmp: Path) -> ZramDevice:
+    """1 MiB device, lz4 with zstd and deflate for recompression, a 4 MiB backing file;
+    compressible, incompressible (huge) and same-filled pages."""
+    backing = tmp / "disk"
+    backing.write_bytes(bytes(4 * MiB))
+    dev = ZramDevice("lz4")
+    control.store(dev, "backing_dev", str(backing).encode())
+    control.store(dev, "recomp_algorithm", b"algo=zstd")
+    control.store(dev, "recomp_algorithm", b"algo=deflate priority=2")
+    dev.set_disksize(MiB)
+    rng = random.Random(7)
+    pages = [bytes([i]) * 64 + bytes(range(256)) * 15 for i in range(64)]
+    pages += [rng.randbytes(P) for _ in range(8)] + [b"\x05" * P]
+    dev.write(0, b"".join(pages))
+    return dev
+
+
+def test_the_tier_fuzz_device_really_writes_back_and_recompresses(tmp_path: Path) -> None:
+    dev = tier_device(tmp_path)
+    data = dev.read(0, MiB)
+    control.store(dev, "writeback", b"huge")
+    assert int(control.show(dev, "bd_stat").split()[2]) == 8  # the 8 random pages
+    control.store(dev, "recompress", b"type=all")
+    assert dev.read(0, MiB) == data
+    dev.reset()
+
+
+@settings(
+    max_examples=max(300, 2 * settings.default.max_examples),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(TIER_STORES),
+            st.one_of(
+                st.lists(st.sampled_from(TIER_TOKENS), max_size=8).map(b"".join),
+                st.binary(max_size=40),
+            ),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_tier_stores_never_change_the_data(
+    steps: list[tuple[str, bytes]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A device with a backing file and a recompression algorithm: arbitrary writeback,
+    recompress, idle and limit writes succeed or fail with an errno, and the device's bytes
+    never change (writeback and recompression move pages, never alter them)."""
+    dev = tier_device(tmp_path_factory.mktemp("backing"))
+    data = dev.read(0, MiB)
+    try:
+        for name, value in steps:
+            code = 0
+            try:
+                control.store(dev, name, value)
+            except ZramdError as e:
+                code = e.errno
+            assert code in {0, errno.EIO, errno.ENOSPC, errno.EAGAIN} | ERRNOS, (name, value)
+            assert dev.read(0, MiB) == data, (name, value)
+        dev.compact()
+        assert dev.read(0, MiB) == data
+    finally:
+        dev.reset()
 
 
 @settings(max_examples=max(300, 4 * settings.default.max_examples), deadline=None)
