@@ -477,7 +477,8 @@ def last_error(log: Path) -> str:
     default=DEFAULT_THREADS,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="nbdkit worker threads per connection.",
+    help="nbdkit worker threads per connection (above 1, nbdkit 1.32 can abort when a client "
+    "vanishes mid-request: docs/reliability.md).",
 )
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (Ctrl-C stops).")
 def serve(
