@@ -95,9 +95,12 @@ def classes_total(text: str) -> dict[str, int]:
     return dict(zip(names, (int(v) for v in total[1:]), strict=True))
 
 
-def test_fio_verify_under_compaction(tmp_path: Path, profile: Profile) -> None:
+@pytest.mark.parametrize("threads", [16, 1], ids=["16-workers", "1-worker"])
+def test_fio_verify_under_compaction(tmp_path: Path, profile: Profile, threads: int) -> None:
+    """nbdkit's default 16 worker threads per connection (the most concurrency inside the
+    device) and the one `zramd serve` runs."""
     region = profile.region
-    with serve(tmp_path, f"size={profile.disksize}") as srv:
+    with serve(tmp_path, f"size={profile.disksize}", nbdkit_args=[f"--threads={threads}"]) as srv:
         assert srv.control is not None
         jobs = tmp_path / "load.fio"
         jobs.write_text(job_file(region, profile.loops))
@@ -166,6 +169,7 @@ def test_fio_verify_under_compaction(tmp_path: Path, profile: Profile) -> None:
 
         figures = {
             "profile": profile.name,
+            "threads": threads,
             "seconds": round(elapsed, 1),
             "traffic_mib": {d: round(v / 2**20) for d, v in traffic.items()},
             "mib_per_s": round(sum(traffic.values()) / 2**20 / elapsed, 1),
