@@ -118,7 +118,9 @@ def test_fio_verify_under_compaction(tmp_path: Path, profile: Profile, threads: 
         report = json.loads(out.read_text())
         assert [j["error"] for j in report["jobs"]] == [0] * len(report["jobs"])
         assert poker.errors == []
-        assert poker.compacts >= int(elapsed / 0.1 * 0.5), (poker, elapsed)
+        # one round (compact, then reset the peak) every 100 ms plus the time the writes
+        # take: at least a quarter of that rate, so the writer really ran all along
+        assert poker.compacts >= int(elapsed / 0.1 * 0.25), (poker, elapsed)
 
         traffic = {
             d: sum(j[d]["io_bytes"] for j in report["jobs"]) for d in ("read", "write", "trim")
