@@ -6,6 +6,7 @@ import getpass
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -22,11 +23,22 @@ sys.path.insert(0, os.path.dirname(__file__))  # helpers shared by tests (server
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _unmount_stale_test_mounts() -> None:
+def _unmount_stale_test_mounts(request: pytest.FixtureRequest) -> None:
     """A run that was killed can leave control directories mounted under pytest's temp root;
-    pytest's cleanup of old temp dirs would then trip over them. Detach them lazily first."""
-    root = f"/tmp/pytest-of-{getpass.getuser()}/"
+    pytest's cleanup of old temp dirs would then trip over them. Detach the stale ones (their
+    server is gone) lazily first. Live ones belong to a test run going on at the same time and
+    are left alone: detaching them broke that run's control directory mid-test."""
+    from zramd.fusefs import mount_state  # noqa: PLC0415 - pyfuse3 only when tests start
+
+    roots = [f"/tmp/pytest-of-{getpass.getuser()}/"]
+    if request.config.option.basetemp:  # --basetemp DIR: pytest empties it first
+        roots.append(os.path.abspath(request.config.option.basetemp) + "/")
     with open("/proc/self/mountinfo") as f:
-        stale = [line.split()[4] for line in f if line.split()[4].startswith(root)]
-    for path in stale:
-        subprocess.run(["umount", "-l", path], check=False, capture_output=True)
+        mounted = [line.split()[4] for line in f if line.split()[4].startswith(tuple(roots))]
+    for path in mounted:
+        try:
+            state = mount_state(Path(path))
+        except OSError:
+            state = "stale"  # neither live nor cleanly disconnected: nobody can use it
+        if state == "stale":
+            subprocess.run(["umount", "-l", path], check=False, capture_output=True)

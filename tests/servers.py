@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,16 +88,22 @@ class Server:
 
 @contextmanager
 def serve(
-    tmp: Path, *config: str, control: bool = True, check_exit: bool = True
+    tmp: Path,
+    *config: str,
+    control: bool = True,
+    check_exit: bool = True,
+    nbdkit_args: Sequence[str] = (),
 ) -> Iterator[Server]:
     """nbdkit -f on a Unix socket in ``tmp``, with a control directory unless asked not to.
     On exit the server must stop cleanly (status 0, no traceback, control unmounted) unless
-    ``check_exit`` is False (a test that kills it)."""
+    ``check_exit`` is False (a test that kills it). ``nbdkit_args`` go before the plugin
+    (e.g. ``--threads=1``, what ``zramd serve`` runs)."""
     sock = tmp / "zramd.sock"
     pidfile = tmp / "zramd.pid"
     ctl = tmp / "control" if control else None
     log = tmp / "nbdkit.log"
-    args = ["nbdkit", "-f", "-U", str(sock), "-P", str(pidfile), *plugin_args(*config)]
+    args = ["nbdkit", "-f", "-U", str(sock), "-P", str(pidfile), *nbdkit_args]
+    args += plugin_args(*config)
     if ctl is not None:
         args.append(f"control={ctl}")
     with open(log, "wb") as out:
@@ -119,3 +125,21 @@ def serve(
         assert "Traceback" not in text, text
         if ctl is not None:
             assert mount_state(ctl) == "none", "control directory left mounted"
+
+
+def block_status(h: nbd.NBD, length: int, offset: int = 0) -> list[tuple[int, int]]:
+    """base:allocation extents ``(length, flags)`` covering ``[offset, offset + length)``,
+    asking again until the server has described the whole range."""
+    out: list[tuple[int, int]] = []
+
+    def cb(meta: str, off: int, entries: list[int], err: object) -> int:
+        if meta == nbd.CONTEXT_BASE_ALLOCATION:
+            out.extend(zip(entries[::2], entries[1::2], strict=True))
+        return 0
+
+    pos = offset
+    while pos < offset + length:
+        n = len(out)
+        h.block_status(offset + length - pos, pos, cb)
+        pos += sum(e[0] for e in out[n:])
+    return out

@@ -12,27 +12,11 @@ import pytest
 from zramd.cli import plugin_env, plugin_path
 from zramd.testing import synthetic_pages
 
-from servers import connect_stdio, serve
+from servers import block_status, connect_stdio, serve
 
 pytestmark = pytest.mark.e2e
 P = 4096
 MiB = 1 << 20
-
-
-def block_status(h: nbd.NBD, length: int, offset: int = 0) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-
-    def cb(meta: str, off: int, entries: list[int], err: object) -> int:
-        if meta == nbd.CONTEXT_BASE_ALLOCATION:
-            out.extend(zip(entries[::2], entries[1::2], strict=True))
-        return 0
-
-    pos = offset
-    while pos < offset + length:
-        n = len(out)
-        h.block_status(offset + length - pos, pos, cb)
-        pos += sum(e[0] for e in out[n:])
-    return out
 
 
 def test_capabilities() -> None:
@@ -147,6 +131,16 @@ def test_parallel_aio_requests(tmp_path: Path) -> None:
         (["size=1G", "level=99", "comp_algorithm=lz4hc"], "level=99"),
         (["size=1G", "size=2G"], "size given twice"),
         (["size=1G", "allow_other=maybe"], "expected true or false"),
+        (["size=0"], "size=0: the device needs at least one page"),
+        (["size=200G"], "disksize 214748364800: larger than the maximum"),
+        (["size=1G", "mem_limit=junk"], "mem_limit: 'junk' is not a size"),
+        (["size=1G", "chain=abc"], "chain='abc': expected an integer"),
+        (["size=1G", "level=abc"], "level='abc': expected an integer"),
+        (["size=1G", "level=-200000"], "level=-200000: outside -131072..22"),
+        (["size=1G", "auto_compact=-1"], "auto_compact=-1: outside 0..86400"),
+        (["size=1G", "comp_algorithm="], "comp_algorithm='': not available"),
+        (["size=1G", "control="], "control=: empty path"),
+        (["size=1G", "threads=4"], "unknown key 'threads'; known keys: size,"),
     ],
 )
 def test_bad_config_is_refused_with_a_clear_message(config: list[str], message: str) -> None:

@@ -7,6 +7,7 @@ script would with ``cat`` and ``echo``; the CLI has no logic of its own beyond f
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
 import shutil
@@ -289,6 +290,96 @@ def check_control(path: Path) -> None:
         raise click.ClickException(f"control directory {path} is in use by a running server")
 
 
+def parse_tcp(value: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` for ``serve --tcp``: HOST defaults to 127.0.0.1 (loopback only); an IPv6
+    address goes in brackets (``[::1]:10809``)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{value!r}: put an IPv6 address in brackets, e.g. [::1]:10809")
+    if not host:
+        raise ValueError(f"{value!r}: empty host (give HOST:PORT or just PORT)")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{value!r}: port must be a number from 1 to 65535")
+    return host, int(port)
+
+
+def _tcp(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_tcp(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def check_tcp(host: str, port: int) -> None:
+    """The address exists on this machine and nobody listens on it yet."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise click.ClickException(f"--tcp {host}:{port}: unknown host ({e.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    probe = socket.socket(family, kind, proto)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(addr)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise click.ClickException(f"--tcp {host}:{port} is in use") from None
+        raise click.ClickException(f"--tcp {host}:{port}: cannot listen: {e.strerror}") from None
+    finally:
+        probe.close()
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def tls_args(
+    tls: str | None, certificates: Path | None, psk: Path | None, verify_peer: bool
+) -> list[str]:
+    """nbdkit's TLS options, checked. Credentials without ``--tls`` mean ``--tls=require``
+    (nbdkit alone would merely offer TLS and still serve clients in the clear)."""
+    if certificates is not None and psk is not None:
+        raise click.ClickException("--tls-certificates and --tls-psk: choose one")
+    if tls is None:
+        tls = "require" if certificates or psk else "off"
+    if tls == "off":
+        if certificates or psk or verify_peer:
+            raise click.ClickException("--tls=off: TLS credentials or --tls-verify-peer given")
+        return []
+    if certificates is None and psk is None:
+        raise click.ClickException(
+            f"--tls={tls} needs credentials: --tls-certificates DIR or --tls-psk FILE"
+        )
+    if verify_peer and certificates is None:
+        raise click.ClickException(
+            "--tls-verify-peer checks client certificates: it needs --tls-certificates"
+        )
+    args = [f"--tls={tls}"]
+    if certificates is not None:
+        args.append(f"--tls-certificates={certificates.absolute()}")
+    if psk is not None:
+        mode = psk.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise click.ClickException(
+                f"--tls-psk {psk}: the keys are readable by others (mode {mode:04o}); "
+                f"chmod 600 {psk}"
+            )
+        args.append(f"--tls-psk={psk.absolute()}")
+    if verify_peer:
+        args.append("--tls-verify-peer")
+    return args
+
+
 def plugin_env() -> dict[str, str]:
     """nbdkit embeds /usr/bin/python3: give it this venv's packages and the zramd checkout,
     and a PATH without pyenv shims (the embedded interpreter derives sys.prefix from PATH)."""
@@ -354,6 +445,28 @@ def last_error(log: Path) -> str:
 @click.option("--level", type=int, help="Compression level (algorithm-specific).")
 @click.option("--mem-limit", callback=_size, help="Pool memory limit (0 = none).")
 @click.option("--socket", "sock", type=click.Path(path_type=Path), help="Unix socket to serve on.")
+@click.option(
+    "--tcp",
+    metavar="[HOST:]PORT",
+    callback=_tcp,
+    help="Serve over TCP instead of the Unix socket (HOST defaults to 127.0.0.1).",
+)
+@click.option(
+    "--tls",
+    type=click.Choice(["off", "on", "require"]),
+    help="nbdkit's TLS mode (default: require when credentials are given, else off).",
+)
+@click.option(
+    "--tls-certificates",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Directory of X.509 certificates (nbdkit-tls(1)).",
+)
+@click.option(
+    "--tls-psk",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Pre-shared keys file (username:hexkey lines, mode 0600).",
+)
+@click.option("--tls-verify-peer", is_flag=True, help="Require and verify client certificates.")
 @click.option("--control", type=click.Path(path_type=Path), help="Control directory to mount.")
 @click.option("--no-control", is_flag=True, help="Serve without a control directory.")
 @click.option("--pidfile", type=click.Path(path_type=Path), help="Where nbdkit writes its pid.")
@@ -364,7 +477,8 @@ def last_error(log: Path) -> str:
     default=DEFAULT_THREADS,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="nbdkit worker threads per connection.",
+    help="nbdkit worker threads per connection (above 1, nbdkit 1.32 can abort when a client "
+    "vanishes mid-request: docs/reliability.md).",
 )
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (Ctrl-C stops).")
 def serve(
@@ -373,6 +487,11 @@ def serve(
     level: int | None,
     mem_limit: int | None,
     sock: Path | None,
+    tcp: tuple[str, int] | None,
+    tls: str | None,
+    tls_certificates: Path | None,
+    tls_psk: Path | None,
+    tls_verify_peer: bool,
     control: Path | None,
     no_control: bool,
     pidfile: Path | None,
@@ -381,8 +500,12 @@ def serve(
     threads: int,
     foreground: bool,
 ) -> None:
-    """Serve a compressed RAM block device over NBD on a Unix socket."""
+    """Serve a compressed RAM block device over NBD on a Unix socket (owner only), or over
+    TCP when asked (--tcp; loopback unless a host is given; TLS with --tls-*)."""
     nbdkit = check_nbdkit()
+    tls_opts = tls_args(tls, tls_certificates, tls_psk, tls_verify_peer)
+    if tcp is not None and sock is not None:
+        raise click.ClickException("--tcp and --socket: nbdkit serves one or the other")
     run = runtime_dir()
     sock = (sock or default_socket()).absolute()
     control = None if no_control else (control or default_control()).absolute()
@@ -390,10 +513,21 @@ def serve(
     logfile = (logfile or run / "zramd.log").absolute()
     for d in {run, sock.parent, pidfile.parent, logfile.parent}:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_socket(sock)
+    if tcp is None:
+        check_socket(sock)
+        listen = ["-U", str(sock)]
+    else:
+        check_tcp(*tcp)
+        listen = ["-i", tcp[0], "-p", str(tcp[1])]
+        if not is_loopback(tcp[0]) and "--tls=require" not in tls_opts:
+            click.echo(
+                f"zramd: warning: serving on {tcp[0]}:{tcp[1]} without --tls=require: anyone "
+                "who can reach it can read and write the device",
+                err=True,
+            )
     if control is not None:
         check_control(control)
-    args = [nbdkit, "-f", f"--threads={threads}", "-U", str(sock), "-P", str(pidfile)]
+    args = [nbdkit, "-f", f"--threads={threads}", *listen, "-P", str(pidfile), *tls_opts]
     args += ["python", str(plugin_path())]
     args += [f"size={size}", f"comp_algorithm={algorithm}", f"auto_compact={auto_compact}"]
     if level is not None:
@@ -409,7 +543,9 @@ def serve(
         proc = subprocess.Popen(args, env=env)
     else:
         env.update(
-            ZRAMD_SOCKET=str(sock), ZRAMD_PIDFILE=str(pidfile), ZRAMD_CONTROL=str(control or "")
+            ZRAMD_SOCKET=str(sock) if tcp is None else "",
+            ZRAMD_PIDFILE=str(pidfile),
+            ZRAMD_CONTROL=str(control or ""),
         )
         with open(logfile, "ab") as log:
             proc = subprocess.Popen(
@@ -427,14 +563,24 @@ def serve(
         where = "above" if foreground else f"log: {logfile}"
         reason = "" if foreground else f": {last_error(logfile)}"
         raise click.ClickException(f"nbdkit did not start{reason} ({where})")
-    sock.chmod(0o600)  # nbdkit forces umask 022; only the owner may attach
     pid = int(pidfile.read_text())
-    info = [
-        f"zramd: serving {human_size(size)} ({algorithm}) on {sock} (pid {pid})",
-        f"  nbd-client:  nbd-client -unix {sock} /dev/nbd0 -N zramd -b 4096",
-        f"  qemu:        -drive file=nbd:unix:{sock},format=raw,if=virtio",
-        f"  nbdfuse:     nbdfuse DIR/disk --unix {sock}   (then losetup -f --show DIR/disk)",
-    ]
+    if tcp is None:
+        sock.chmod(0o600)  # nbdkit forces umask 022; only the owner may attach
+        info = [
+            f"zramd: serving {human_size(size)} ({algorithm}) on {sock} (pid {pid})",
+            f"  nbd-client:  nbd-client -unix {sock} /dev/nbd0 -N zramd -b 4096",
+            f"  qemu:        -drive file=nbd:unix:{sock},format=raw,if=virtio",
+            f"  nbdfuse:     nbdfuse DIR/disk --unix {sock}   (then losetup -f --show DIR/disk)",
+        ]
+    else:
+        host = f"[{tcp[0]}]" if ":" in tcp[0] else tcp[0]
+        scheme = "nbd" if not tls_opts else "nbds"
+        info = [
+            f"zramd: serving {human_size(size)} ({algorithm}) on {scheme}://{host}:{tcp[1]} "
+            f"(pid {pid})",
+            f"  nbd-client:  nbd-client {tcp[0]} {tcp[1]} /dev/nbd0 -N zramd -b 4096",
+            f"  nbdinfo:     nbdinfo {scheme}://{host}:{tcp[1]}",
+        ]
     if control is not None:
         info.append(f"  control:     {control}   (cat mm_stat; echo 1 > compact)")
     if not foreground:

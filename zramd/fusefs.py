@@ -20,8 +20,10 @@ import errno
 import os
 import stat
 import subprocess
+import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import pyfuse3
@@ -181,6 +183,13 @@ class _Ops(pyfuse3.Operations):
             result: bytes = await trio.to_thread.run_sync(fn, *args)  # type: ignore[arg-type]
         except ZramdError as e:
             raise pyfuse3.FUSEError(e.errno) from None
+        except Exception:
+            # A bug in one attribute must not take the whole directory down: pyfuse3 ends its
+            # main loop on any exception but FUSEError, and the mount goes with it (a NUL byte
+            # written to backing_dev did that). The writer gets EIO; the log gets the trace.
+            print(f"zramd: control: {args[1:2]}: unexpected error", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         return result
 
 

@@ -63,15 +63,17 @@ def kstrtoull(text: str, base: int = 10, *, what: str = "value", limit: int = U6
     s = text[1:] if text[:1] == "+" else text
     body, base = _radix(s, base)
     value, n, overflow = _parse_integer(body, base)
+    # the text as written, less the newline echo adds: "1 " must not be shown as '1'
+    shown = repr(text.removesuffix("\n"))
     if n == 0:
-        raise InvalidValueError(f"{what}: {text.strip()!r} is not a number")
+        raise InvalidValueError(f"{what}: {shown} is not a number")
     rest = body[n:]
     if rest[:1] == "\n":
         rest = rest[1:]
     if rest:
-        raise InvalidValueError(f"{what}: {text.strip()!r} is not a number")
+        raise InvalidValueError(f"{what}: {shown} is not a number")
     if overflow or value > limit:
-        raise OutOfRangeError(f"{what}: {text.strip()} is out of range (max {limit})")
+        raise OutOfRangeError(f"{what}: {shown} is out of range (max {limit})")
     return value
 
 

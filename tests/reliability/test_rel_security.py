@@ -1,0 +1,272 @@
+"""Security defaults (threat model: docs/reliability.md): only the owner can attach, change knobs
+or read statistics; no TCP listener unless asked for, and then on loopback; TLS passed through
+to nbdkit, required as soon as credentials are given."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbd
+import pytest
+from click.testing import CliRunner
+
+from zramd.cli import main, parse_tcp
+
+pytestmark = pytest.mark.e2e
+ZRAMD = [sys.executable, "-m", "zramd.cli"]
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tcp_listeners(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket process ``pid`` listens on (IPv4 and IPv6)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    out = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                local, state, inode = cols[1], cols[3], cols[9]
+                if state == "0A" and inode in inodes:  # 0A = LISTEN
+                    addr, port = local.split(":")
+                    raw = bytes.fromhex(addr)[:width]
+                    if table == "tcp":
+                        text = socket.inet_ntop(socket.AF_INET, raw[::-1])
+                    else:
+                        words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
+                        text = socket.inet_ntop(socket.AF_INET6, b"".join(words))
+                    out.append((text, int(port, 16)))
+    return out
+
+
+def mount_options(path: Path) -> tuple[str, set[str], set[str]]:
+    """(fstype, mount options, superblock options) of the mount at ``path``."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            cols = line.split()
+            if cols[4] == str(path):
+                sep = cols.index("-")
+                return cols[sep + 1], set(cols[5].split(",")), set(cols[sep + 3].split(","))
+    raise AssertionError(f"{path} is not mounted")
+
+
+class Served:
+    """Paths another user can reach (pytest's temp dirs are 0700, which would deny everything
+    before zramd's own permissions are even looked at): a 0755 base with a 0755 directory for
+    the socket; the pidfile and log in a directory ``serve`` creates itself."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.pub = base / "pub"
+        self.pub.mkdir(mode=0o755)
+        self.sock = self.pub / "s.sock"
+        self.run = base / "run"  # does not exist yet: serve creates it
+        self.pidfile = self.run / "s.pid"
+        self.ctl = base / "ctl"
+
+    def start(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        args = [*ZRAMD, "serve", "--size", "16M", "--control", str(self.ctl),
+                "--pidfile", str(self.pidfile), "--log", str(self.run / "s.log"),
+                *extra]  # fmt: skip
+        if "--tcp" not in extra:
+            args += ["--socket", str(self.sock)]
+        return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+
+    @property
+    def pid(self) -> int:
+        return int(self.pidfile.read_text())
+
+    def stop(self) -> None:
+        r = subprocess.run(
+            [*ZRAMD, "stop", "--pidfile", str(self.pidfile), "--socket", str(self.sock)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    base = Path(tempfile.mkdtemp(prefix="zramd-security-"))
+    try:
+        base.chmod(0o755)
+        s = Served(base)
+        yield s
+        if s.pidfile.exists():
+            s.stop()
+    finally:
+        shutil.rmtree(base)
+
+
+def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*NOBODY, *cmd], capture_output=True, text=True, check=False)
+
+
+def test_defaults_owner_only_and_no_tcp(served: Served) -> None:
+    r = served.start()
+    assert r.returncode == 0, r.stderr
+    # the socket: owner only, in a directory of its own that only the owner can enter
+    assert served.sock.stat().st_mode & 0o777 == 0o600
+    assert served.run.stat().st_mode & 0o777 == 0o700
+    assert tcp_listeners(served.pid) == []
+    # the control directory: FUSE, owner-only (no allow_other), permissions checked by the
+    # kernel, nothing writable by group or others
+    fstype, opts, super_opts = mount_options(served.ctl)
+    assert fstype == "fuse.zramd"
+    assert {"nosuid", "nodev"} <= opts
+    assert "default_permissions" in super_opts
+    assert "allow_other" not in super_opts
+    assert "allow_other" not in opts
+    assert f"user_id={os.getuid()}" in super_opts
+    modes = {p.name: p.stat().st_mode & 0o777 for p in served.ctl.iterdir()}
+    assert all(m & 0o022 == 0 for m in modes.values()), modes
+    assert served.ctl.stat().st_mode & 0o022 == 0
+    # another user can neither attach, nor read statistics, nor change a knob (who can reach
+    # the paths: the denials below are zramd's own permissions)
+    assert as_nobody("ls", str(served.pub)).returncode == 0
+    connect = f"import socket; socket.socket(socket.AF_UNIX).connect({str(served.sock)!r})"
+    attach = as_nobody("/usr/bin/python3", "-c", connect)
+    assert attach.returncode != 0
+    assert "PermissionError: [Errno 13] Permission denied" in attach.stderr
+    stats = as_nobody("cat", str(served.ctl / "mm_stat"))
+    assert stats.returncode != 0
+    assert "Permission denied" in stats.stderr
+    knob = as_nobody("sh", "-c", f"echo 1 > {served.ctl / 'compact'}")
+    assert knob.returncode != 0
+    assert "Permission denied" in knob.stderr
+    listing = as_nobody("ls", str(served.ctl))
+    assert listing.returncode != 0
+
+
+def test_tcp_binds_loopback_by_default(served: Served) -> None:
+    port = free_port()
+    r = served.start("--tcp", str(port))
+    assert r.returncode == 0, r.stderr
+    assert f"nbd://127.0.0.1:{port}" in r.stdout
+    assert "warning" not in r.stderr
+    assert tcp_listeners(served.pid) == [("127.0.0.1", port)]
+    assert not served.sock.exists()  # TCP instead of the Unix socket, not as well
+    h = nbd.NBD()
+    h.connect_tcp("127.0.0.1", str(port))
+    h.pwrite(b"z" * 4096, 0)
+    assert h.pread(4096, 0) == b"z" * 4096
+    h.shutdown()
+
+
+def test_tls_psk_is_required_once_given(served: Served, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.psk"
+    keys.write_text(f"alice:{secrets.token_hex(32)}\n")
+    keys.chmod(0o600)
+    port = free_port()
+    r = served.start("--tcp", f"127.0.0.1:{port}", "--tls-psk", str(keys))
+    assert r.returncode == 0, r.stderr
+    assert f"nbds://127.0.0.1:{port}" in r.stdout
+    # in the clear: refused
+    plain = nbd.NBD()
+    with pytest.raises(nbd.Error):
+        plain.connect_tcp("127.0.0.1", str(port))
+    # wrong key: refused
+    wrong = tmp_path / "wrong.psk"
+    wrong.write_text(f"alice:{secrets.token_hex(32)}\n")
+    bad = nbd.NBD()
+    bad.set_tls(nbd.TLS_REQUIRE)
+    bad.set_tls_psk_file(str(wrong))
+    bad.set_tls_username("alice")
+    with pytest.raises(nbd.Error):
+        bad.connect_tcp("127.0.0.1", str(port))
+    # the key: served
+    h = nbd.NBD()
+    h.set_tls(nbd.TLS_REQUIRE)
+    h.set_tls_psk_file(str(keys))
+    h.set_tls_username("alice")
+    h.connect_tcp("127.0.0.1", str(port))
+    assert h.get_tls_negotiated()
+    h.pwrite(b"s" * 4096, 0)
+    assert h.pread(4096, 0) == b"s" * 4096
+    h.shutdown()
+
+
+def test_tcp_on_all_interfaces_without_tls_warns(served: Served) -> None:
+    port = free_port()
+    r = served.start("--tcp", f"0.0.0.0:{port}")
+    assert r.returncode == 0, r.stderr
+    assert "without --tls=require" in r.stderr
+    assert tcp_listeners(served.pid) == [("0.0.0.0", port)]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "port must be a number from 1 to 65535"),
+        ("65536", "port must be a number from 1 to 65535"),
+        ("http", "port must be a number from 1 to 65535"),
+        ("127.0.0.1:", "port must be a number from 1 to 65535"),
+        (":10809", "empty host"),
+        ("::1:10809", "put an IPv6 address in brackets"),
+    ],
+)
+def test_bad_tcp_values(value: str, message: str) -> None:
+    r = CliRunner().invoke(main, ["serve", "--tcp", value])
+    assert r.exit_code == 2
+    assert message in r.output
+
+
+def test_parse_tcp() -> None:
+    assert parse_tcp("10809") == ("127.0.0.1", 10809)
+    assert parse_tcp("0.0.0.0:1") == ("0.0.0.0", 1)
+    assert parse_tcp("[::1]:10809") == ("::1", 10809)
+    assert parse_tcp("localhost:80") == ("localhost", 80)
+
+
+def test_bad_tls_and_listen_combinations(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.psk"
+    keys.write_text(f"alice:{secrets.token_hex(32)}\n")
+    keys.chmod(0o644)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    runner = CliRunner()
+    cases = [
+        (["--tls", "require"], "--tls=require needs credentials"),
+        (["--tls", "on"], "--tls=on needs credentials"),
+        (["--tls-psk", str(keys)], "readable by others (mode 0644); chmod 600"),
+        (["--tls", "off", "--tls-certificates", str(certs)], "--tls=off: TLS credentials"),
+        (["--tls-psk", str(keys), "--tls-certificates", str(certs)], "choose one"),
+        (["--tls-verify-peer"], "--tls=off: TLS credentials or --tls-verify-peer given"),
+        (["--tcp", "10809", "--socket", str(tmp_path / "s")], "nbdkit serves one or the other"),
+        (["--tcp", "no.such.host.invalid:10809"], "unknown host"),
+        (["--tcp", "192.0.2.1:10809"], "cannot listen: Cannot assign requested address"),
+    ]
+    keys_0600 = tmp_path / "ok.psk"
+    keys_0600.write_text(keys.read_text())
+    keys_0600.chmod(0o600)
+    cases.append(
+        (["--tls-psk", str(keys_0600), "--tls-verify-peer"], "it needs --tls-certificates")
+    )
+    for args, message in cases:
+        r = runner.invoke(main, ["serve", *args])
+        assert r.exit_code == 1, (args, r.output)
+        assert message in r.output, (args, r.output)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = runner.invoke(main, ["serve", "--tcp", str(port)])
+        assert r.exit_code == 1
+        assert f"--tcp 127.0.0.1:{port} is in use" in r.output
