@@ -142,12 +142,16 @@ def paths(tmp: Path) -> list[str]:
 @pytest.mark.e2e
 def test_serve_status_stop_as_subprocesses(tmp_path: Path) -> None:
     ctl = tmp_path / "ctl"
+    with open(tmp_path / "wb.img", "wb") as f:
+        f.truncate(64 << 20)
     r = subprocess.run(
         [*ZRAMD, "serve", "--size", "128M", "--algorithm", "zstd", "--control", str(ctl),
-         *paths(tmp_path)],
-        capture_output=True, text=True, timeout=120, check=False,
+         "--backing-dev", "wb.img", "--recomp-algorithm", "lz4hc,deflate", *paths(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr + r.stdout
+    assert (ctl / "backing_dev").read_text() == f"{tmp_path / 'wb.img'}\n"  # made absolute
+    assert (ctl / "recomp_algorithm").read_text().count("#") == 2
     assert "nbd-client -unix" in r.stdout
     assert f"file=nbd:unix:{tmp_path / 's.sock'}" in r.stdout
     assert oct((tmp_path / "s.sock").stat().st_mode & 0o777) == "0o600"

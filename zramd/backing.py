@@ -230,6 +230,8 @@ class NbdStore:
 
 def open_store(spec: str) -> BackingStore:
     """A file path or an NBD URI; BackingError with the kernel's errno if it can't be used."""
+    if "\0" in spec:  # os.open and libnbd would raise ValueError, not an errno
+        raise BackingError(f"backing_dev {spec!r}: contains a NUL byte", errno.EINVAL)
     if spec.startswith(NBD_SCHEMES):
         return NbdStore(spec)
     if not spec:

@@ -444,6 +444,16 @@ def last_error(log: Path) -> str:
 )
 @click.option("--level", type=int, help="Compression level (algorithm-specific).")
 @click.option("--mem-limit", callback=_size, help="Pool memory limit (0 = none).")
+@click.option(
+    "--backing-dev",
+    metavar="FILE|URI",
+    help="Where `writeback` sends cold pages: a file, block device or NBD URI.",
+)
+@click.option(
+    "--recomp-algorithm",
+    metavar="NAME[,NAME...]",
+    help="Secondary algorithms for `recompress`, priority 1 first (e.g. zstd).",
+)
 @click.option("--socket", "sock", type=click.Path(path_type=Path), help="Unix socket to serve on.")
 @click.option(
     "--tcp",
@@ -486,6 +496,8 @@ def serve(
     algorithm: str,
     level: int | None,
     mem_limit: int | None,
+    backing_dev: str | None,
+    recomp_algorithm: str | None,
     sock: Path | None,
     tcp: tuple[str, int] | None,
     tls: str | None,
@@ -534,6 +546,11 @@ def serve(
         args.append(f"level={level}")
     if mem_limit is not None:
         args.append(f"mem_limit={mem_limit}")
+    if backing_dev is not None:
+        spec = backing_dev if "://" in backing_dev else str(Path(backing_dev).absolute())
+        args.append(f"backing_dev={spec}")
+    if recomp_algorithm is not None:
+        args.append(f"recomp_algorithm={recomp_algorithm}")
     if control is not None:
         args.append(f"control={control}")
 
