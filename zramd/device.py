@@ -40,7 +40,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
 
 from zramd._types import BytesLike
 from zramd.backing import BackingDevice, BackingError, BackingFullError, open_store
@@ -135,6 +135,15 @@ def _name(comp: Compressor | None) -> str | None:
 
 def _make_compressor(name: str, level: int | None, winbits: int | None) -> Compressor:
     return create(name, level, **({} if winbits is None else {"winbits": winbits}))
+
+
+@dataclass(frozen=True, slots=True)
+class _Algorithm:
+    """A configured secondary algorithm and its parameters (None: the backend's default)."""
+
+    name: str
+    level: int | None = None
+    winbits: int | None = None
 
 
 class AutoCompact:
@@ -280,8 +289,7 @@ class ZramDevice:
         self._algorithm = comp_algorithm
         self._level: int | None = None
         self._winbits: int | None = None
-        # secondary algorithms for recompression: priority -> [name, level, winbits]
-        self._recomp: dict[int, list[Any]] = {}
+        self._recomp: dict[int, _Algorithm] = {}  #: secondary algorithms by priority (1..3)
         self._backing: BackingDevice | None = None
         self._state: _State | None = None
         self._limit_pages = 0
@@ -336,8 +344,8 @@ class ZramDevice:
                 raise DeviceBusyError("disksize: device already initialised; reset it first")
             comps: list[Compressor | None] = [None] * ZRAM_MAX_COMPS
             comps[0] = _make_compressor(self._algorithm, self._level, self._winbits)
-            for prio, (name, level, winbits) in self._recomp.items():
-                comps[prio] = _make_compressor(name, level, winbits)
+            for prio, a in self._recomp.items():
+                comps[prio] = _make_compressor(a.name, a.level, a.winbits)
             self._state = _State(nbytes, comps, self._chain, self._backing)
 
     def set_comp_algorithm(self, name: str) -> None:
@@ -371,7 +379,7 @@ class ZramDevice:
             if self._state is not None:
                 raise DeviceBusyError("algorithm_params: device already initialised")
             if algo is not None:
-                names = {0: self._algorithm} | {p: r[0] for p, r in self._recomp.items()}
+                names = {0: self._algorithm} | {p: a.name for p, a in self._recomp.items()}
                 found = [p for p, n in names.items() if n == algo]
                 if not found:
                     raise InvalidValueError(
@@ -386,18 +394,18 @@ class ZramDevice:
                 )
             if dict_path is not None:
                 raise InvalidValueError("algorithm_params: dict= is not supported")
-            name = self._algorithm if priority == 0 else self._recomp[priority][0]
+            name = self._algorithm if priority == 0 else self._recomp[priority].name
             _make_compressor(name, level, winbits)  # validate now, not at disksize
             if priority == 0:
                 self._level = level
                 self._winbits = winbits
             else:
-                self._recomp[priority][1:] = [level, winbits]
+                self._recomp[priority] = _Algorithm(name, level, winbits)
 
     @property
     def recomp_algorithms(self) -> dict[int, str]:
         """Configured secondary algorithms by priority (1..3)."""
-        return {p: r[0] for p, r in sorted(self._recomp.items())}
+        return {p: a.name for p, a in sorted(self._recomp.items())}
 
     def set_recomp_algorithm(self, name: str, priority: int = ZRAM_SECONDARY_COMP) -> None:
         """``recomp_algorithm``: configure a secondary algorithm (priority 1..3) for
@@ -411,8 +419,8 @@ class ZramDevice:
         with self._lock:
             if self._state is not None:
                 raise DeviceBusyError("recomp_algorithm: device already initialised")
-            if self._recomp.get(priority, [None])[0] != name:
-                self._recomp[priority] = [name, None, None]
+            if priority not in self._recomp or self._recomp[priority].name != name:
+                self._recomp[priority] = _Algorithm(name)
 
     @property
     def backing_dev(self) -> str | None:
