@@ -431,13 +431,18 @@ class ZramDevice:
     def set_backing_dev(self, spec: str) -> None:
         """``backing_dev``: a file (regular or block device) or an NBD URI to write cold pages
         to; ``none`` detaches. EBUSY after init; open errors carry their errno (ENOENT, ...)."""
+        if self._state is not None:  # checked first, as the kernel does, before opening
+            raise DeviceBusyError("backing_dev: device already initialised")
+        # opened outside the lifecycle lock: connecting to an NBD server may take a while
+        new = None if spec == "none" else BackingDevice(open_store(spec))
         with self._lock:
-            if self._state is not None:
-                raise DeviceBusyError("backing_dev: device already initialised")
-            new = None if spec == "none" else BackingDevice(open_store(spec))
-            old, self._backing = self._backing, new
-        if old is not None:
-            old.close()
+            busy = self._state is not None  # disksize won a race with us
+            if not busy:
+                new, self._backing = self._backing, new
+        if new is not None:  # the one replaced, or ours if it came too late
+            new.close()
+        if busy:
+            raise DeviceBusyError("backing_dev: device already initialised")
 
     @property
     def writeback_limit(self) -> int:
