@@ -24,6 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from zramd import control
+from zramd.device import ZramDevice
+from zramd.errors import ZramdError
+
 MiB = 1 << 20
 
 
@@ -154,3 +158,22 @@ def raw_reply(s: socket.socket) -> tuple[int, int]:
     magic, error, handle = struct.unpack(">IIQ", _recv_exact(s, 16))
     assert magic == NBD_SIMPLE_REPLY_MAGIC, hex(magic)
     return error, handle
+
+
+def snapshot(dev: ZramDevice) -> dict[str, object]:
+    """Every readable attribute (mem_stat less the process RSS, which moves on its own) and
+    the settings no attribute shows."""
+    out: dict[str, object] = {}
+    for attr in control.ATTRIBUTES:
+        if attr.show is None:
+            continue
+        try:
+            text = control.show(dev, attr.name).decode()
+        except ZramdError as e:
+            text = f"errno {e.errno}"
+        out[attr.name] = text.split()[1:] if attr.name == "mem_stat" else text
+    out["level"] = dev.algorithm_level
+    out["openers"] = dev.openers
+    if dev.initstate:
+        out["data"] = dev.read(0, dev.disksize)
+    return out

@@ -19,7 +19,7 @@ from zramd import control
 from zramd.device import ZramDevice
 from zramd.errors import ZramdError
 
-from relkit import NBD_CMD_READ, NBD_CMD_WRITE, raw_connect, raw_reply, raw_request
+from relkit import NBD_CMD_READ, NBD_CMD_WRITE, raw_connect, raw_reply, raw_request, snapshot
 from servers import serve
 
 P = 4096
@@ -163,25 +163,6 @@ def make_device(state: str) -> ZramDevice:
     if state == "open":
         dev.open()
     return dev
-
-
-def snapshot(dev: ZramDevice) -> dict[str, object]:
-    """Every readable attribute (mem_stat less the process RSS, which moves on its own) and
-    the settings no attribute shows."""
-    out: dict[str, object] = {}
-    for attr in control.ATTRIBUTES:
-        if attr.show is None:
-            continue
-        try:
-            text = control.show(dev, attr.name).decode()
-        except ZramdError as e:
-            text = f"errno {e.errno}"
-        out[attr.name] = text.split()[1:] if attr.name == "mem_stat" else text
-    out["level"] = dev.algorithm_level
-    out["openers"] = dev.openers
-    if dev.initstate:
-        out["data"] = dev.read(0, dev.disksize)
-    return out
 
 
 @pytest.mark.parametrize(

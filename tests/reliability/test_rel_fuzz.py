@@ -23,7 +23,7 @@ from zramd.device import ZramDevice
 from zramd.errors import ZramdError
 from zramd.parse import kstrtoint, kstrtoull, memparse, next_args, parse_size
 
-from relkit import LONG
+from relkit import LONG, snapshot
 
 P = 4096
 MiB = 1 << 20
@@ -42,22 +42,6 @@ VALUES = st.one_of(
     st.lists(st.sampled_from(TOKENS), max_size=12).map(b"".join),
     st.lists(st.one_of(st.sampled_from(TOKENS), st.binary(max_size=4)), max_size=8).map(b"".join),
 )
-
-
-def fingerprint(dev: ZramDevice) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for attr in control.ATTRIBUTES:
-        if attr.show is None:
-            continue
-        try:
-            text = control.show(dev, attr.name).decode()
-        except ZramdError as e:
-            text = f"errno {e.errno}"
-        out[attr.name] = text.split()[1:] if attr.name == "mem_stat" else text
-    out["level"] = dev.algorithm_level
-    if dev.initstate:
-        out["data"] = dev.read(0, dev.disksize)
-    return out
 
 
 def device(initialised: bool, opened: bool) -> ZramDevice:
@@ -87,7 +71,7 @@ def test_store_succeeds_or_fails_cleanly(
     name: str, value: bytes, initialised: bool, opened: bool
 ) -> None:
     dev = device(initialised, opened)
-    before = fingerprint(dev)
+    before = snapshot(dev)
     error: ZramdError | None = None
     try:
         control.store(dev, name, value)
@@ -96,7 +80,7 @@ def test_store_succeeds_or_fails_cleanly(
     if error is not None:
         assert error.errno in ERRNOS, (name, value, error)
         assert str(error)
-        assert fingerprint(dev) == before, (name, value, error)
+        assert snapshot(dev) == before, (name, value, error)
         return
     # accepted: the device still works, and only reset may change what it holds
     if dev.initstate:
