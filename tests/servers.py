@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,15 @@ from zramd.cli import plugin_env, plugin_path
 from zramd.fusefs import mount_state
 
 PLUGIN = str(plugin_path())
+ZRAMD = [sys.executable, "-m", "zramd.cli"]  #: the CLI, as a process
+
+
+def zramd_stop(pidfile: Path, sock: Path) -> subprocess.CompletedProcess[str]:
+    """``zramd stop`` for a server started by ``zramd serve``."""
+    return subprocess.run(
+        [*ZRAMD, "stop", "--pidfile", str(pidfile), "--socket", str(sock)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
 
 
 def plugin_args(*config: str) -> list[str]:

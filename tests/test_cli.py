@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +15,9 @@ from zramd import cli
 from zramd.cli import human_size, main
 from zramd.testing import synthetic_pages
 
-from servers import Server, serve
+from servers import ZRAMD, Server, serve, zramd_stop
 
 P = 4096
-ZRAMD = [sys.executable, "-m", "zramd.cli"]
 
 
 @pytest.fixture
@@ -166,11 +164,7 @@ def test_serve_status_stop_as_subprocesses(tmp_path: Path) -> None:
         assert again.returncode == 1
         assert "is in use by a running server" in again.stderr
     finally:
-        stop = subprocess.run(
-            [*ZRAMD, "stop", "--pidfile", str(tmp_path / "s.pid"), "--socket",
-             str(tmp_path / "s.sock")],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+        stop = zramd_stop(tmp_path / "s.pid", tmp_path / "s.sock")
     assert stop.returncode == 0, stop.stderr
     assert not (tmp_path / "s.sock").exists()
     assert not os.path.ismount(ctl)

@@ -36,7 +36,7 @@ from relkit import (
     raw_request,
     wait_for,
 )
-from servers import Server, serve
+from servers import ZRAMD, Server, serve, zramd_stop
 
 pytestmark = pytest.mark.e2e
 P = 4096
@@ -46,7 +46,6 @@ P = 4096
 # suite's fio kill; docs/reliability.md). The clients killed below run against what users run.
 SERVE_ARGS = ["--threads=1"]
 MiB = 1 << 20
-ZRAMD = [sys.executable, "-m", "zramd.cli"]
 
 
 def block(i: int) -> bytes:
@@ -279,11 +278,7 @@ def test_sigkilled_server_is_replaced_by_the_next_serve(tmp_path: Path) -> None:
         assert h.get_size() == 16 * MiB
         h.shutdown()
     finally:
-        stop = subprocess.run(
-            [*ZRAMD, "stop", "--pidfile", str(tmp_path / "s.pid"), "--socket",
-             str(tmp_path / "s.sock")],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+        stop = zramd_stop(tmp_path / "s.pid", tmp_path / "s.sock")
     assert stop.returncode == 0, stop.stderr
     assert mount_state(tmp_path / "ctl") == "none"
     print("FIGURES", json.dumps({"restart_after_sigkill_s": round(took, 2)}))

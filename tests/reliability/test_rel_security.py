@@ -9,7 +9,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,9 @@ from click.testing import CliRunner
 
 from zramd.cli import main, parse_tcp
 
+from servers import ZRAMD, zramd_stop
+
 pytestmark = pytest.mark.e2e
-ZRAMD = [sys.executable, "-m", "zramd.cli"]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
@@ -95,10 +95,7 @@ class Served:
         return int(self.pidfile.read_text())
 
     def stop(self) -> None:
-        r = subprocess.run(
-            [*ZRAMD, "stop", "--pidfile", str(self.pidfile), "--socket", str(self.sock)],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+        r = zramd_stop(self.pidfile, self.sock)
         assert r.returncode == 0, r.stderr
 
 
