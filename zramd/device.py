@@ -1370,8 +1370,7 @@ class ZramDevice:
 
     def bd_stat(self) -> BdStat:
         """Backing device use in 4 KiB blocks (zeros without one)."""
-        st = self._state
-        b = st.backing if st else self._backing
+        b = self._backing  # the state's backing device is this same object while initialised
         if b is None:
             return BdStat(0, 0, 0)
         return BdStat(b.count, b.reads, b.writes)
