@@ -37,7 +37,9 @@ zramd_need_pkgs() {
 
 zramd_need_venv() {
     local extras=$1 stamp want
-    want=$(cat "$ZRAMD_ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$extras
+    # the C accelerator is built by the editable install: a changed source means reinstall
+    want=$(cat "$ZRAMD_ROOT/pyproject.toml" "$ZRAMD_ROOT/setup.py" "$ZRAMD_ROOT/zramd/_zsfast.c" \
+        | sha256sum | cut -c1-16)-$extras
     stamp=$ZRAMD_VENV/.zramd-stamp
     if [ -x "$ZRAMD_PY" ] && [ -f "$stamp" ] && grep -qx -- "$want" "$stamp"; then return 0; fi
     if [ ! -x "$ZRAMD_PY" ]; then
@@ -49,6 +51,9 @@ zramd_need_venv() {
     # The LZO backends are optional: the registry lists them only when the binding imports.
     "$ZRAMD_PY" -m pip install -q --disable-pip-version-check -e "$ZRAMD_ROOT[lzo]" >/dev/null 2>&1 \
         || zramd_log "python-lzo did not build; lzo/lzo-rle backends will be unavailable"
+    if ! "$ZRAMD_PY" -c 'import sys; from zramd.pool import native_module; sys.exit(native_module() is None)'; then
+        zramd_log "zramd._zsfast did not build (gcc, python3-dev?): the pool runs its Python loops"
+    fi
     echo "$want" > "$stamp"
 }
 

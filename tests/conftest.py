@@ -42,3 +42,15 @@ def _unmount_stale_test_mounts(request: pytest.FixtureRequest) -> None:
             state = "stale"  # neither live nor cleanly disconnected: nobody can use it
         if state == "stale":
             subprocess.run(["umount", "-l", path], check=False, capture_output=True)
+
+
+@pytest.fixture(params=["native", "python"])
+def pool_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test against both object-loop implementations: the C one (zramd/_zsfast.c) and
+    the Python reference (pool.py). Pools pick theirs from ZRAMD_NATIVE when created."""
+    from zramd.pool import native_module  # noqa: PLC0415
+
+    if request.param == "native" and native_module() is None:
+        pytest.fail("zramd._zsfast is not built or is stale: run scripts/test (pip install -e .)")
+    monkeypatch.setenv("ZRAMD_NATIVE", "1" if request.param == "native" else "0")
+    return str(request.param)

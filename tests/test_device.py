@@ -19,6 +19,8 @@ from zramd.errors import InvalidIOError
 from zramd.slots import ZRAM_HUGE, ZRAM_IDLE, ZRAM_SAME, ZRAM_SIZE_MASK
 from zramd.testing import check_block_device, check_pool_invariants, synthetic_pages
 
+pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
+
 P = 4096
 MiB = 1 << 20
 

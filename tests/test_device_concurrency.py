@@ -15,6 +15,8 @@ from zramd.shrinker import Shrinker
 from zramd.slots import ZRAM_WB
 from zramd.testing import check_pool_invariants, synthetic_pages
 
+pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
+
 P = 4096
 
 

@@ -16,6 +16,8 @@ from zramd.shrinker import Shrinker
 from zramd.slots import ZRAM_HUGE, ZRAM_PP_SLOT, ZRAM_SAME, ZRAM_SIZE_MASK, ZRAM_WB
 from zramd.testing import check_pool_invariants, synthetic_pages
 
+from loops import PythonLoops
+
 P = 4096
 PAGES = 48
 SIZE = PAGES * P
@@ -196,3 +198,7 @@ class DeviceMachine(RuleBasedStateMachine):
 
 
 TestDevice = DeviceMachine.TestCase
+
+
+class TestDevicePython(PythonLoops, DeviceMachine.TestCase):  # type: ignore[misc]
+    """The same machine on the pool's Python object loops (the C ones run above)."""

@@ -15,6 +15,8 @@ from zramd import compaction as compaction_module
 from zramd.size_class import PAGE_SIZE
 from zramd.testing import check_pool_invariants, synthetic_pages
 
+pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
+
 
 @pytest.fixture
 def pool() -> Iterator[ZsPool]:

@@ -11,6 +11,8 @@ import pytest
 from zramd import ZsPool
 from zramd.testing import check_pool_invariants
 
+pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
+
 
 @pytest.fixture(autouse=True)
 def fast_switching() -> object:

@@ -9,6 +9,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invaria
 from zramd import ZsPool
 from zramd.testing import check_pool_invariants
 
+from loops import PythonLoops
+
 sizes = st.one_of(
     st.integers(1, 4096),
     st.integers(1, 64),  # the smallest classes hold hundreds of objects per zspage
@@ -103,3 +105,7 @@ class PoolMachine(RuleBasedStateMachine):
 
 
 TestPool = PoolMachine.TestCase
+
+
+class TestPoolPython(PythonLoops, PoolMachine.TestCase):  # type: ignore[misc]
+    """The same machine on the pool's Python object loops (the C ones run above)."""

@@ -5,9 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from zramd.device import ZramDevice
 from zramd.shrinker import Shrinker, memory_pressure
 from zramd.testing import synthetic_pages
+
+pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
 
 P = 4096
 

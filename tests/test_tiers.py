@@ -31,6 +31,8 @@ from zramd.slots import (
 from zramd.stats import BdStat
 from zramd.testing import synthetic_pages
 
+pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
+
 P = 4096
 PAGES = 256
 

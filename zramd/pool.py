@@ -53,9 +53,12 @@ updates, which is why every step above runs under its class lock.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Iterable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from zramd._types import BytesLike
 from zramd.compaction import compact_class
@@ -81,12 +84,43 @@ from zramd.zspage import (
     ZspageTable,
 )
 
+if TYPE_CHECKING:
+    from zramd import _zsfast
+
 LOC_SHIFT = 37  # arena offsets below 2**37 (MAX_FRAMES frames); zspage id or huge size above
 LOC_OFF_MASK = (1 << LOC_SHIFT) - 1
 HANDLE_CLASS_BITS = 8  # 255 class slots
 HANDLE_CLASS_MASK = (1 << HANDLE_CLASS_BITS) - 1
 PAGE_MASK = PAGE_SIZE - 1
 FULL = ZS_INUSE_RATIO_100
+
+#: what zramd/_zsfast.c must have been compiled with; a stale build is not used
+NATIVE_ABI = {
+    "ABI_VERSION": 1,
+    "PAGE_SHIFT": PAGE_SHIFT,
+    "ZS_HANDLE_SIZE": ZS_HANDLE_SIZE,
+    "LOC_SHIFT": LOC_SHIFT,
+    "MAX_HANDLE": MAX_HANDLE,
+    "HANDLE_CLASS_BITS": HANDLE_CLASS_BITS,
+    "HDR_SIZE_SHIFT": HDR_SIZE_SHIFT,
+    "HDR_HANDLE_MASK": HDR_HANDLE_MASK,
+    "FULL": FULL,
+}
+
+
+def native_module() -> ModuleType | None:
+    """``zramd._zsfast`` if it is built and matches this layout, else None."""
+    try:
+        from zramd import _zsfast  # noqa: PLC0415
+    except ImportError:
+        return None
+    return _zsfast if getattr(_zsfast, "CONSTANTS", None) == NATIVE_ABI else None
+
+
+def native_default() -> bool:
+    """Whether pools use the C loops by default: when built, unless ZRAMD_NATIVE=0."""
+    return os.environ.get("ZRAMD_NATIVE", "1") != "0" and native_module() is not None
+
 
 assert MAX_FRAMES << PAGE_SHIFT <= 1 << LOC_SHIFT
 
@@ -104,6 +138,7 @@ class ZsPool:
         *,
         chain: int = DEFAULT_CHAIN_SIZE,
         release_batch: int = RELEASE_BATCH,
+        native: bool | None = None,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"pool size {max_bytes} must be positive")
@@ -130,6 +165,21 @@ class ZsPool:
         self.bytes_moved = 0  #: object bytes (headers included) copied by compaction
         self.max_slice_ns = 0  #: longest class-lock hold of a gentle compaction slice
         self._closed = False
+        # The C object loops (zramd/_zsfast.c), on this pool's own buffers and class locks;
+        # the *_py methods below are the reference they follow.
+        self._fast: _zsfast.Pool | None = None
+        if native is None:
+            native = native_default()
+        if native:
+            module = native_module()
+            if module is None:
+                raise RuntimeError("zramd._zsfast is not built (or stale): pip install -e .")
+            self._fast = module.Pool(self)
+
+    @property
+    def native(self) -> bool:
+        """Whether the object loops run in C."""
+        return self._fast is not None
 
     def _class_at(self, spec: ClassSpec) -> SizeClass:
         cls = self._by_index[spec.index]
@@ -217,6 +267,12 @@ class ZsPool:
         All or nothing: if one cannot be stored (bad size, arena exhausted), the ones already
         stored are freed and the exception propagates.
         """
+        if self._fast is not None:
+            handles: list[int] = self._fast.store_many(objs)
+            return handles
+        return self._store_many_py(objs)
+
+    def _store_many_py(self, objs: Sequence[BytesLike]) -> list[int]:
         handles: list[int] = []
         class_for = self._class_for
         mapped = self.arena.map
@@ -315,6 +371,9 @@ class ZsPool:
     def free_many(self, handles: Iterable[int]) -> None:
         """Free every handle; stops at the first invalid one (InvalidHandleError), having
         freed those before it."""
+        if self._fast is not None:
+            self._fast.free_many(handles)
+            return
         class_of = self._class_of
         for handle in handles:
             cls = class_of(handle)
@@ -393,6 +452,9 @@ class ZsPool:
         Each copy is taken under its class lock, so callers decompress without holding any
         lock while compaction goes on moving objects.
         """
+        if self._fast is not None:
+            loaded: list[bytes] = self._fast.load_many(handles)
+            return loaded
         out: list[bytes] = []
         class_of = self._class_of
         mapped = self.arena.map
@@ -526,6 +588,8 @@ class ZsPool:
         if self._closed:
             return
         self._closed = True
+        if self._fast is not None:
+            self._fast.close()
         self.words.release()
         self.zspages.close()
         self.arena.close()

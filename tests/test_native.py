@@ -1,0 +1,221 @@
+"""zramd._zsfast against the Python reference loops: same results, same errors, no stale build.
+
+The rest of the pool and device suites run on both implementations (the ``pool_impl``
+fixture); these tests drive the two side by side and compare everything observable.
+"""
+
+from __future__ import annotations
+
+import random
+import types
+
+import pytest
+
+from zramd import CorruptionError, InvalidHandleError, PoolExhaustedError, ZsPool
+from zramd import pool as pool_module
+from zramd.size_class import PAGE_SIZE, ZS_HANDLE_SIZE
+from zramd.testing import check_pool_invariants
+
+pytestmark = pytest.mark.usefixtures("built")
+
+
+@pytest.fixture
+def built() -> None:
+    if pool_module.native_module() is None:
+        pytest.fail("zramd._zsfast is not built or is stale: run scripts/test (pip install -e .)")
+
+
+def pair(size: int = 64 << 20) -> tuple[ZsPool, ZsPool]:
+    return ZsPool(size, native=True), ZsPool(size, native=False)
+
+
+def class_rows(pool: ZsPool) -> list[tuple[object, ...]]:
+    return [
+        (r.size, r.fullness, r.obj_allocated, r.obj_used, r.pages_used, r.freeable)
+        for r in pool.stats().classes
+    ]
+
+
+def test_the_pools_say_which_loops_they_run() -> None:
+    fast, ref = pair()
+    assert fast.native
+    assert not ref.native
+    fast.close()
+    ref.close()
+
+
+def test_random_workload_matches_the_reference() -> None:
+    """Batches of every size (huge and frame-straddling ones included), frees in random order
+    and compaction: both pools hold the same bytes under the same class statistics."""
+    rng = random.Random(7)
+    fast, ref = pair()
+    live: list[tuple[int, int, bytes]] = []  # (fast handle, ref handle, data)
+    for step in range(300):
+        if live and rng.random() < 0.4:
+            rng.shuffle(live)
+            k = rng.randint(1, min(len(live), 40))
+            gone, live = live[:k], live[k:]
+            fast.free_many([f for f, _, _ in gone])
+            ref.free_many([r for _, r, _ in gone])
+        else:
+            batch = [
+                rng.randbytes(rng.choice([rng.randint(1, 4096), rng.randint(1, 200), 4096]))
+                for _ in range(rng.randint(1, 40))
+            ]
+            hf = fast.store_many(batch)
+            hr = ref.store_many(batch)
+            live += zip(hf, hr, batch, strict=True)
+        if step % 50 == 49:
+            assert fast.compact() == ref.compact()
+        assert class_rows(fast) == class_rows(ref)
+    assert fast.load_many([f for f, _, _ in live]) == [d for _, _, d in live]
+    assert ref.load_many([r for _, r, _ in live]) == [d for _, _, d in live]
+    assert fast.total_pages == ref.total_pages
+    check_pool_invariants(fast)
+    check_pool_invariants(ref)
+    fast.close()
+    ref.close()
+
+
+def test_objects_stored_by_one_implementation_are_read_and_freed_by_the_other() -> None:
+    """Both work on the same layout: a pool can switch loops (as ZRAMD_NATIVE does across
+    restarts of nothing persistent, but here within one pool) without losing anything."""
+    pool = ZsPool(16 << 20, native=True)
+    fast = pool._fast
+    assert fast is not None
+    data = [bytes([i]) * n for i, n in enumerate([10, 100, 1000, 3000, 4096, 200, 2047])]
+    handles = fast.store_many(data)
+    pool._fast = None  # the reference loops from here on
+    assert pool.load_many(handles) == data
+    pool.free_many(handles[:3])
+    more = pool.store_many(data[:3])
+    pool._fast = fast
+    assert pool.load_many(more + handles[3:]) == data[:3] + data[3:]
+    pool.free_many(more + handles[3:])
+    check_pool_invariants(pool)
+    assert pool.stats().objects == 0
+    pool.close()
+
+
+@pytest.mark.parametrize("bad", [b"", bytes(4097)])
+def test_a_bad_size_stores_nothing(bad: bytes) -> None:
+    fast, ref = pair()
+    for p in (fast, ref):
+        with pytest.raises(ValueError, match=f"object size {len(bad)} outside 1..4096"):
+            p.store_many([b"a" * 10, b"b" * 4096, bad])
+        assert p.stats().objects == 0
+        check_pool_invariants(p)
+        p.close()
+
+
+def test_exhaustion_mid_batch_is_all_or_nothing() -> None:
+    fast, ref = pair(8 * PAGE_SIZE)
+    for p in (fast, ref):
+        keep = p.store_many([b"k" * 100])
+        with pytest.raises(PoolExhaustedError, match="arena exhausted"):
+            p.store_many([bytes([i]) * PAGE_SIZE for i in range(9)] + [b"x" * 700])
+        assert p.stats().objects == 1
+        assert p.load_many(keep) == [b"k" * 100]
+        check_pool_invariants(p)
+        p.close()
+
+
+@pytest.mark.parametrize("handle", [0, 1, 255, -256, 12345 << 8 | 1, 1 << 70, 3 << 8 | 7])
+def test_invalid_handles_raise_the_reference_errors(handle: int) -> None:
+    fast, ref = pair()
+    fast.store(b"x" * 50)
+    ref.store(b"x" * 50)
+    for op in ("load_many", "free_many"):
+        with pytest.raises(InvalidHandleError) as ef:
+            getattr(fast, op)([handle])
+        with pytest.raises(InvalidHandleError) as er:
+            getattr(ref, op)([handle])
+        assert str(ef.value) == str(er.value)
+    fast.close()
+    ref.close()
+
+
+@pytest.mark.parametrize("bad", ["x", 1.5, None, 1 << 300])
+def test_non_handles_fail_as_in_the_reference(bad: object) -> None:
+    fast, ref = pair()
+    for op in ("load_many", "free_many"):
+        errors = []
+        for p in (fast, ref):
+            with pytest.raises((TypeError, InvalidHandleError)) as e:
+                getattr(p, op)([bad])
+            errors.append((type(e.value), str(e.value)))
+        assert errors[0] == errors[1]
+    fast.close()
+    ref.close()
+
+
+def test_free_many_stops_at_the_first_invalid_handle() -> None:
+    fast, ref = pair()
+    for p in (fast, ref):
+        a, b, c = p.store_many([b"a" * 30, b"b" * 900, b"c" * 30])
+        p.free(b)
+        with pytest.raises(InvalidHandleError, match="not allocated"):
+            p.free_many([a, b, c])
+        assert p.load_many([c]) == [b"c" * 30]  # after the bad one: untouched
+        with pytest.raises(InvalidHandleError):
+            p.load_many([a])  # before it: freed
+        check_pool_invariants(p)
+        p.close()
+
+
+def test_a_corrupt_header_is_reported_not_followed() -> None:
+    fast, ref = pair()
+    for p in (fast, ref):
+        h = p.store(b"q" * 300)
+        _, off = p.locate(h)
+        p.words[off >> 3] ^= 1 << 20  # a flipped bit in the header's handle
+        with pytest.raises(CorruptionError, match="expected handle"):
+            p.load_many([h])
+        with pytest.raises(CorruptionError, match="expected handle"):
+            p.free_many([h])
+        p.words[off >> 3] ^= 1 << 20
+        assert p.read(h) == b"q" * 300
+        p.close()
+
+
+def test_straddling_objects_round_trip() -> None:
+    """Objects laid across the frame boundaries of their zspage, written and read in C."""
+    fast = ZsPool(16 << 20, native=True)
+    data = [bytes([i % 250 + 1]) * (900 + 37 * (i % 20)) for i in range(200)]
+    handles = fast.store_many(data)
+    straddlers = [
+        h
+        for h, d in zip(handles, data, strict=True)
+        if (fast.locate(h)[1] + ZS_HANDLE_SIZE) % PAGE_SIZE + len(d) > PAGE_SIZE
+    ]
+    assert straddlers
+    assert fast.load_many(handles) == data
+    fast.close()
+
+
+def test_a_stale_build_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = types.ModuleType("zramd._zsfast")
+    stale.CONSTANTS = dict(pool_module.NATIVE_ABI, ABI_VERSION=0)  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__("sys").modules, "zramd._zsfast", stale)
+    monkeypatch.setattr("zramd._zsfast", stale, raising=False)
+    assert pool_module.native_module() is None
+    assert not pool_module.native_default()
+    with pytest.raises(RuntimeError, match="not built"):
+        ZsPool(1 << 20, native=True)
+    assert not ZsPool(1 << 20).native
+
+
+def test_zramd_native_0_selects_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZRAMD_NATIVE", "0")
+    assert not ZsPool(1 << 20).native
+    monkeypatch.setenv("ZRAMD_NATIVE", "1")
+    assert ZsPool(1 << 20).native
+
+
+def test_a_closed_pool_refuses_io() -> None:
+    pool = ZsPool(1 << 20, native=True)
+    h = pool.store(b"z" * 10)
+    pool.close()
+    with pytest.raises(ValueError, match="closed"):
+        pool.load_many([h])
+    pool.close()  # idempotent

@@ -1,0 +1,1018 @@
+/*
+ * zramd._zsfast: the pool's three per-object loops (store_many, load_many, free_many) in C.
+ *
+ * Why: in the serving process these loops were ~45 % of a write and ~40 % of a read, all of it
+ * interpreter overhead (a dozen array stores per object, each a bytecode round trip). The
+ * design stays in Python: this module keeps no state of its own. It works on the very buffers
+ * a ZsPool owns (the arena mmap, the frame link words, the zspage descriptor columns, each
+ * class's handle table) and on the SizeClass attributes, with exactly the algorithm of
+ * pool.py's _alloc / _free_locked / load_many, which remain the reference implementation
+ * (ZRAMD_NATIVE=0 selects them; the test suite runs both).
+ *
+ * Locking is pool.py's: the class lock (a threading.Lock, acquired through its own method, so
+ * a wait releases the GIL) is held around every touch of a class, never two at once. While a
+ * class lock is held, its scalar fields (mask, free_slot, obj_used) are cached in C and
+ * written back before the lock is dropped; every Python callback made meanwhile
+ * (_new_zspage, free_zspage, the error helpers, huge objects) leaves them alone. Rare paths
+ * call back into Python rather than duplicate it: new zspages, freeing a zspage, huge
+ * objects, and raising InvalidHandleError / CorruptionError with the reference's messages.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* The layout constants of pool.py / zspage.py / size_class.py; pool.py compares them with
+ * its own before using this module (CONSTANTS below), so a stale build is never used. */
+#define ABI_VERSION 1
+#define PAGE_SHIFT 12
+#define PAGE_SIZE 4096
+#define PAGE_MASK (PAGE_SIZE - 1)
+#define ZS_HANDLE_SIZE 8
+#define ZS_MAX_ALLOC_SIZE PAGE_SIZE
+#define LOC_SHIFT 37
+#define LOC_OFF_MASK ((INT64_C(1) << LOC_SHIFT) - 1)
+#define HANDLE_CLASS_BITS 8
+#define HANDLE_CLASS_MASK ((1 << HANDLE_CLASS_BITS) - 1)
+#define HDR_SIZE_SHIFT 48
+#define HDR_HANDLE_MASK ((UINT64_C(1) << HDR_SIZE_SHIFT) - 1)
+#define MAX_HANDLE ((INT64_C(1) << (HDR_SIZE_SHIFT - 1)) - 1)
+#define OBJ_ALLOCATED_TAG 1
+#define GROUP_FULL 11
+#define NR_CLASS_SLOTS (HANDLE_CLASS_MASK + 1)
+
+typedef struct {
+    int valid;
+    int huge;
+    int64_t size; /* object size, header included */
+    int64_t objs; /* objs_per_zspage */
+    int64_t index;
+    PyObject *cls; /* borrowed: kept alive by Ctx.classes */
+} ClassInfo;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *pool;
+    PyObject *classes; /* tuple of every SizeClass (keeps ClassInfo.cls alive) */
+    Py_buffer map, links, inuse, freeobj, fresh, fresh_left, first, prev, next;
+    int nbuf;     /* buffers held (released in that order by ctx_release) */
+    int open;     /* buffers valid */
+    int busy;     /* calls in progress (a lock wait releases the GIL) */
+    uint8_t *arena;
+    uint64_t *words;
+    int32_t *lk, *zfirst, *zprev, *znext;
+    uint16_t *zinuse, *zfresh_left;
+    int64_t *zfreeobj, *zfresh;
+    Py_ssize_t nframes, nzspages;
+    uint8_t size_index[ZS_MAX_ALLOC_SIZE + 1];
+    ClassInfo info[NR_CLASS_SLOTS];
+} Ctx;
+
+static PyObject *s_lock, *s_acquire, *s_release, *s_mask, *s_free_slot, *s_obj_used, *s_heads,
+    *s_counts, *s_handles, *s_new_zspage, *s_free_zspage, *s_alloc, *s_location, *s_header,
+    *s_class_of, *s_frombytes, *s_free_locked;
+
+/* -- one class, locked ------------------------------------------------------------------------ */
+
+typedef struct {
+    ClassInfo *ci;
+    PyObject *lock;        /* new ref; NULL when not locked */
+    PyObject *heads;       /* lists, new refs (non-huge only) */
+    PyObject *counts;
+    PyObject *handles;     /* the array object */
+    Py_buffer hbuf;
+    int have_hbuf;
+    int64_t *h;
+    Py_ssize_t hlen;
+    int64_t mask, free_slot, obj_used;
+    int64_t mask0, free_slot0, obj_used0;
+    int state; /* scalars cached */
+} Open;
+
+static int get_i64(PyObject *obj, PyObject *name, int64_t *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (!v)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int set_i64(PyObject *obj, PyObject *name, int64_t value)
+{
+    PyObject *v = PyLong_FromLongLong(value);
+    if (!v)
+        return -1;
+    int rc = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static int handles_acquire(Open *o)
+{
+    if (PyObject_GetBuffer(o->handles, &o->hbuf, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
+        return -1;
+    if (o->hbuf.itemsize != 8 || !o->hbuf.format || strcmp(o->hbuf.format, "q") != 0) {
+        PyBuffer_Release(&o->hbuf);
+        PyErr_SetString(PyExc_TypeError, "a class's handle table must be array('q')");
+        return -1;
+    }
+    o->have_hbuf = 1;
+    o->h = (int64_t *)o->hbuf.buf;
+    o->hlen = o->hbuf.len / 8;
+    return 0;
+}
+
+static void handles_release(Open *o)
+{
+    if (o->have_hbuf) {
+        PyBuffer_Release(&o->hbuf);
+        o->have_hbuf = 0;
+        o->h = NULL;
+    }
+}
+
+/* Lock ci's class and, with ``state``, cache its scalars and lists. */
+static int class_open(Open *o, ClassInfo *ci, int state)
+{
+    memset(o, 0, sizeof(*o));
+    o->ci = ci;
+    PyObject *lock = PyObject_GetAttr(ci->cls, s_lock);
+    if (!lock)
+        return -1;
+    PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
+    if (!r) {
+        Py_DECREF(lock);
+        return -1;
+    }
+    Py_DECREF(r);
+    o->lock = lock;
+    o->handles = PyObject_GetAttr(ci->cls, s_handles);
+    if (!o->handles)
+        return -1;
+    if (ci->huge)
+        return 0;
+    if (handles_acquire(o) < 0)
+        return -1;
+    if (!state)
+        return 0;
+    if (get_i64(ci->cls, s_mask, &o->mask) < 0 || get_i64(ci->cls, s_free_slot, &o->free_slot) < 0
+        || get_i64(ci->cls, s_obj_used, &o->obj_used) < 0)
+        return -1;
+    o->mask0 = o->mask;
+    o->free_slot0 = o->free_slot;
+    o->obj_used0 = o->obj_used;
+    o->heads = PyObject_GetAttr(ci->cls, s_heads);
+    o->counts = PyObject_GetAttr(ci->cls, s_counts);
+    if (!o->heads || !o->counts)
+        return -1;
+    if (!PyList_CheckExact(o->heads) || PyList_GET_SIZE(o->heads) <= GROUP_FULL
+        || !PyList_CheckExact(o->counts) || PyList_GET_SIZE(o->counts) <= GROUP_FULL) {
+        PyErr_SetString(PyExc_TypeError, "a class's heads and counts must be lists of 12");
+        return -1;
+    }
+    o->state = 1;
+    return 0;
+}
+
+/* Write the cached scalars back and unlock; keeps a pending exception (returns -1 if one is
+ * pending afterwards). Safe on a partly opened class. */
+static int class_close(Open *o)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    int failed = et != NULL;
+    if (o->state) {
+        if ((o->mask != o->mask0 && set_i64(o->ci->cls, s_mask, o->mask) < 0)
+            || (o->free_slot != o->free_slot0 && set_i64(o->ci->cls, s_free_slot, o->free_slot) < 0)
+            || (o->obj_used != o->obj_used0 && set_i64(o->ci->cls, s_obj_used, o->obj_used) < 0)) {
+            if (!failed) {
+                PyErr_Fetch(&et, &ev, &tb);
+                failed = 1;
+            } else {
+                PyErr_Clear();
+            }
+        }
+        o->state = 0;
+    }
+    handles_release(o);
+    Py_CLEAR(o->heads);
+    Py_CLEAR(o->counts);
+    Py_CLEAR(o->handles);
+    if (o->lock) {
+        PyObject *r = PyObject_CallMethodNoArgs(o->lock, s_release);
+        if (r)
+            Py_DECREF(r);
+        else if (!failed) {
+            PyErr_Fetch(&et, &ev, &tb);
+            failed = 1;
+        } else {
+            PyErr_Clear();
+        }
+        Py_CLEAR(o->lock);
+    }
+    if (failed)
+        PyErr_Restore(et, ev, tb);
+    return failed ? -1 : 0;
+}
+
+/* -- fullness lists (zspage.py's link / unlink) ---------------------------------------------- */
+
+static inline int group_of(int64_t inuse, int64_t objs)
+{
+    if (inuse == 0)
+        return 0;
+    if (inuse == objs)
+        return GROUP_FULL;
+    return (int)(100 * inuse / objs / 10 + 1);
+}
+
+static inline int64_t list_get(PyObject *list, int i)
+{
+    return PyLong_AsLongLong(PyList_GET_ITEM(list, i));
+}
+
+static inline void list_set(PyObject *list, int i, int64_t v)
+{
+    PyObject *n = PyLong_FromLongLong(v);
+    if (n)
+        PyList_SetItem(list, i, n);
+}
+
+static void zs_link(Ctx *c, Open *o, int64_t zid, int group)
+{
+    int64_t head = list_get(o->heads, group);
+    c->zprev[zid] = 0;
+    c->znext[zid] = (int32_t)head;
+    if (head)
+        c->zprev[head] = (int32_t)zid;
+    else
+        o->mask |= INT64_C(1) << group;
+    list_set(o->heads, group, zid);
+    list_set(o->counts, group, list_get(o->counts, group) + 1);
+}
+
+static void zs_unlink(Ctx *c, Open *o, int64_t zid, int group)
+{
+    int64_t prev = c->zprev[zid], nxt = c->znext[zid];
+    if (prev)
+        c->znext[prev] = (int32_t)nxt;
+    else {
+        list_set(o->heads, group, nxt);
+        if (!nxt)
+            o->mask &= ~(INT64_C(1) << group);
+    }
+    if (nxt)
+        c->zprev[nxt] = (int32_t)prev;
+    list_set(o->counts, group, list_get(o->counts, group) - 1);
+}
+
+/* -- allocation ------------------------------------------------------------------------------ */
+
+/* Append free entries to the handle table, threaded as its free list (free_slot is 0). */
+static int handles_grow(Open *o)
+{
+    Py_ssize_t add = o->hlen >> 4;
+    if (add < 16)
+        add = 16;
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, add * 8);
+    if (!raw)
+        return -1;
+    int64_t *e = (int64_t *)PyBytes_AS_STRING(raw);
+    for (Py_ssize_t k = 0; k < add; k++)
+        e[k] = -1 - (k + 1 < add ? o->hlen + k + 1 : 0);
+    Py_ssize_t base = o->hlen;
+    handles_release(o);
+    PyObject *r = PyObject_CallMethodOneArg(o->handles, s_frombytes, raw);
+    Py_DECREF(raw);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    if (handles_acquire(o) < 0)
+        return -1;
+    o->free_slot = base;
+    return 0;
+}
+
+/* obj_malloc for a non-huge class: returns the object's arena offset (its header) and sets
+ * *handle, or -1 with an exception. */
+static int64_t alloc_object(Ctx *c, Open *o, int64_t n, int64_t *handle)
+{
+    ClassInfo *ci = o->ci;
+    int64_t zid;
+    int group;
+    if (!o->free_slot && handles_grow(o) < 0)
+        return -1;
+    if (((o->free_slot << HANDLE_CLASS_BITS) | ci->index) > MAX_HANDLE) {
+        PyErr_Format(PyExc_OverflowError, "class %lld has no handle left", (long long)ci->size);
+        return -1;
+    }
+    if (o->mask) {
+        group = 63 - __builtin_clzll((unsigned long long)o->mask);
+        zid = list_get(o->heads, group);
+    } else {
+        PyObject *r = PyObject_CallMethodOneArg(c->pool, s_new_zspage, ci->cls);
+        if (!r)
+            return -1;
+        zid = PyLong_AsLongLong(r);
+        Py_DECREF(r);
+        if (zid <= 0 || zid >= c->nzspages) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_RuntimeError, "_new_zspage returned id %lld", (long long)zid);
+            return -1;
+        }
+        group = 0;
+    }
+    /* take_object */
+    int64_t off = c->zfreeobj[zid];
+    if (off) {
+        c->zfreeobj[zid] = (int64_t)(c->words[off >> 3] >> 1);
+    } else {
+        off = c->zfresh[zid];
+        int64_t left = c->zfresh_left[zid] - 1;
+        c->zfresh_left[zid] = (uint16_t)left;
+        if (!left)
+            c->zfresh[zid] = 0;
+        else if ((off & PAGE_MASK) + ci->size < PAGE_SIZE)
+            c->zfresh[zid] = off + ci->size;
+        else
+            c->zfresh[zid] = ((int64_t)c->lk[off >> PAGE_SHIFT] << PAGE_SHIFT)
+                + ((off & PAGE_MASK) + ci->size - PAGE_SIZE);
+    }
+    int64_t inuse = (int64_t)c->zinuse[zid] + 1;
+    c->zinuse[zid] = (uint16_t)inuse;
+    int ng = group_of(inuse, ci->objs);
+    if (ng != group) {
+        if (group)
+            zs_unlink(c, o, zid, group);
+        if (ng == GROUP_FULL)
+            list_set(o->counts, GROUP_FULL, list_get(o->counts, GROUP_FULL) + 1);
+        else
+            zs_link(c, o, zid, ng);
+    }
+    int64_t slot = o->free_slot;
+    o->free_slot = -1 - o->h[slot];
+    o->h[slot] = (zid << LOC_SHIFT) | off;
+    *handle = (slot << HANDLE_CLASS_BITS) | ci->index;
+    c->words[off >> 3] = ((uint64_t)n << HDR_SIZE_SHIFT) | ((uint64_t)*handle << 1) | OBJ_ALLOCATED_TAG;
+    o->obj_used++;
+    return off;
+}
+
+/* Copy n bytes to arena offset off, following the chain across a frame boundary. */
+static inline void put_bytes(Ctx *c, int64_t off, const uint8_t *src, int64_t n)
+{
+    int64_t end = (off | PAGE_MASK) + 1;
+    if (off + n > end) {
+        int64_t first = end - off;
+        memcpy(c->arena + off, src, first);
+        int64_t nxt = (int64_t)c->lk[off >> PAGE_SHIFT] << PAGE_SHIFT;
+        memcpy(c->arena + nxt, src + first, n - first);
+    } else {
+        memcpy(c->arena + off, src, n);
+    }
+}
+
+static int ctx_check(Ctx *c)
+{
+    if (!c->open) {
+        PyErr_SetString(PyExc_ValueError, "the pool is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *free_handles(Ctx *c, PyObject *seq);
+
+static PyObject *ctx_store_many(Ctx *c, PyObject *objs)
+{
+    if (ctx_check(c) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(objs, "store_many() needs a sequence of buffers");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *out = PyList_New(n);
+    Py_buffer *bufs = PyMem_Calloc(n ? n : 1, sizeof(Py_buffer));
+    Py_ssize_t *nxt = PyMem_Malloc((n ? n : 1) * sizeof(Py_ssize_t));
+    int64_t *hv = PyMem_Malloc((n ? n : 1) * sizeof(int64_t));
+    char *done_mask = PyMem_Calloc(n ? n : 1, 1);
+    Py_ssize_t nbufs = 0, stored = 0;
+    Py_ssize_t head[NR_CLASS_SLOTS], tail[NR_CLASS_SLOTS];
+    uint8_t order[NR_CLASS_SLOTS];
+    int norder = 0;
+    int failed = 0;
+    if (!out || !bufs || !nxt || !hv || !done_mask) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        failed = 1;
+        goto done;
+    }
+    for (int k = 0; k < NR_CLASS_SLOTS; k++)
+        head[k] = -1;
+    /* every size is checked before anything is allocated; objects are queued per class */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(items[i], &bufs[i], PyBUF_C_CONTIGUOUS) < 0) {
+            failed = 1;
+            goto done;
+        }
+        nbufs++;
+        Py_ssize_t size = bufs[i].len;
+        if (size <= 0 || size > ZS_MAX_ALLOC_SIZE) {
+            PyErr_Format(PyExc_ValueError, "object size %zd outside 1..%d", size, ZS_MAX_ALLOC_SIZE);
+            failed = 1;
+            goto done;
+        }
+        int k = c->size_index[size];
+        nxt[i] = -1;
+        if (head[k] < 0) {
+            head[k] = i;
+            order[norder++] = (uint8_t)k;
+        } else {
+            nxt[tail[k]] = i;
+        }
+        tail[k] = i;
+    }
+    c->busy++;
+    for (int g = 0; g < norder && !failed; g++) {
+        ClassInfo *ci = &c->info[order[g]];
+        Open o;
+        if (class_open(&o, ci, 1) < 0) {
+            class_close(&o);
+            failed = 1;
+            break;
+        }
+        for (Py_ssize_t i = head[order[g]]; i >= 0; i = nxt[i]) {
+            int64_t size = bufs[i].len, handle, off;
+            if (ci->huge) {
+                long long hh, oo;
+                PyObject *r = PyObject_CallMethod(c->pool, "_alloc", "OL", ci->cls, (long long)size);
+                if (!r || !PyArg_ParseTuple(r, "LL", &hh, &oo)) {
+                    Py_XDECREF(r);
+                    failed = 1;
+                    break;
+                }
+                Py_DECREF(r);
+                handle = hh;
+                off = oo;
+                memcpy(c->arena + off, bufs[i].buf, size);
+            } else {
+                off = alloc_object(c, &o, size, &handle);
+                if (off < 0) {
+                    failed = 1;
+                    break;
+                }
+                put_bytes(c, off + ZS_HANDLE_SIZE, bufs[i].buf, size);
+            }
+            hv[i] = handle;
+            done_mask[i] = 1;
+            stored++;
+        }
+        if (class_close(&o) < 0)
+            failed = 1;
+    }
+    c->busy--;
+done:
+    for (Py_ssize_t i = 0; i < nbufs; i++)
+        PyBuffer_Release(&bufs[i]);
+    PyMem_Free(bufs);
+    PyMem_Free(nxt);
+    for (Py_ssize_t i = 0; !failed && i < n; i++) {
+        PyObject *h = PyLong_FromLongLong(hv[i]);
+        if (!h)
+            failed = 1;
+        else
+            PyList_SET_ITEM(out, i, h);
+    }
+    if (failed && out && stored) {
+        /* all or nothing: give back what was stored, keep the first exception */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        {
+            PyObject *done_handles = PyList_New(0);
+            for (Py_ssize_t i = 0; done_handles && i < n; i++) {
+                if (!done_mask[i])
+                    continue;
+                PyObject *h = PyLong_FromLongLong(hv[i]);
+                if (!h || PyList_Append(done_handles, h) < 0)
+                    Py_CLEAR(done_handles);
+                Py_XDECREF(h);
+            }
+            if (done_handles) {
+                PyObject *r = free_handles(c, done_handles);
+                Py_XDECREF(r);
+                Py_DECREF(done_handles);
+            }
+            PyErr_Clear();
+        }
+        PyErr_Restore(et, ev, tb);
+    }
+    PyMem_Free(hv);
+    PyMem_Free(done_mask);
+    Py_DECREF(seq);
+    if (failed) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* -- free ------------------------------------------------------------------------------------ */
+
+/* Raise the reference implementation's error for a handle that failed a check. */
+static void raise_via(Ctx *c, PyObject *method, PyObject *cls, int64_t handle, int64_t off,
+                      int with_off)
+{
+    PyObject *r = with_off
+        ? PyObject_CallMethod(c->pool, PyUnicode_AsUTF8(method), "OLL", cls, (long long)handle, (long long)off)
+        : PyObject_CallMethod(c->pool, PyUnicode_AsUTF8(method), "OL", cls, (long long)handle);
+    if (r) {
+        Py_DECREF(r);
+        PyErr_Format(PyExc_RuntimeError, "handle %lld failed a check the pool did not",
+                     (long long)handle);
+    }
+}
+
+/* A ClassInfo for handle object h, or NULL with the reference's exception. */
+static ClassInfo *class_of(Ctx *c, PyObject *h, int64_t *handle)
+{
+    int overflow = 0;
+    long long v = PyLong_Check(h) ? PyLong_AsLongLongAndOverflow(h, &overflow) : -1;
+    if (v == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyLong_Check(h) && !overflow && v > HANDLE_CLASS_MASK) {
+        ClassInfo *ci = &c->info[v & HANDLE_CLASS_MASK];
+        if (ci->valid) {
+            *handle = v;
+            return ci;
+        }
+    }
+    /* the reference raises: InvalidHandleError (or TypeError for a non-int) from _class_of,
+     * or, for an int too large for 64 bits, "not allocated" from _location */
+    PyObject *cls = PyObject_CallMethodOneArg(c->pool, s_class_of, h);
+    if (cls) {
+        PyObject *r = PyObject_CallMethodObjArgs(c->pool, s_location, cls, h, NULL);
+        Py_DECREF(cls);
+        if (r) {
+            Py_DECREF(r);
+            PyErr_Format(PyExc_RuntimeError, "handle %R passed the pool's checks", h);
+        }
+    }
+    return NULL;
+}
+
+static int free_one(Ctx *c, Open *o, int64_t handle)
+{
+    ClassInfo *ci = o->ci;
+    int64_t slot = handle >> HANDLE_CLASS_BITS;
+    int64_t loc = slot < o->hlen ? o->h[slot] : -1;
+    if (loc < 0) {
+        raise_via(c, s_location, ci->cls, handle, 0, 0);
+        return -1;
+    }
+    int64_t off = loc & LOC_OFF_MASK;
+    if ((c->words[off >> 3] & HDR_HANDLE_MASK) != (((uint64_t)handle << 1) | OBJ_ALLOCATED_TAG)) {
+        raise_via(c, s_header, ci->cls, handle, off, 1);
+        return -1;
+    }
+    o->h[slot] = -1 - o->free_slot;
+    o->free_slot = slot;
+    int64_t zid = loc >> LOC_SHIFT;
+    c->words[off >> 3] = (uint64_t)c->zfreeobj[zid] << 1;
+    c->zfreeobj[zid] = off;
+    int64_t inuse = c->zinuse[zid];
+    int group = group_of(inuse, ci->objs);
+    inuse--;
+    c->zinuse[zid] = (uint16_t)inuse;
+    o->obj_used--;
+    int ng = group_of(inuse, ci->objs);
+    if (ng != group) {
+        if (group == GROUP_FULL)
+            list_set(o->counts, GROUP_FULL, list_get(o->counts, GROUP_FULL) - 1);
+        else
+            zs_unlink(c, o, zid, group);
+        if (ng)
+            zs_link(c, o, zid, ng);
+        else {
+            PyObject *r = PyObject_CallMethod(c->pool, "free_zspage", "OL", ci->cls, (long long)zid);
+            if (!r)
+                return -1;
+            Py_DECREF(r);
+        }
+    }
+    return 0;
+}
+
+static PyObject *free_handles(Ctx *c, PyObject *handles)
+{
+    if (ctx_check(c) < 0)
+        return NULL;
+    PyObject *it = PyObject_GetIter(handles);
+    if (!it)
+        return NULL;
+    Open o;
+    int opened = 0, failed = 0;
+    PyObject *h;
+    c->busy++;
+    while ((h = PyIter_Next(it))) {
+        int64_t handle;
+        ClassInfo *ci = class_of(c, h, &handle);
+        if (!ci) {
+            Py_DECREF(h);
+            failed = 1;
+            break;
+        }
+        if (opened && o.ci != ci) {
+            opened = 0;
+            if (class_close(&o) < 0) {
+                Py_DECREF(h);
+                failed = 1;
+                break;
+            }
+        }
+        if (!opened) {
+            opened = 1;
+            if (class_open(&o, ci, 1) < 0) {
+                Py_DECREF(h);
+                failed = 1;
+                break;
+            }
+        }
+        int rc;
+        if (ci->huge) {
+            PyObject *r = PyObject_CallMethodObjArgs(c->pool, s_free_locked, ci->cls, h, NULL);
+            Py_XDECREF(r);
+            rc = r ? 0 : -1;
+        } else {
+            rc = free_one(c, &o, handle);
+        }
+        Py_DECREF(h);
+        if (rc < 0) {
+            failed = 1;
+            break;
+        }
+    }
+    if (opened && class_close(&o) < 0)
+        failed = 1;
+    c->busy--;
+    Py_DECREF(it);
+    if (failed || PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *ctx_free_many(Ctx *c, PyObject *handles)
+{
+    return free_handles(c, handles);
+}
+
+/* -- load ------------------------------------------------------------------------------------ */
+
+static PyObject *ctx_load_many(Ctx *c, PyObject *handles)
+{
+    if (ctx_check(c) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(handles, "load_many() needs a sequence of handles");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *out = PyList_New(n);
+    if (!out) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    Open o;
+    int opened = 0, failed = 0;
+    c->busy++;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t handle;
+        ClassInfo *ci = class_of(c, items[i], &handle);
+        if (!ci) {
+            failed = 1;
+            break;
+        }
+        if (opened && o.ci != ci) {
+            opened = 0;
+            if (class_close(&o) < 0) {
+                failed = 1;
+                break;
+            }
+        }
+        if (!opened) {
+            opened = 1;
+            if (class_open(&o, ci, 0) < 0) {
+                failed = 1;
+                break;
+            }
+            if (ci->huge && handles_acquire(&o) < 0) {
+                failed = 1;
+                break;
+            }
+        }
+        int64_t slot = handle >> HANDLE_CLASS_BITS;
+        int64_t loc = slot < o.hlen ? o.h[slot] : -1;
+        if (loc < 0) {
+            raise_via(c, s_location, ci->cls, handle, 0, 0);
+            failed = 1;
+            break;
+        }
+        int64_t off = loc & LOC_OFF_MASK, size;
+        PyObject *b;
+        if (ci->huge) {
+            b = PyBytes_FromStringAndSize((const char *)c->arena + off, loc >> LOC_SHIFT);
+        } else {
+            uint64_t hdr = c->words[off >> 3];
+            if ((hdr & HDR_HANDLE_MASK) != (((uint64_t)handle << 1) | OBJ_ALLOCATED_TAG)) {
+                raise_via(c, s_header, ci->cls, handle, off, 1);
+                failed = 1;
+                break;
+            }
+            size = (int64_t)(hdr >> HDR_SIZE_SHIFT);
+            off += ZS_HANDLE_SIZE;
+            if ((off & PAGE_MASK) + size <= PAGE_SIZE) {
+                b = PyBytes_FromStringAndSize((const char *)c->arena + off, size);
+            } else {
+                b = PyBytes_FromStringAndSize(NULL, size);
+                if (b) {
+                    char *dst = PyBytes_AS_STRING(b);
+                    int64_t first = PAGE_SIZE - (off & PAGE_MASK);
+                    int64_t nxt = (int64_t)c->lk[off >> PAGE_SHIFT] << PAGE_SHIFT;
+                    memcpy(dst, c->arena + off, first);
+                    memcpy(dst + first, c->arena + nxt, size - first);
+                }
+            }
+        }
+        if (!b) {
+            failed = 1;
+            break;
+        }
+        PyList_SET_ITEM(out, i, b);
+    }
+    if (opened && class_close(&o) < 0)
+        failed = 1;
+    c->busy--;
+    Py_DECREF(seq);
+    if (failed) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* -- the context object ------------------------------------------------------------------------ */
+
+static void ctx_release(Ctx *c)
+{
+    Py_buffer *all[] = {&c->map, &c->links, &c->inuse, &c->freeobj, &c->fresh,
+                        &c->fresh_left, &c->first, &c->prev, &c->next};
+    for (int i = 0; i < c->nbuf; i++)
+        PyBuffer_Release(all[i]);
+    c->nbuf = 0;
+    c->open = 0;
+}
+
+static int get_column(Ctx *c, Py_buffer *b, PyObject *owner, const char *name, const char *fmt,
+                      Py_ssize_t itemsize)
+{
+    PyObject *obj = PyObject_GetAttrString(owner, name);
+    if (!obj)
+        return -1;
+    int rc = PyObject_GetBuffer(obj, b, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND);
+    Py_DECREF(obj);
+    if (rc < 0)
+        return -1;
+    c->nbuf++;
+    if (b->itemsize != itemsize || !b->format || strcmp(b->format, fmt) != 0) {
+        PyErr_Format(PyExc_TypeError, "pool column %s is not of type '%s'", name, fmt);
+        return -1;
+    }
+    return 0;
+}
+
+static int ctx_init(Ctx *c, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"pool", NULL};
+    PyObject *pool;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O:Pool", names, &pool))
+        return -1;
+    if (c->pool) {
+        PyErr_SetString(PyExc_RuntimeError, "Pool() is initialised once");
+        return -1;
+    }
+    Py_INCREF(pool);
+    c->pool = pool;
+    PyObject *arena = PyObject_GetAttrString(pool, "arena");
+    PyObject *zs = PyObject_GetAttrString(pool, "zspages");
+    PyObject *map = arena ? PyObject_GetAttrString(arena, "map") : NULL;
+    int rc = -1;
+    if (!map || !zs)
+        goto out;
+    if (PyObject_GetBuffer(map, &c->map, PyBUF_WRITABLE) < 0)
+        goto out;
+    c->nbuf++;
+    if (get_column(c, &c->links, arena, "links", "i", 4) < 0
+        || get_column(c, &c->inuse, zs, "inuse", "H", 2) < 0
+        || get_column(c, &c->freeobj, zs, "freeobj", "q", 8) < 0
+        || get_column(c, &c->fresh, zs, "fresh", "q", 8) < 0
+        || get_column(c, &c->fresh_left, zs, "fresh_left", "H", 2) < 0
+        || get_column(c, &c->first, zs, "first", "i", 4) < 0
+        || get_column(c, &c->prev, zs, "prev", "i", 4) < 0
+        || get_column(c, &c->next, zs, "next", "i", 4) < 0)
+        goto out;
+    c->arena = c->map.buf;
+    c->words = c->map.buf;
+    c->lk = c->links.buf;
+    {
+        PyObject *mf = PyObject_GetAttrString(arena, "max_frames");
+        c->nframes = mf ? PyLong_AsSsize_t(mf) : -1;
+        Py_XDECREF(mf);
+        if (c->nframes < 0)
+            goto out;
+    }
+    c->zinuse = c->inuse.buf;
+    c->zfreeobj = c->freeobj.buf;
+    c->zfresh = c->fresh.buf;
+    c->zfresh_left = c->fresh_left.buf;
+    c->zfirst = c->first.buf;
+    c->zprev = c->prev.buf;
+    c->znext = c->next.buf;
+    c->nzspages = c->inuse.len / 2;
+    {
+        Py_buffer *cols[] = {&c->freeobj, &c->fresh, &c->fresh_left, &c->first, &c->prev, &c->next};
+        for (int i = 0; i < 6; i++)
+            if (cols[i]->len / cols[i]->itemsize < c->nzspages)
+                c->nzspages = cols[i]->len / cols[i]->itemsize;
+    }
+    if (c->map.len < (c->nframes << PAGE_SHIFT) || c->links.len / 4 < c->nframes) {
+        PyErr_SetString(PyExc_ValueError, "arena smaller than its link table");
+        goto out;
+    }
+    c->classes = PyObject_GetAttrString(pool, "classes");
+    PyObject *by_size = PyObject_GetAttrString(pool, "_by_size");
+    if (!c->classes || !by_size)
+        goto out_size;
+    if (!PyTuple_Check(c->classes) || !PyList_Check(by_size)
+        || PyList_GET_SIZE(by_size) != ZS_MAX_ALLOC_SIZE + 1) {
+        PyErr_SetString(PyExc_TypeError, "pool.classes must be a tuple, pool._by_size a list of 4097");
+        goto out_size;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(c->classes); i++) {
+        PyObject *cls = PyTuple_GET_ITEM(c->classes, i);
+        long long index, size, objs;
+        PyObject *huge = PyObject_GetAttrString(cls, "huge");
+        PyObject *ix = PyObject_GetAttrString(cls, "index");
+        PyObject *sz = PyObject_GetAttrString(cls, "size");
+        PyObject *ob = PyObject_GetAttrString(cls, "objs_per_zspage");
+        int ok = huge && ix && sz && ob;
+        if (ok) {
+            index = PyLong_AsLongLong(ix);
+            size = PyLong_AsLongLong(sz);
+            objs = PyLong_AsLongLong(ob);
+            ok = !PyErr_Occurred() && index >= 0 && index < NR_CLASS_SLOTS && objs > 0;
+        }
+        if (ok) {
+            ClassInfo *ci = &c->info[index];
+            ci->valid = 1;
+            ci->huge = PyObject_IsTrue(huge);
+            ci->size = size;
+            ci->objs = objs;
+            ci->index = index;
+            ci->cls = cls;
+        } else if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "bad size class");
+        }
+        Py_XDECREF(huge);
+        Py_XDECREF(ix);
+        Py_XDECREF(sz);
+        Py_XDECREF(ob);
+        if (!ok)
+            goto out_size;
+    }
+    for (Py_ssize_t s = 0; s <= ZS_MAX_ALLOC_SIZE; s++) {
+        PyObject *ix = PyObject_GetAttrString(PyList_GET_ITEM(by_size, s), "index");
+        long long index = ix ? PyLong_AsLongLong(ix) : -1;
+        Py_XDECREF(ix);
+        if (index < 0 || index >= NR_CLASS_SLOTS || !c->info[index].valid) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "pool._by_size names an unknown class");
+            goto out_size;
+        }
+        c->size_index[s] = (uint8_t)index;
+    }
+    c->open = 1;
+    rc = 0;
+out_size:
+    Py_XDECREF(by_size);
+out:
+    Py_XDECREF(arena);
+    Py_XDECREF(zs);
+    Py_XDECREF(map);
+    if (rc < 0)
+        ctx_release(c);
+    return rc;
+}
+
+static PyObject *ctx_close(Ctx *c, PyObject *Py_UNUSED(ignored))
+{
+    if (c->busy) {
+        PyErr_SetString(PyExc_BufferError, "the pool is in use");
+        return NULL;
+    }
+    ctx_release(c);
+    Py_RETURN_NONE;
+}
+
+static int ctx_traverse(Ctx *c, visitproc visit, void *arg)
+{
+    Py_VISIT(c->pool);
+    Py_VISIT(c->classes);
+    return 0;
+}
+
+static int ctx_clear(Ctx *c)
+{
+    if (!c->busy)
+        ctx_release(c);
+    Py_CLEAR(c->pool);
+    Py_CLEAR(c->classes);
+    return 0;
+}
+
+static void ctx_dealloc(Ctx *c)
+{
+    PyObject_GC_UnTrack(c);
+    ctx_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyMethodDef ctx_methods[] = {
+    {"store_many", (PyCFunction)ctx_store_many, METH_O,
+     "store_many(objs) -> handles: ZsPool.store_many (all or nothing)."},
+    {"load_many", (PyCFunction)ctx_load_many, METH_O,
+     "load_many(handles) -> list of bytes: ZsPool.load_many."},
+    {"free_many", (PyCFunction)ctx_free_many, METH_O,
+     "free_many(handles): ZsPool.free_many (stops at the first invalid handle)."},
+    {"close", (PyCFunction)ctx_close, METH_NOARGS, "Release the pool's buffers."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CtxType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zramd._zsfast.Pool",
+    .tp_basicsize = sizeof(Ctx),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The object loops of one ZsPool, on that pool's buffers.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ctx_init,
+    .tp_dealloc = (destructor)ctx_dealloc,
+    .tp_traverse = (traverseproc)ctx_traverse,
+    .tp_clear = (inquiry)ctx_clear,
+    .tp_methods = ctx_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "zramd._zsfast",
+    "The pool's per-object loops in C (see zramd/_zsfast.c).", -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__zsfast(void)
+{
+#define INTERN(var, text)                                                                    \
+    if (!(var = PyUnicode_InternFromString(text)))                                           \
+        return NULL;
+    INTERN(s_lock, "lock");
+    INTERN(s_acquire, "acquire");
+    INTERN(s_release, "release");
+    INTERN(s_mask, "mask");
+    INTERN(s_free_slot, "free_slot");
+    INTERN(s_obj_used, "obj_used");
+    INTERN(s_heads, "heads");
+    INTERN(s_counts, "counts");
+    INTERN(s_handles, "handles");
+    INTERN(s_new_zspage, "_new_zspage");
+    INTERN(s_free_zspage, "free_zspage");
+    INTERN(s_alloc, "_alloc");
+    INTERN(s_location, "_location");
+    INTERN(s_header, "_header");
+    INTERN(s_class_of, "_class_of");
+    INTERN(s_frombytes, "frombytes");
+    INTERN(s_free_locked, "_free_locked");
+    if (PyType_Ready(&CtxType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&CtxType);
+    if (PyModule_AddObject(m, "Pool", (PyObject *)&CtxType) < 0)
+        return NULL;
+    PyObject *consts = Py_BuildValue(
+        "{s:i,s:i,s:i,s:i,s:L,s:i,s:i,s:L,s:i}", "ABI_VERSION", ABI_VERSION, "PAGE_SHIFT",
+        PAGE_SHIFT, "ZS_HANDLE_SIZE", ZS_HANDLE_SIZE, "LOC_SHIFT", LOC_SHIFT, "MAX_HANDLE",
+        (long long)MAX_HANDLE, "HANDLE_CLASS_BITS", HANDLE_CLASS_BITS, "HDR_SIZE_SHIFT",
+        HDR_SIZE_SHIFT, "HDR_HANDLE_MASK", (long long)HDR_HANDLE_MASK, "FULL", GROUP_FULL);
+    if (!consts || PyModule_AddObject(m, "CONSTANTS", consts) < 0)
+        return NULL;
+    return m;
+}
