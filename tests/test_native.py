@@ -219,3 +219,25 @@ def test_a_closed_pool_refuses_io() -> None:
     with pytest.raises(ValueError, match="closed"):
         pool.load_many([h])
     pool.close()  # idempotent
+
+
+def test_same_fill_matches_the_reference() -> None:
+    from zramd import _zsfast  # noqa: PLC0415
+    from zramd.device import same_fill  # noqa: PLC0415
+
+    rng = random.Random(3)
+    word = rng.randbytes(8)
+    pages = [
+        bytes(PAGE_SIZE),
+        b"\xff" * PAGE_SIZE,
+        word * (PAGE_SIZE // 8),
+        word * (PAGE_SIZE // 8 - 1) + word[:7] + b"\x00",  # differs in the very last byte
+        b"\x01" + bytes(PAGE_SIZE - 1),  # differs in the very first byte
+        bytes(2048) + b"\x01" + bytes(2047),  # differs only in the middle
+        rng.randbytes(PAGE_SIZE),
+    ]
+    for page in pages:
+        assert _zsfast.same_fill(memoryview(page)) == same_fill(memoryview(page))
+    assert _zsfast.same_fill(word * 512) == int.from_bytes(word, "little")
+    with pytest.raises(ValueError, match="4096-byte page"):
+        _zsfast.same_fill(bytes(4095))

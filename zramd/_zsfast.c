@@ -24,7 +24,7 @@
 
 /* The layout constants of pool.py / zspage.py / size_class.py; pool.py compares them with
  * its own before using this module (CONSTANTS below), so a stale build is never used. */
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 #define PAGE_SHIFT 12
 #define PAGE_SIZE 4096
 #define PAGE_MASK (PAGE_SIZE - 1)
@@ -948,6 +948,42 @@ static void ctx_dealloc(Ctx *c)
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
+/* -- device helpers ---------------------------------------------------------------------------- */
+
+/* device.same_fill: the 64-bit word a 4 KiB page repeats (little-endian), or None. */
+static PyObject *mod_same_fill(PyObject *m, PyObject *arg)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (b.len != PAGE_SIZE) {
+        PyBuffer_Release(&b);
+        return PyErr_Format(PyExc_ValueError, "same_fill() needs a %d-byte page, not %zd bytes",
+                            PAGE_SIZE, b.len);
+    }
+    const uint8_t *p = b.buf;
+    uint64_t first, x;
+    memcpy(&first, p, 8);
+    for (Py_ssize_t i = 8; i < PAGE_SIZE; i += 8) {
+        memcpy(&x, p + i, 8);
+        if (x != first) {
+            PyBuffer_Release(&b);
+            Py_RETURN_NONE;
+        }
+    }
+    uint64_t word = 0;
+    for (int k = 7; k >= 0; k--)
+        word = word << 8 | p[k];
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLongLong(word);
+}
+
+static PyMethodDef module_methods[] = {
+    {"same_fill", mod_same_fill, METH_O,
+     "same_fill(page) -> int | None: device.same_fill for a 4 KiB buffer."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef ctx_methods[] = {
     {"store_many", (PyCFunction)ctx_store_many, METH_O,
      "store_many(objs) -> handles: ZsPool.store_many (all or nothing)."},
@@ -974,7 +1010,7 @@ static PyTypeObject CtxType = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "zramd._zsfast",
-    "The pool's per-object loops in C (see zramd/_zsfast.c).", -1, NULL, NULL, NULL, NULL, NULL,
+    "The pool's per-object loops in C (see zramd/_zsfast.c).", -1, module_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__zsfast(void)

@@ -56,7 +56,7 @@ from zramd.errors import (
     ZramdError,
 )
 from zramd.frames import MAX_FRAMES
-from zramd.pool import ZsPool
+from zramd.pool import ZsPool, native_module
 from zramd.size_class import DEFAULT_CHAIN_SIZE, PAGE_SHIFT, PAGE_SIZE
 from zramd.slots import (
     ZRAM_COMP_PRIORITY_MASK,
@@ -231,6 +231,7 @@ class _State:
         "pool",
         "pp_lock",
         "same",
+        "same_fill",
         "slots",
         "stored",
     )
@@ -252,6 +253,11 @@ class _State:
         self.pp_lock = threading.Lock()  # one writeback or recompression at a time
         arena = min(2 * disksize + ARENA_SLACK, (MAX_FRAMES - 1) * PAGE_SIZE)
         self.pool = ZsPool(arena, chain=chain)
+        native = native_module() if self.pool.native else None
+        #: the same-fill test in C alongside the pool's C loops (~0.45 µs a page less)
+        self.same_fill: Callable[[memoryview], int | None] = (
+            native.same_fill if native is not None else same_fill
+        )
         self.slots = SlotTable(self.pages)
         self.locks = [threading.Lock() for _ in range(NR_STRIPES)]
         # per-stripe counters, summed on demand
@@ -945,8 +951,17 @@ class ZramDevice:
         contents = self._fetch(st, first, ((offset + len(buf) - 1) >> PAGE_SHIFT) + 1)
         decompress = st.comp.decompress
         head = offset & PAGE_MASK
-        end = offset + len(buf)
         pos = 0
+        if not head and not len(buf) & PAGE_MASK:  # whole pages, the common case: no slicing
+            for item in contents:
+                if item.__class__ is int:
+                    item = fill_page(item)  # noqa: PLW2901
+                elif len(item) != PAGE_SIZE:  # huge pages are stored raw
+                    item = decompress(item, PAGE_SIZE)  # noqa: PLW2901
+                buf[pos : pos + PAGE_SIZE] = item
+                pos += PAGE_SIZE
+            return
+        end = offset + len(buf)
         for k, item in enumerate(contents):
             if isinstance(item, int):
                 page = fill_page(item)
@@ -1166,6 +1181,7 @@ class ZramDevice:
         one stripe (128 KiB) and checks mem_limit after each, so a big request can overshoot
         the limit by at most one batch before it is refused."""
         compress = st.comp.compress
+        same_fill = st.same_fill
         huge_size = st.pool.huge_class_size
         values: list[int | None] = [0] * count
         flags = [0] * count

@@ -22,6 +22,8 @@ class _Lz4Decoder:
             out: bytes = lz4.block.decompress(src, uncompressed_size=size)
         except lz4.block.LZ4BlockError as e:
             raise CompressionError(f"{self.name}: corrupt object: {e}") from e
+        if len(out) == size:  # the hot path checks inline (a call is a tenth of a 4 KiB read)
+            return out
         return exact_size(self.name, out, size)
 
 
