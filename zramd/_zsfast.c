@@ -48,6 +48,9 @@ typedef struct {
     int64_t objs; /* objs_per_zspage */
     int64_t index;
     PyObject *cls; /* borrowed: kept alive by Ctx.classes */
+    /* new refs, taken once: SizeClass binds these objects in __init__ and never rebinds them */
+    PyObject *acquire, *release; /* cls.lock's bound methods */
+    PyObject *handles, *heads, *counts;
 } ClassInfo;
 
 typedef struct {
@@ -76,10 +79,10 @@ static PyObject *s_lock, *s_acquire, *s_release, *s_mask, *s_free_slot, *s_obj_u
 
 typedef struct {
     ClassInfo *ci;
-    PyObject *lock;        /* new ref; NULL when not locked */
-    PyObject *heads;       /* lists, new refs (non-huge only) */
+    int locked;
+    PyObject *heads;       /* borrowed from ci (non-huge only) */
     PyObject *counts;
-    PyObject *handles;     /* the array object */
+    PyObject *handles;     /* the array object, borrowed from ci */
     Py_buffer hbuf;
     int have_hbuf;
     int64_t *h;
@@ -138,19 +141,12 @@ static int class_open(Open *o, ClassInfo *ci, int state)
 {
     memset(o, 0, sizeof(*o));
     o->ci = ci;
-    PyObject *lock = PyObject_GetAttr(ci->cls, s_lock);
-    if (!lock)
+    PyObject *r = PyObject_CallNoArgs(ci->acquire);
+    if (!r)
         return -1;
-    PyObject *r = PyObject_CallMethodNoArgs(lock, s_acquire);
-    if (!r) {
-        Py_DECREF(lock);
-        return -1;
-    }
     Py_DECREF(r);
-    o->lock = lock;
-    o->handles = PyObject_GetAttr(ci->cls, s_handles);
-    if (!o->handles)
-        return -1;
+    o->locked = 1;
+    o->handles = ci->handles;
     if (ci->huge)
         return 0;
     if (handles_acquire(o) < 0)
@@ -163,15 +159,8 @@ static int class_open(Open *o, ClassInfo *ci, int state)
     o->mask0 = o->mask;
     o->free_slot0 = o->free_slot;
     o->obj_used0 = o->obj_used;
-    o->heads = PyObject_GetAttr(ci->cls, s_heads);
-    o->counts = PyObject_GetAttr(ci->cls, s_counts);
-    if (!o->heads || !o->counts)
-        return -1;
-    if (!PyList_CheckExact(o->heads) || PyList_GET_SIZE(o->heads) <= GROUP_FULL
-        || !PyList_CheckExact(o->counts) || PyList_GET_SIZE(o->counts) <= GROUP_FULL) {
-        PyErr_SetString(PyExc_TypeError, "a class's heads and counts must be lists of 12");
-        return -1;
-    }
+    o->heads = ci->heads;
+    o->counts = ci->counts;
     o->state = 1;
     return 0;
 }
@@ -197,11 +186,8 @@ static int class_close(Open *o)
         o->state = 0;
     }
     handles_release(o);
-    Py_CLEAR(o->heads);
-    Py_CLEAR(o->counts);
-    Py_CLEAR(o->handles);
-    if (o->lock) {
-        PyObject *r = PyObject_CallMethodNoArgs(o->lock, s_release);
+    if (o->locked) {
+        PyObject *r = PyObject_CallNoArgs(o->ci->release);
         if (r)
             Py_DECREF(r);
         else if (!failed) {
@@ -210,7 +196,7 @@ static int class_close(Open *o)
         } else {
             PyErr_Clear();
         }
-        Py_CLEAR(o->lock);
+        o->locked = 0;
     }
     if (failed)
         PyErr_Restore(et, ev, tb);
@@ -881,6 +867,22 @@ static int ctx_init(Ctx *c, PyObject *args, PyObject *kw)
             ci->objs = objs;
             ci->index = index;
             ci->cls = cls;
+            PyObject *lock = PyObject_GetAttr(cls, s_lock);
+            if (lock) {
+                ci->acquire = PyObject_GetAttr(lock, s_acquire);
+                ci->release = PyObject_GetAttr(lock, s_release);
+                Py_DECREF(lock);
+            }
+            ci->handles = PyObject_GetAttr(cls, s_handles);
+            ci->heads = PyObject_GetAttr(cls, s_heads);
+            ci->counts = PyObject_GetAttr(cls, s_counts);
+            ok = ci->acquire && ci->release && ci->handles && ci->heads && ci->counts;
+            if (ok && (!PyList_CheckExact(ci->heads) || PyList_GET_SIZE(ci->heads) <= GROUP_FULL
+                       || !PyList_CheckExact(ci->counts)
+                       || PyList_GET_SIZE(ci->counts) <= GROUP_FULL)) {
+                PyErr_SetString(PyExc_TypeError, "a class's heads and counts must be lists of 12");
+                ok = 0;
+            }
         } else if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_ValueError, "bad size class");
         }
@@ -929,6 +931,13 @@ static int ctx_traverse(Ctx *c, visitproc visit, void *arg)
 {
     Py_VISIT(c->pool);
     Py_VISIT(c->classes);
+    for (int i = 0; i < NR_CLASS_SLOTS; i++) {
+        Py_VISIT(c->info[i].acquire);
+        Py_VISIT(c->info[i].release);
+        Py_VISIT(c->info[i].handles);
+        Py_VISIT(c->info[i].heads);
+        Py_VISIT(c->info[i].counts);
+    }
     return 0;
 }
 
@@ -936,6 +945,14 @@ static int ctx_clear(Ctx *c)
 {
     if (!c->busy)
         ctx_release(c);
+    for (int i = 0; i < NR_CLASS_SLOTS; i++) {
+        c->info[i].valid = 0;
+        Py_CLEAR(c->info[i].acquire);
+        Py_CLEAR(c->info[i].release);
+        Py_CLEAR(c->info[i].handles);
+        Py_CLEAR(c->info[i].heads);
+        Py_CLEAR(c->info[i].counts);
+    }
     Py_CLEAR(c->pool);
     Py_CLEAR(c->classes);
     return 0;

@@ -49,6 +49,11 @@ The device adds its slot locks outside all of these. No code holds two class loc
 Compaction takes a class lock per source zspage and drops it in between, so I/O on the class is
 never stalled for a whole pass. The GIL makes each array store atomic but not the multi-step
 updates, which is why every step above runs under its class lock.
+
+The per-object loops of ``store_many``/``load_many``/``free_many`` also exist in C
+(``_zsfast.c``, used when built): the same algorithm on these same buffers under these same
+locks. The Python loops below (past each dispatch to C) are the reference it follows;
+``ZRAMD_NATIVE=0`` runs them.
 """
 
 from __future__ import annotations
@@ -166,7 +171,7 @@ class ZsPool:
         self.max_slice_ns = 0  #: longest class-lock hold of a gentle compaction slice
         self._closed = False
         # The C object loops (zramd/_zsfast.c), on this pool's own buffers and class locks;
-        # the *_py methods below are the reference they follow.
+        # the Python loops below are the reference they follow.
         self._fast: _zsfast.Pool | None = None
         if native is None:
             native = native_default()
