@@ -954,7 +954,7 @@ class ZramDevice:
         pos = 0
         if not head and not len(buf) & PAGE_MASK:  # whole pages, the common case: no slicing
             for item in contents:
-                if item.__class__ is int:
+                if isinstance(item, int):
                     item = fill_page(item)  # noqa: PLW2901
                 elif len(item) != PAGE_SIZE:  # huge pages are stored raw
                     item = decompress(item, PAGE_SIZE)  # noqa: PLW2901
