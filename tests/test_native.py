@@ -78,19 +78,14 @@ def test_random_workload_matches_the_reference() -> None:
 
 
 def test_objects_stored_by_one_implementation_are_read_and_freed_by_the_other() -> None:
-    """Both work on the same layout: a pool can switch loops (as ZRAMD_NATIVE does across
-    restarts of nothing persistent, but here within one pool) without losing anything."""
+    """Both work on the same layout and state: mixing them on one pool loses nothing."""
     pool = ZsPool(16 << 20, native=True)
-    fast = pool._fast
-    assert fast is not None
     data = [bytes([i]) * n for i, n in enumerate([10, 100, 1000, 3000, 4096, 200, 2047])]
-    handles = fast.store_many(data)
-    pool._fast = None  # the reference loops from here on
-    assert pool.load_many(handles) == data
-    pool.free_many(handles[:3])
-    more = pool.store_many(data[:3])
-    pool._fast = fast
-    assert pool.load_many(more + handles[3:]) == data[:3] + data[3:]
+    handles = pool.store_many(data)  # C
+    assert pool._load_many_py(handles) == data
+    pool._free_many_py(handles[:3])
+    more = pool._store_many_py(data[:3])
+    assert pool.load_many(more + handles[3:]) == data[:3] + data[3:]  # C
     pool.free_many(more + handles[3:])
     check_pool_invariants(pool)
     assert pool.stats().objects == 0
@@ -221,9 +216,14 @@ def test_a_closed_pool_refuses_io() -> None:
     pool.close()  # idempotent
 
 
-def test_same_fill_matches_the_reference() -> None:
+def test_encode_pages_matches_the_reference() -> None:
+    """Same-filled pages (the word's bytes in every position), pages that differ from a fill
+    only in their first, middle or last byte, compressible and incompressible (huge) pages."""
     from zramd import _zsfast  # noqa: PLC0415
-    from zramd.device import same_fill  # noqa: PLC0415
+    from zramd.compress import create  # noqa: PLC0415
+    from zramd.device import HUGE_FLAGS, encode_pages  # noqa: PLC0415
+    from zramd.slots import ZRAM_SAME  # noqa: PLC0415
+    from zramd.testing import synthetic_pages  # noqa: PLC0415
 
     rng = random.Random(3)
     word = rng.randbytes(8)
@@ -231,13 +231,59 @@ def test_same_fill_matches_the_reference() -> None:
         bytes(PAGE_SIZE),
         b"\xff" * PAGE_SIZE,
         word * (PAGE_SIZE // 8),
-        word * (PAGE_SIZE // 8 - 1) + word[:7] + b"\x00",  # differs in the very last byte
-        b"\x01" + bytes(PAGE_SIZE - 1),  # differs in the very first byte
-        bytes(2048) + b"\x01" + bytes(2047),  # differs only in the middle
+        word * (PAGE_SIZE // 8 - 1) + word[:7] + b"\x00",
+        b"\x01" + bytes(PAGE_SIZE - 1),
+        bytes(2048) + b"\x01" + bytes(2047),
         rng.randbytes(PAGE_SIZE),
+        *synthetic_pages(8, seed=5),
     ]
-    for page in pages:
-        assert _zsfast.same_fill(memoryview(page)) == same_fill(memoryview(page))
-    assert _zsfast.same_fill(word * 512) == int.from_bytes(word, "little")
-    with pytest.raises(ValueError, match="4096-byte page"):
-        _zsfast.same_fill(bytes(4095))
+    src = memoryview(b"\xee" * 512 + b"".join(pages))  # pages start at byte 512
+    comp = create("lz4")
+    n = len(pages)
+    results = []
+    for encode in (_zsfast.encode_pages, encode_pages):
+        values: list[int | None] = [None] * (n + 2)
+        flags = [-1] * (n + 2)
+        objs, where = encode(src, 512, 1, n - 1, comp.compress, 3000, ZRAM_SAME, HUGE_FLAGS,
+                             values, flags)  # fmt: skip
+        results.append(([bytes(o) for o in objs], where, values, flags))
+    assert results[0] == results[1]
+    objs, where, values, flags = results[0]
+    assert values[0] is None
+    assert flags[0] == -1
+    assert values[2] == int.from_bytes(word, "little")
+    assert flags[2] == ZRAM_SAME
+    assert flags[6] == HUGE_FLAGS
+    assert objs[where.index(6)] == pages[6]
+    with pytest.raises(ValueError, match="outside the buffer"):
+        _zsfast.encode_pages(src, 512, 0, n + 1, comp.compress, 3000, 0, 0, values, flags)
+
+
+def test_decode_pages_matches_the_reference() -> None:
+    from zramd import _zsfast  # noqa: PLC0415
+    from zramd.compress import create  # noqa: PLC0415
+    from zramd.device import decode_pages  # noqa: PLC0415
+    from zramd.testing import synthetic_pages  # noqa: PLC0415
+
+    comp = create("lz4")
+    pages = synthetic_pages(4, seed=9)
+    contents: list[int | bytes] = [
+        0,
+        0x0102030405060708,
+        (1 << 64) - 1,
+        comp.compress(pages[0]),
+        bytes(pages[1]),  # stored raw (huge)
+        comp.compress(pages[2]),
+    ]
+    bufs = [bytearray(b"\xaa" * (PAGE_SIZE * len(contents))) for _ in range(2)]
+    _zsfast.decode_pages(memoryview(bufs[0]), contents, comp.decompress)
+    decode_pages(memoryview(bufs[1]), contents, comp.decompress)
+    assert bufs[0] == bufs[1]
+    assert bufs[0][PAGE_SIZE : PAGE_SIZE + 8] == bytes(range(8, 0, -1))
+    assert bufs[0][3 * PAGE_SIZE : 4 * PAGE_SIZE] == pages[0]
+    with pytest.raises(ValueError, match="2 pages for a 4096-byte buffer"):
+        _zsfast.decode_pages(memoryview(bytearray(PAGE_SIZE)), [0, 0], comp.decompress)
+    with pytest.raises(TypeError, match="not int or bytes"):
+        _zsfast.decode_pages(memoryview(bytearray(PAGE_SIZE)), ["x"], comp.decompress)
+    with pytest.raises(ValueError, match="decompressed to 100 bytes"):
+        _zsfast.decode_pages(memoryview(bytearray(PAGE_SIZE)), [b"x"], lambda c, n: bytes(100))

@@ -24,7 +24,7 @@
 
 /* The layout constants of pool.py / zspage.py / size_class.py; pool.py compares them with
  * its own before using this module (CONSTANTS below), so a stale build is never used. */
-#define ABI_VERSION 2
+#define ABI_VERSION 4
 #define PAGE_SHIFT 12
 #define PAGE_SIZE 4096
 #define PAGE_MASK (PAGE_SIZE - 1)
@@ -967,37 +967,210 @@ static void ctx_dealloc(Ctx *c)
 
 /* -- device helpers ---------------------------------------------------------------------------- */
 
-/* device.same_fill: the 64-bit word a 4 KiB page repeats (little-endian), or None. */
-static PyObject *mod_same_fill(PyObject *m, PyObject *arg)
+static int page_same_fill(const uint8_t *p, uint64_t *word)
 {
-    Py_buffer b;
-    if (PyObject_GetBuffer(arg, &b, PyBUF_C_CONTIGUOUS) < 0)
-        return NULL;
-    if (b.len != PAGE_SIZE) {
-        PyBuffer_Release(&b);
-        return PyErr_Format(PyExc_ValueError, "same_fill() needs a %d-byte page, not %zd bytes",
-                            PAGE_SIZE, b.len);
-    }
-    const uint8_t *p = b.buf;
     uint64_t first, x;
     memcpy(&first, p, 8);
     for (Py_ssize_t i = 8; i < PAGE_SIZE; i += 8) {
         memcpy(&x, p + i, 8);
-        if (x != first) {
-            PyBuffer_Release(&b);
-            Py_RETURN_NONE;
-        }
+        if (x != first)
+            return 0;
     }
-    uint64_t word = 0;
+    uint64_t w = 0;
     for (int k = 7; k >= 0; k--)
-        word = word << 8 | p[k];
+        w = w << 8 | p[k];
+    *word = w;
+    return 1;
+}
+
+static int list_put(PyObject *list, Py_ssize_t k, PyObject *v)
+{
+    if (!v)
+        return -1;
+    if (k < 0 || k >= PyList_GET_SIZE(list)) {
+        Py_DECREF(v);
+        PyErr_SetString(PyExc_IndexError, "encode_pages: page index outside values/flags");
+        return -1;
+    }
+    PyList_SetItem(list, k, v);
+    return 0;
+}
+
+/* device.encode_pages: pages [start, start + count) of src (page k at base + k * 4096).
+ * A same-filled page gets values[k] = its word and flags[k] = same_flag; any other page is
+ * compressed with ``compress`` and queued: the result, or the page itself (a memoryview
+ * slice) when the result is huge_size bytes or more, with flags[k] = its size or huge_flags.
+ * Returns (objects to store, their page indices). */
+static PyObject *mod_encode_pages(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "encode_pages() takes 10 arguments");
+        return NULL;
+    }
+    PyObject *src = args[0], *compress = args[4], *values = args[8], *flags = args[9];
+    Py_ssize_t base = PyLong_AsSsize_t(args[1]), start = PyLong_AsSsize_t(args[2]),
+               count = PyLong_AsSsize_t(args[3]), huge_size = PyLong_AsSsize_t(args[5]);
+    PyObject *same_flag = args[6], *huge_flags = args[7];
+    if (PyErr_Occurred())
+        return NULL;
+    if (!PyList_CheckExact(values) || !PyList_CheckExact(flags)) {
+        PyErr_SetString(PyExc_TypeError, "encode_pages: values and flags must be lists");
+        return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(src, &b, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    PyObject *objs = NULL, *where = NULL, *result = NULL;
+    if (base < 0 || start < 0 || count < 0
+        || base + (start + count) * (Py_ssize_t)PAGE_SIZE > b.len) {
+        PyErr_SetString(PyExc_ValueError, "encode_pages: pages outside the buffer");
+        goto out;
+    }
+    objs = PyList_New(0);
+    where = PyList_New(0);
+    if (!objs || !where)
+        goto out;
+    for (Py_ssize_t k = start; k < start + count; k++) {
+        Py_ssize_t pos = base + k * PAGE_SIZE;
+        uint64_t word;
+        if (page_same_fill((const uint8_t *)b.buf + pos, &word)) {
+            Py_INCREF(same_flag);
+            if (list_put(values, k, PyLong_FromUnsignedLongLong(word)) < 0
+                || list_put(flags, k, same_flag) < 0)
+                goto out;
+            continue;
+        }
+        PyObject *page = PySequence_GetSlice(src, pos, pos + PAGE_SIZE);
+        if (!page)
+            goto out;
+        PyObject *c = PyObject_CallOneArg(compress, page);
+        Py_ssize_t n = c ? PyObject_Size(c) : -1;
+        if (n < 0) {
+            Py_XDECREF(c);
+            Py_DECREF(page);
+            goto out;
+        }
+        int rc;
+        if (n >= huge_size) {
+            rc = PyList_Append(objs, page);
+            Py_INCREF(huge_flags);
+            rc = rc < 0 ? -1 : list_put(flags, k, huge_flags);
+        } else {
+            rc = PyList_Append(objs, c);
+            rc = rc < 0 ? -1 : list_put(flags, k, PyLong_FromSsize_t(n));
+        }
+        Py_DECREF(c);
+        Py_DECREF(page);
+        if (rc < 0)
+            goto out;
+        PyObject *ki = PyLong_FromSsize_t(k);
+        if (!ki || PyList_Append(where, ki) < 0) {
+            Py_XDECREF(ki);
+            goto out;
+        }
+        Py_DECREF(ki);
+    }
+    result = PyTuple_Pack(2, objs, where);
+out:
     PyBuffer_Release(&b);
-    return PyLong_FromUnsignedLongLong(word);
+    Py_XDECREF(objs);
+    Py_XDECREF(where);
+    return result;
+}
+
+/* device.decode_pages: fill buf (whole pages) from contents, one item per page: an int is a
+ * fill word (0 for a never-written page), a 4096-byte bytes object a raw page, anything shorter
+ * a compressed object for ``decompress(obj, 4096)``. */
+static PyObject *mod_decode_pages(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decode_pages() takes 3 arguments");
+        return NULL;
+    }
+    PyObject *contents = args[1], *decompress = args[2];
+    if (!PyList_CheckExact(contents)) {
+        PyErr_SetString(PyExc_TypeError, "decode_pages: contents must be a list");
+        return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    PyObject *size = NULL;
+    int failed = 0;
+    Py_ssize_t n = PyList_GET_SIZE(contents);
+    if (b.len != n * PAGE_SIZE) {
+        PyErr_Format(PyExc_ValueError, "decode_pages: %zd pages for a %zd-byte buffer", n, b.len);
+        failed = 1;
+    }
+    for (Py_ssize_t i = 0; !failed && i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(contents, i);
+        uint8_t *dst = (uint8_t *)b.buf + i * PAGE_SIZE;
+        if (PyLong_Check(item)) {
+            uint64_t word = PyLong_AsUnsignedLongLong(item);
+            if (word == (uint64_t)-1 && PyErr_Occurred()) {
+                failed = 1;
+                break;
+            }
+            if (!word) {
+                memset(dst, 0, PAGE_SIZE);
+                continue;
+            }
+            uint8_t w[8];
+            for (int k = 0; k < 8; k++)
+                w[k] = (uint8_t)(word >> (8 * k));
+            for (Py_ssize_t j = 0; j < PAGE_SIZE; j += 8)
+                memcpy(dst + j, w, 8);
+            continue;
+        }
+        if (!PyBytes_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "decode_pages: page %zd is %.100s, not int or bytes", i,
+                         Py_TYPE(item)->tp_name);
+            failed = 1;
+            break;
+        }
+        if (PyBytes_GET_SIZE(item) == PAGE_SIZE) {
+            memcpy(dst, PyBytes_AS_STRING(item), PAGE_SIZE);
+            continue;
+        }
+        if (!size && !(size = PyLong_FromLong(PAGE_SIZE))) {
+            failed = 1;
+            break;
+        }
+        PyObject *cargs[2] = {item, size};
+        PyObject *page = PyObject_Vectorcall(decompress, cargs, 2, NULL);
+        if (!page) {
+            failed = 1;
+            break;
+        }
+        Py_buffer pb;
+        if (PyObject_GetBuffer(page, &pb, PyBUF_C_CONTIGUOUS) < 0) {
+            Py_DECREF(page);
+            failed = 1;
+            break;
+        }
+        if (pb.len != PAGE_SIZE) {
+            PyErr_Format(PyExc_ValueError, "decode_pages: page %zd decompressed to %zd bytes", i,
+                         pb.len);
+            failed = 1;
+        } else {
+            memcpy(dst, pb.buf, PAGE_SIZE);
+        }
+        PyBuffer_Release(&pb);
+        Py_DECREF(page);
+    }
+    Py_XDECREF(size);
+    PyBuffer_Release(&b);
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
-    {"same_fill", mod_same_fill, METH_O,
-     "same_fill(page) -> int | None: device.same_fill for a 4 KiB buffer."},
+    {"decode_pages", (PyCFunction)(void (*)(void))mod_decode_pages, METH_FASTCALL,
+     "decode_pages(buf, contents, decompress): device.decode_pages in C."},
+    {"encode_pages", (PyCFunction)(void (*)(void))mod_encode_pages, METH_FASTCALL,
+     "encode_pages(src, base, start, count, compress, huge_size, same_flag, huge_flags, "
+     "values, flags) -> (objs, where): device.encode_pages in C."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,13 +1,24 @@
 """Types of the optional C accelerator (zramd/_zsfast.c)."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from zramd._types import BytesLike
 
 CONSTANTS: dict[str, int]
 
-def same_fill(page: BytesLike) -> int | None: ...
+def encode_pages(
+    src: memoryview,
+    base: int,
+    start: int,
+    count: int,
+    compress: Callable[[BytesLike], bytes],
+    huge_size: int,
+    same_flag: int,
+    huge_flags: int,
+    values: list[int | None],
+    flags: list[int],
+) -> tuple[list[BytesLike], list[int]]: ...
 
 class Pool:
     def __init__(self, pool: Any) -> None: ...
@@ -15,3 +26,7 @@ class Pool:
     def load_many(self, handles: Iterable[int]) -> list[bytes]: ...
     def free_many(self, handles: Iterable[int]) -> None: ...
     def close(self) -> None: ...
+
+def decode_pages(
+    buf: memoryview, contents: list[int | bytes], decompress: Callable[[bytes, int], bytes]
+) -> None: ...

@@ -116,6 +116,64 @@ def same_fill(page: memoryview) -> int | None:
     return int.from_bytes(word, "little")
 
 
+HUGE_FLAGS = ZRAM_HUGE | PAGE_SIZE  # slot flags of a page stored raw
+
+
+def encode_pages(
+    src: memoryview,
+    base: int,
+    start: int,
+    count: int,
+    compress: Callable[[BytesLike], bytes],
+    huge_size: int,
+    same_flag: int,
+    huge_flags: int,
+    values: list[int | None],
+    flags: list[int],
+) -> tuple[list[BytesLike], list[int]]:
+    """Pages ``start .. start+count`` of ``src`` (page k at byte ``base + k * 4096``), for one
+    pool batch: a same-filled page gets its word in ``values[k]`` and ``same_flag``; any other
+    is compressed and queued (the page itself when the result is ``huge_size`` bytes or more),
+    with its stored size or ``huge_flags`` in ``flags[k]``. Returns the objects to store and
+    their page indices. (``_zsfast.encode_pages`` is this loop in C.)"""
+    objs: list[BytesLike] = []
+    where: list[int] = []
+    for k in range(start, start + count):
+        pos = base + (k << PAGE_SHIFT)
+        page = src[pos : pos + PAGE_SIZE]
+        word = same_fill(page)
+        if word is not None:
+            values[k] = word
+            flags[k] = same_flag
+            continue
+        c = compress(page)
+        n = len(c)
+        if n >= huge_size:
+            objs.append(page)
+            flags[k] = huge_flags
+        else:
+            objs.append(c)
+            flags[k] = n
+        where.append(k)
+    return objs, where
+
+
+def decode_pages(
+    buf: memoryview, contents: list[int | bytes], decompress: Callable[[bytes, int], bytes]
+) -> None:
+    """Fill ``buf`` (whole pages) from ``contents``, one item per page: an int is a fill word
+    (0 for a page never written), a 4096-byte object a page stored raw, anything shorter a
+    compressed object. (``_zsfast.decode_pages`` is this loop in C.)"""
+    pos = 0
+    for item in contents:
+        if isinstance(item, int):
+            item = fill_page(item)  # noqa: PLW2901
+        elif len(item) != PAGE_SIZE:
+            item = decompress(item, PAGE_SIZE)  # noqa: PLW2901
+        buf[pos : pos + PAGE_SIZE] = item
+        pos += PAGE_SIZE
+
+
 def fill_page(word: int) -> bytes:
     return ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * WORDS_PER_PAGE
 
@@ -222,7 +280,9 @@ class _State:
         "comp",
         "compr",
         "comps",
+        "decode_pages",
         "disksize",
+        "encode_pages",
         "huge",
         "huge_since",
         "locks",
@@ -231,7 +291,6 @@ class _State:
         "pool",
         "pp_lock",
         "same",
-        "same_fill",
         "slots",
         "stored",
     )
@@ -254,10 +313,9 @@ class _State:
         arena = min(2 * disksize + ARENA_SLACK, (MAX_FRAMES - 1) * PAGE_SIZE)
         self.pool = ZsPool(arena, chain=chain)
         native = native_module() if self.pool.native else None
-        #: the same-fill test in C alongside the pool's C loops (~0.45 µs a page less)
-        self.same_fill: Callable[[memoryview], int | None] = (
-            native.same_fill if native is not None else same_fill
-        )
+        # with the pool's C loops, the data path's per-page loops in C too
+        self.encode_pages = native.encode_pages if native is not None else encode_pages
+        self.decode_pages = native.decode_pages if native is not None else decode_pages
         self.slots = SlotTable(self.pages)
         self.locks = [threading.Lock() for _ in range(NR_STRIPES)]
         # per-stripe counters, summed on demand
@@ -951,16 +1009,10 @@ class ZramDevice:
         contents = self._fetch(st, first, ((offset + len(buf) - 1) >> PAGE_SHIFT) + 1)
         decompress = st.comp.decompress
         head = offset & PAGE_MASK
-        pos = 0
         if not head and not len(buf) & PAGE_MASK:  # whole pages, the common case: no slicing
-            for item in contents:
-                if isinstance(item, int):
-                    item = fill_page(item)  # noqa: PLW2901
-                elif len(item) != PAGE_SIZE:  # huge pages are stored raw
-                    item = decompress(item, PAGE_SIZE)  # noqa: PLW2901
-                buf[pos : pos + PAGE_SIZE] = item
-                pos += PAGE_SIZE
+            st.decode_pages(buf, contents, decompress)
             return
+        pos = 0
         end = offset + len(buf)
         for k, item in enumerate(contents):
             if isinstance(item, int):
@@ -1181,7 +1233,7 @@ class ZramDevice:
         one stripe (128 KiB) and checks mem_limit after each, so a big request can overshoot
         the limit by at most one batch before it is refused."""
         compress = st.comp.compress
-        same_fill = st.same_fill
+        encode = st.encode_pages
         huge_size = st.pool.huge_class_size
         values: list[int | None] = [0] * count
         flags = [0] * count
@@ -1189,25 +1241,18 @@ class ZramDevice:
         try:
             while done < count:
                 batch = min(count - done, 1 << STRIPE_SHIFT)
-                objs: list[BytesLike] = []
-                where: list[int] = []
-                for k in range(done, done + batch):
-                    pos = base + (k << PAGE_SHIFT)
-                    page = src[pos : pos + PAGE_SIZE]
-                    word = same_fill(page)
-                    if word is not None:
-                        values[k] = word
-                        flags[k] = ZRAM_SAME
-                        continue
-                    c = compress(page)
-                    n = len(c)
-                    if n >= huge_size:
-                        objs.append(page)
-                        flags[k] = ZRAM_HUGE | PAGE_SIZE
-                    else:
-                        objs.append(c)
-                        flags[k] = n
-                    where.append(k)
+                objs, where = encode(
+                    src,
+                    base,
+                    done,
+                    batch,
+                    compress,
+                    huge_size,
+                    ZRAM_SAME,
+                    HUGE_FLAGS,
+                    values,
+                    flags,
+                )
                 if objs:
                     for k, handle in zip(where, self._store_many(st, objs), strict=True):
                         values[k] = handle

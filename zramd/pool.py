@@ -61,7 +61,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -101,7 +101,7 @@ FULL = ZS_INUSE_RATIO_100
 
 #: what zramd/_zsfast.c must have been compiled with; a stale build is not used
 NATIVE_ABI = {
-    "ABI_VERSION": 2,
+    "ABI_VERSION": 4,
     "PAGE_SHIFT": PAGE_SHIFT,
     "ZS_HANDLE_SIZE": ZS_HANDLE_SIZE,
     "LOC_SHIFT": LOC_SHIFT,
@@ -135,7 +135,22 @@ class ZsPool:
 
     ``max_bytes`` sizes the address-space reservation (nothing is committed up front);
     ``chain`` is CONFIG_ZSMALLOC_CHAIN_SIZE (4..16). All methods are thread-safe.
+
+    The batch calls are attributes bound per pool, to the C loops or to the Python reference
+    (``_*_many_py``), so that calling them costs no Python frame:
+
+    * ``store_many(objs) -> handles``: store each buffer as a new object; handles in order.
+      All or nothing: if one cannot be stored (bad size, arena exhausted), those already
+      stored are freed and the exception propagates.
+    * ``load_many(handles) -> list[bytes]``: copies of the objects' bytes, in order, each taken
+      under its class lock, so callers decompress with no lock held while compaction goes on.
+    * ``free_many(handles)``: free every handle; stops at the first invalid one
+      (InvalidHandleError), having freed those before it.
     """
+
+    store_many: Callable[[Sequence[BytesLike]], list[int]]
+    load_many: Callable[[Iterable[int]], list[bytes]]
+    free_many: Callable[[Iterable[int]], None]
 
     def __init__(
         self,
@@ -180,6 +195,15 @@ class ZsPool:
             if module is None:
                 raise RuntimeError("zramd._zsfast is not built (or stale): pip install -e .")
             self._fast = module.Pool(self)
+        # Bound once: the device calls these per request, so no Python frame in between.
+        if self._fast is not None:
+            self.store_many = self._fast.store_many
+            self.load_many = self._fast.load_many
+            self.free_many = self._fast.free_many
+        else:
+            self.store_many = self._store_many_py
+            self.load_many = self._load_many_py
+            self.free_many = self._free_many_py
 
     @property
     def native(self) -> bool:
@@ -265,17 +289,6 @@ class ZsPool:
     def store(self, data: BytesLike) -> int:
         """``malloc(len(data))`` and ``write`` in one step."""
         return self.store_many((data,))[0]
-
-    def store_many(self, objs: Sequence[BytesLike]) -> list[int]:
-        """Store each buffer as a new object; their handles, in order.
-
-        All or nothing: if one cannot be stored (bad size, arena exhausted), the ones already
-        stored are freed and the exception propagates.
-        """
-        if self._fast is not None:
-            handles: list[int] = self._fast.store_many(objs)
-            return handles
-        return self._store_many_py(objs)
 
     def _store_many_py(self, objs: Sequence[BytesLike]) -> list[int]:
         handles: list[int] = []
@@ -373,12 +386,7 @@ class ZsPool:
         """Free an object. Raises InvalidHandleError for a handle that is not allocated."""
         self.free_many((handle,))
 
-    def free_many(self, handles: Iterable[int]) -> None:
-        """Free every handle; stops at the first invalid one (InvalidHandleError), having
-        freed those before it."""
-        if self._fast is not None:
-            self._fast.free_many(handles)
-            return
+    def _free_many_py(self, handles: Iterable[int]) -> None:
         class_of = self._class_of
         for handle in handles:
             cls = class_of(handle)
@@ -451,15 +459,7 @@ class ZsPool:
         """A copy of the object's bytes (its allocated size)."""
         return self.load_many((handle,))[0]
 
-    def load_many(self, handles: Iterable[int]) -> list[bytes]:
-        """Copies of the objects' bytes, in order.
-
-        Each copy is taken under its class lock, so callers decompress without holding any
-        lock while compaction goes on moving objects.
-        """
-        if self._fast is not None:
-            loaded: list[bytes] = self._fast.load_many(handles)
-            return loaded
+    def _load_many_py(self, handles: Iterable[int]) -> list[bytes]:
         out: list[bytes] = []
         class_of = self._class_of
         mapped = self.arena.map

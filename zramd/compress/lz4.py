@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import lz4.block
 
 from zramd._types import BytesLike
@@ -32,14 +35,17 @@ class Lz4(_Lz4Decoder):
 
     name = "lz4"
 
+    #: compress one page: the binding itself with the options bound (a C-level partial costs
+    #: ~0.2 µs a page less than a Python method around it)
+    compress: Callable[[BytesLike], bytes]
+
     def __init__(self, level: int | None = None) -> None:
         self.level = LZ4_ACCELERATION_DEFAULT if level is None else level
         if self.level < 1:
             raise ValueError(f"lz4 acceleration {self.level} must be >= 1")
-
-    def compress(self, src: BytesLike) -> bytes:
-        out: bytes = lz4.block.compress(src, mode="fast", acceleration=self.level, store_size=False)
-        return out
+        self.compress = functools.partial(
+            lz4.block.compress, mode="fast", acceleration=self.level, store_size=False
+        )
 
 
 class Lz4hc(_Lz4Decoder):
