@@ -287,3 +287,61 @@ def test_decode_pages_matches_the_reference() -> None:
         _zsfast.decode_pages(memoryview(bytearray(PAGE_SIZE)), ["x"], comp.decompress)
     with pytest.raises(ValueError, match="decompressed to 100 bytes"):
         _zsfast.decode_pages(memoryview(bytearray(PAGE_SIZE)), [b"x"], lambda c, n: bytes(100))
+
+
+def test_scan_slots_matches_the_reference() -> None:
+    """Every kind of slot (empty, same-filled, stored, recompressed, written back, idle and
+    picked ones), in two identical tables scanned by each implementation."""
+    from array import array  # noqa: PLC0415
+
+    from zramd import _zsfast  # noqa: PLC0415
+    from zramd.device import MASKS, scan_slots  # noqa: PLC0415
+    from zramd.slots import (  # noqa: PLC0415
+        ZRAM_COMP_PRIORITY_SHIFT,
+        ZRAM_HUGE,
+        ZRAM_IDLE,
+        ZRAM_PP_SLOT,
+        ZRAM_SAME,
+        ZRAM_WB,
+    )
+
+    kinds = [
+        (0, 0),
+        (ZRAM_SAME, 0xDEADBEEF),
+        (ZRAM_SAME | ZRAM_IDLE, 0),
+        (700, 1),
+        (700 | ZRAM_IDLE | ZRAM_PP_SLOT, 2),
+        (900 | (1 << ZRAM_COMP_PRIORITY_SHIFT), 3),
+        (4096 | ZRAM_HUGE, 4),
+        (ZRAM_WB | ZRAM_IDLE, 17),
+        (ZRAM_WB, 18),
+    ]
+    results = []
+    for scan in (_zsfast.scan_slots, scan_slots):
+        flags = array("I", [f for f, _ in kinds] * 2)
+        handles = array("Q", [h for _, h in kinds] * 2)
+        actime = array("I", [5] * len(flags))
+        out: list[int | bytes] = [0] * (len(flags) - 3)
+        loaded: list[list[int]] = []
+
+        def load_many(hs: list[int], loaded: list[list[int]] = loaded) -> list[bytes]:
+            loaded.append(list(hs))
+            return [b"obj%d" % h for h in hs]
+
+        rare = scan(memoryview(flags), memoryview(handles), memoryview(actime), 3, len(flags),
+                    3, 99, out, load_many, MASKS)  # fmt: skip
+        results.append((list(flags), list(actime), out, loaded, rare))
+    assert results[0] == results[1]
+    flags_after, actime_after, out, loaded, rare = results[0]
+    assert loaded == [[1, 2, 3, 4, 1, 2, 3, 4]]  # one load_many for the stripe
+    assert actime_after[:3] == [5, 5, 5]  # outside lo..hi: untouched
+    assert actime_after[9] == 5  # an empty slot is not touched
+    assert flags_after[4] == flags_after[13] == 700  # IDLE and PP_SLOT dropped on access
+    assert flags_after[7] == ZRAM_WB
+    assert out[7] == 0xDEADBEEF
+    assert out[0] == b"obj1"
+    assert rare is not None
+    assert rare[0] == [17, 18, 17, 18]  # blocks to read, and where they go in out
+    assert rare[1] == [4, 5, 13, 14]
+    prio = 900 | (1 << ZRAM_COMP_PRIORITY_SHIFT)
+    assert rare[2] == [(2, prio), (11, prio)]

@@ -24,7 +24,7 @@
 
 /* The layout constants of pool.py / zspage.py / size_class.py; pool.py compares them with
  * its own before using this module (CONSTANTS below), so a stale build is never used. */
-#define ABI_VERSION 4
+#define ABI_VERSION 5
 #define PAGE_SHIFT 12
 #define PAGE_SIZE 4096
 #define PAGE_MASK (PAGE_SIZE - 1)
@@ -1165,7 +1165,146 @@ static PyObject *mod_decode_pages(PyObject *m, PyObject *const *args, Py_ssize_t
     Py_RETURN_NONE;
 }
 
+static int column(PyObject *obj, Py_buffer *b, Py_ssize_t itemsize, const char *what)
+{
+    if (PyObject_GetBuffer(obj, b, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0)
+        return -1;
+    if (b->itemsize != itemsize) {
+        PyErr_Format(PyExc_TypeError, "scan_slots: %s has %zd-byte items, not %zd", what,
+                     b->itemsize, itemsize);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+/* device.scan_slots: the read side of one stripe of the slot table (its lock held). */
+static PyObject *mod_scan_slots(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "scan_slots() takes 10 arguments");
+        return NULL;
+    }
+    PyObject *out = args[7], *load_many = args[8];
+    Py_ssize_t lo = PyLong_AsSsize_t(args[3]), hi = PyLong_AsSsize_t(args[4]),
+               first = PyLong_AsSsize_t(args[5]);
+    unsigned long now = PyLong_AsUnsignedLong(args[6]);
+    unsigned long size_mask, same, wb, accessed, prio_mask;
+    if (PyErr_Occurred())
+        return NULL;
+    if (!PyArg_ParseTuple(args[9], "kkkkk:scan_slots masks", &size_mask, &same, &wb, &accessed,
+                          &prio_mask))
+        return NULL;
+    if (!PyList_CheckExact(out)) {
+        PyErr_SetString(PyExc_TypeError, "scan_slots: out must be a list");
+        return NULL;
+    }
+    Py_buffer fb, hb, ab;
+    if (column(args[0], &fb, 4, "flags") < 0)
+        return NULL;
+    if (column(args[1], &hb, 8, "handles") < 0) {
+        PyBuffer_Release(&fb);
+        return NULL;
+    }
+    if (column(args[2], &ab, 4, "actime") < 0) {
+        PyBuffer_Release(&fb);
+        PyBuffer_Release(&hb);
+        return NULL;
+    }
+    PyObject *stored = NULL, *where = NULL, *blocks = NULL, *block_where = NULL,
+             *recompressed = NULL, *result = NULL;
+    if (lo < 0 || hi < lo || hi > fb.len / 4 || hi > hb.len / 8 || hi > ab.len / 4
+        || lo < first || hi - first > PyList_GET_SIZE(out)) {
+        PyErr_SetString(PyExc_ValueError, "scan_slots: range outside the table or out");
+        goto done;
+    }
+    uint32_t *flags = fb.buf, *actime = ab.buf;
+    uint64_t *handles = hb.buf;
+    if (!(stored = PyList_New(0)) || !(where = PyList_New(0)))
+        goto done;
+    for (Py_ssize_t j = lo; j < hi; j++) {
+        uint32_t f = flags[j];
+        PyObject *k;
+        if (f & size_mask) {
+            PyObject *h = PyLong_FromUnsignedLongLong(handles[j]);
+            k = PyLong_FromSsize_t(j - first);
+            int rc = (h && k) ? PyList_Append(stored, h) | PyList_Append(where, k) : -1;
+            Py_XDECREF(h);
+            if (rc == 0 && (f & prio_mask)) {
+                if (!recompressed && !(recompressed = PyList_New(0)))
+                    rc = -1;
+                PyObject *pair = rc ? NULL : Py_BuildValue("(Ok)", k, (unsigned long)f);
+                rc = pair ? PyList_Append(recompressed, pair) : -1;
+                Py_XDECREF(pair);
+            }
+            Py_XDECREF(k);
+            if (rc)
+                goto done;
+        } else if (f & same) {
+            PyObject *word = PyLong_FromUnsignedLongLong(handles[j]);
+            if (!word)
+                goto done;
+            PyList_SetItem(out, j - first, word);
+        } else if (f & wb) {
+            if ((!blocks && !(blocks = PyList_New(0)))
+                || (!block_where && !(block_where = PyList_New(0))))
+                goto done;
+            PyObject *h = PyLong_FromUnsignedLongLong(handles[j]);
+            k = PyLong_FromSsize_t(j - first);
+            int rc = (h && k) ? PyList_Append(blocks, h) | PyList_Append(block_where, k) : -1;
+            Py_XDECREF(h);
+            Py_XDECREF(k);
+            if (rc)
+                goto done;
+        } else {
+            continue;
+        }
+        if (f & accessed) /* any access ends idleness and post-processing picks */
+            flags[j] = f & ~(uint32_t)accessed;
+        actime[j] = (uint32_t)now;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(stored);
+    if (n) {
+        /* the buffers stay exported meanwhile: nothing resizes the slot table */
+        PyObject *objs = PyObject_CallOneArg(load_many, stored);
+        if (!objs)
+            goto done;
+        if (!PyList_CheckExact(objs) || PyList_GET_SIZE(objs) != n) {
+            Py_DECREF(objs);
+            PyErr_SetString(PyExc_RuntimeError, "scan_slots: load_many returned a bad list");
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *obj = PyList_GET_ITEM(objs, i);
+            Py_INCREF(obj);
+            PyList_SetItem(out, PyLong_AsSsize_t(PyList_GET_ITEM(where, i)), obj);
+        }
+        Py_DECREF(objs);
+    }
+    if (blocks || recompressed) {
+        if ((!blocks && !(blocks = PyList_New(0))) || (!block_where && !(block_where = PyList_New(0)))
+            || (!recompressed && !(recompressed = PyList_New(0))))
+            goto done;
+        result = PyTuple_Pack(3, blocks, block_where, recompressed);
+    } else {
+        result = Py_NewRef(Py_None);
+    }
+done:
+    PyBuffer_Release(&fb);
+    PyBuffer_Release(&hb);
+    PyBuffer_Release(&ab);
+    Py_XDECREF(stored);
+    Py_XDECREF(where);
+    Py_XDECREF(blocks);
+    Py_XDECREF(block_where);
+    Py_XDECREF(recompressed);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
+    {"scan_slots", (PyCFunction)(void (*)(void))mod_scan_slots, METH_FASTCALL,
+     "scan_slots(flags, handles, actime, lo, hi, first, now, out, load_many, masks): "
+     "device.scan_slots in C."},
     {"decode_pages", (PyCFunction)(void (*)(void))mod_decode_pages, METH_FASTCALL,
      "decode_pages(buf, contents, decompress): device.decode_pages in C."},
     {"encode_pages", (PyCFunction)(void (*)(void))mod_encode_pages, METH_FASTCALL,

@@ -30,3 +30,15 @@ class Pool:
 def decode_pages(
     buf: memoryview, contents: list[int | bytes], decompress: Callable[[bytes, int], bytes]
 ) -> None: ...
+def scan_slots(
+    flags: memoryview,
+    handles: memoryview,
+    actime: memoryview,
+    lo: int,
+    hi: int,
+    first: int,
+    now: int,
+    out: list[int | bytes],
+    load_many: Callable[[list[int]], list[bytes]],
+    masks: tuple[int, int, int, int, int],
+) -> tuple[list[int], list[int], list[tuple[int, int]]] | None: ...

@@ -158,6 +158,59 @@ def encode_pages(
     return objs, where
 
 
+#: the flag masks scan_slots needs: size, SAME, WB, what an access clears, priority
+MASKS = (ZRAM_SIZE_MASK, ZRAM_SAME, ZRAM_WB, ACCESSED, ZRAM_COMP_PRIORITY_MASK)
+
+ScanRare = tuple[list[int], list[int], list[tuple[int, int]]]
+
+
+def scan_slots(
+    flags: memoryview,
+    handles: memoryview,
+    actime: memoryview,
+    lo: int,
+    hi: int,
+    first: int,
+    now: int,
+    out: list[int | bytes],
+    load_many: Callable[[list[int]], list[bytes]],
+    masks: tuple[int, int, int, int, int],
+) -> ScanRare | None:
+    """The read side of slots ``lo .. hi`` (one stripe, its lock held): each page's content
+    goes to ``out[page - first]`` (a fill word, or a copy of its object by one ``load_many``),
+    and every page that holds data is touched (``ACCESSED`` bits dropped, ``actime = now``).
+    Returns None, or when a page is written back or was recompressed: (blocks to read,
+    their ``out`` indices, (index, flags) of recompressed pages). (``_zsfast.scan_slots`` is
+    this loop in C.)"""
+    size_mask, same, wb, accessed, prio_mask = masks
+    stored: list[int] = []
+    where: list[int] = []
+    blocks: list[int] = []
+    block_where: list[int] = []
+    recompressed: list[tuple[int, int]] = []
+    for j in range(lo, hi):
+        f = flags[j]
+        if f & size_mask:
+            stored.append(handles[j])
+            where.append(j - first)
+            if f & prio_mask:
+                recompressed.append((j - first, f))
+        elif f & same:
+            out[j - first] = handles[j]
+        elif f & wb:
+            blocks.append(handles[j])
+            block_where.append(j - first)
+        else:
+            continue
+        if f & accessed:  # any access ends idleness and post-processing picks
+            flags[j] = f & ~accessed
+        actime[j] = now
+    if stored:
+        for k, obj in zip(where, load_many(stored), strict=True):
+            out[k] = obj
+    return (blocks, block_where, recompressed) if blocks or recompressed else None
+
+
 def decode_pages(
     buf: memoryview, contents: list[int | bytes], decompress: Callable[[bytes, int], bytes]
 ) -> None:
@@ -291,6 +344,7 @@ class _State:
         "pool",
         "pp_lock",
         "same",
+        "scan_slots",
         "slots",
         "stored",
     )
@@ -316,6 +370,7 @@ class _State:
         # with the pool's C loops, the data path's per-page loops in C too
         self.encode_pages = native.encode_pages if native is not None else encode_pages
         self.decode_pages = native.decode_pages if native is not None else decode_pages
+        self.scan_slots = native.scan_slots if native is not None else scan_slots
         self.slots = SlotTable(self.pages)
         self.locks = [threading.Lock() for _ in range(NR_STRIPES)]
         # per-stripe counters, summed on demand
@@ -1037,39 +1092,20 @@ class ZramDevice:
         load_many = st.pool.load_many
         now = int(self._clock())
         out: list[int | bytes] = [0] * (stop - first)
+        scan = st.scan_slots
         recompressed: list[tuple[int, int]] = []  # (page, flags)
         i = first
         while i < stop:
             run_end = min(stop, ((i >> STRIPE_SHIFT) + 1) << STRIPE_SHIFT)
-            stored: list[int] = []
-            where: list[int] = []
-            blocks: list[int] = []
-            block_where: list[int] = []
             with st.locks[(i >> STRIPE_SHIFT) & STRIPE_MASK]:
-                for j in range(i, run_end):
-                    f = flags[j]
-                    if f & ZRAM_SIZE_MASK:
-                        stored.append(handles[j])
-                        where.append(j - first)
-                        if f & ZRAM_COMP_PRIORITY_MASK:
-                            recompressed.append((j - first, f))
-                    elif f & ZRAM_SAME:
-                        out[j - first] = handles[j]
-                    elif f & ZRAM_WB:
-                        blocks.append(handles[j])
-                        block_where.append(j - first)
-                    else:
-                        continue
-                    if f & ACCESSED:  # any access ends idleness and post-processing picks
-                        flags[j] = f & ~ACCESSED
-                    actime[j] = now
-                if stored:
-                    for k, obj in zip(where, load_many(stored), strict=True):
-                        out[k] = obj
-                if blocks:  # read under the lock: the block may be reused once it is dropped
-                    assert st.backing is not None
-                    for k, page in zip(block_where, st.backing.read(blocks), strict=True):
-                        out[k] = page  # whole pages: the caller copies them like huge ones
+                rare = scan(flags, handles, actime, i, run_end, first, now, out, load_many, MASKS)
+                if rare is not None:
+                    blocks, block_where, recomp = rare
+                    recompressed += recomp
+                    if blocks:  # read under the lock: the block may be reused once dropped
+                        assert st.backing is not None
+                        for k, page in zip(block_where, st.backing.read(blocks), strict=True):
+                            out[k] = page  # whole pages: the caller copies them like huge ones
             i = run_end
         # objects made by a secondary algorithm: decompressed here, the rest by the caller
         for k, f in recompressed:
