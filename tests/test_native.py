@@ -345,3 +345,43 @@ def test_scan_slots_matches_the_reference() -> None:
     assert rare[1] == [4, 5, 13, 14]
     prio = 900 | (1 << ZRAM_COMP_PRIORITY_SHIFT)
     assert rare[2] == [(2, prio), (11, prio)]
+
+
+def test_install_slots_matches_the_reference() -> None:
+    """Every old kind (empty, same, stored, huge, written back) replaced by every new kind
+    (None, same, stored, huge), with the per-stripe counters across a stripe boundary."""
+    from array import array  # noqa: PLC0415
+
+    from zramd import _zsfast  # noqa: PLC0415
+    from zramd.device import INSTALL_MASKS, STRIPE_SHIFT, install_slots  # noqa: PLC0415
+    from zramd.slots import ZRAM_HUGE, ZRAM_SAME, ZRAM_WB  # noqa: PLC0415
+
+    olds = [(0, 0), (ZRAM_SAME, 7), (300, 11), (4096 | ZRAM_HUGE, 12), (ZRAM_WB, 40)]
+    news: list[tuple[int, int | None]] = [
+        (0, None),
+        (ZRAM_SAME, 0xFFFF_FFFF_FFFF_FFFF),
+        (500, 21),
+        (4096 | ZRAM_HUGE, 22),
+    ]
+    pairs = [(o, n) for o in olds for n in news]
+    first = (1 << STRIPE_SHIFT) - 7  # the batch crosses into the next stripe
+    size = first + len(pairs) + 3
+    results = []
+    for install in (_zsfast.install_slots, install_slots):
+        flags = array("I", [0] * size)
+        handles = array("Q", [0] * size)
+        actime = array("I", [1] * size)
+        for k, ((of, oh), _) in enumerate(pairs):
+            flags[first + k], handles[first + k] = of, oh
+        counters = tuple(array("q", [100] * 1024) for _ in range(5))
+        stale, blocks = install(
+            memoryview(flags), memoryview(handles), memoryview(actime), first,
+            [n[1] for _, n in pairs], [n[0] for _, n in pairs], 77, counters, INSTALL_MASKS,
+        )  # fmt: skip
+        results.append((list(flags), list(handles), list(actime), [list(c[:2]) for c in counters],
+                        stale, blocks))  # fmt: skip
+    assert results[0] == results[1]
+    _, _, _, counters_after, stale, blocks = results[0]
+    assert stale == [11] * 4 + [12] * 4
+    assert blocks == [40] * 4
+    assert counters_after[0] != [100, 100]  # stored counts moved in both stripes

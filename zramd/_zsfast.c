@@ -24,7 +24,7 @@
 
 /* The layout constants of pool.py / zspage.py / size_class.py; pool.py compares them with
  * its own before using this module (CONSTANTS below), so a stale build is never used. */
-#define ABI_VERSION 5
+#define ABI_VERSION 6
 #define PAGE_SHIFT 12
 #define PAGE_SIZE 4096
 #define PAGE_MASK (PAGE_SIZE - 1)
@@ -1301,7 +1301,143 @@ done:
     return result;
 }
 
+/* device.install_slots: switch slots first.. to new contents and keep the stripe counters. */
+static PyObject *mod_install_slots(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "install_slots() takes 9 arguments");
+        return NULL;
+    }
+    PyObject *values = args[4], *newflags = args[5], *counters = args[7];
+    Py_ssize_t first = PyLong_AsSsize_t(args[3]);
+    unsigned long now = PyLong_AsUnsignedLong(args[6]);
+    unsigned long size_mask, same_flag, wb_flag, huge_flag, stripe_shift, stripe_mask;
+    if (PyErr_Occurred())
+        return NULL;
+    if (!PyArg_ParseTuple(args[8], "kkkkkk:install_slots masks", &size_mask, &same_flag, &wb_flag,
+                          &huge_flag, &stripe_shift, &stripe_mask))
+        return NULL;
+    if (!PyList_CheckExact(values) || !PyList_CheckExact(newflags)
+        || PyList_GET_SIZE(values) != PyList_GET_SIZE(newflags) || !PyTuple_Check(counters)
+        || PyTuple_GET_SIZE(counters) != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "install_slots: values and flags must be lists of one length, counters "
+                        "a tuple of 5 arrays");
+        return NULL;
+    }
+    Py_buffer fb, hb, ab, cb[5];
+    int nc = 0;
+    PyObject *stale = NULL, *blocks = NULL, *result = NULL;
+    if (column(args[0], &fb, 4, "flags") < 0)
+        return NULL;
+    if (column(args[1], &hb, 8, "handles") < 0) {
+        PyBuffer_Release(&fb);
+        return NULL;
+    }
+    if (column(args[2], &ab, 4, "actime") < 0) {
+        PyBuffer_Release(&fb);
+        PyBuffer_Release(&hb);
+        return NULL;
+    }
+    for (; nc < 5; nc++)
+        if (column(PyTuple_GET_ITEM(counters, nc), &cb[nc], 8, "a counter") < 0)
+            goto done;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    for (int c = 0; c < 5; c++)
+        if ((Py_ssize_t)stripe_mask >= cb[c].len / 8) {
+            PyErr_SetString(PyExc_ValueError, "install_slots: counters shorter than the stripes");
+            goto done;
+        }
+    if (first < 0 || first + n > fb.len / 4 || first + n > hb.len / 8 || first + n > ab.len / 4) {
+        PyErr_SetString(PyExc_ValueError, "install_slots: slots outside the table");
+        goto done;
+    }
+    uint32_t *flags = fb.buf, *actime = ab.buf;
+    uint64_t *handles = hb.buf;
+    int64_t *stored = cb[0].buf, *same = cb[1].buf, *compr = cb[2].buf, *huge = cb[3].buf,
+            *huge_since = cb[4].buf;
+    /* parse every new value first: a bad one changes nothing */
+    uint64_t *vals = PyMem_Malloc((n ? n : 1) * sizeof(uint64_t));
+    uint32_t *nfl = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t));
+    char *empty = PyMem_Malloc(n ? n : 1);
+    if (!vals || !nfl || !empty) {
+        PyErr_NoMemory();
+        goto free_tmp;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *v = PyList_GET_ITEM(values, k);
+        empty[k] = v == Py_None;
+        if (!empty[k]) {
+            vals[k] = PyLong_AsUnsignedLongLong(v);
+            nfl[k] = (uint32_t)PyLong_AsUnsignedLong(PyList_GET_ITEM(newflags, k));
+            if (PyErr_Occurred())
+                goto free_tmp;
+        }
+    }
+    if (!(stale = PyList_New(0)) || !(blocks = PyList_New(0)))
+        goto free_tmp;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t i = first + k;
+        Py_ssize_t st = (i >> stripe_shift) & stripe_mask;
+        uint32_t old = flags[i];
+        if (old & (size_mask | same_flag | wb_flag)) { /* zram_free_page */
+            if (old & same_flag) {
+                same[st]--;
+            } else {
+                PyObject *h = PyLong_FromUnsignedLongLong(handles[i]);
+                if (!h || PyList_Append((old & wb_flag) ? blocks : stale, h) < 0) {
+                    Py_XDECREF(h);
+                    goto free_tmp; /* MemoryError only; the slots before k are switched */
+                }
+                Py_DECREF(h);
+                if (!(old & wb_flag)) {
+                    compr[st] -= old & size_mask;
+                    if (old & huge_flag)
+                        huge[st]--;
+                }
+            }
+            stored[st]--;
+        }
+        if (empty[k]) {
+            handles[i] = 0;
+            flags[i] = 0;
+            continue;
+        }
+        uint32_t f = nfl[k];
+        handles[i] = vals[k];
+        flags[i] = f;
+        actime[i] = (uint32_t)now;
+        stored[st]++;
+        if (f & same_flag) {
+            same[st]++;
+        } else {
+            compr[st] += f & size_mask;
+            if (f & huge_flag) {
+                huge[st]++;
+                huge_since[st]++;
+            }
+        }
+    }
+    result = PyTuple_Pack(2, stale, blocks);
+free_tmp:
+    PyMem_Free(vals);
+    PyMem_Free(nfl);
+    PyMem_Free(empty);
+done:
+    PyBuffer_Release(&fb);
+    PyBuffer_Release(&hb);
+    PyBuffer_Release(&ab);
+    for (int c = 0; c < nc; c++)
+        PyBuffer_Release(&cb[c]);
+    Py_XDECREF(stale);
+    Py_XDECREF(blocks);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
+    {"install_slots", (PyCFunction)(void (*)(void))mod_install_slots, METH_FASTCALL,
+     "install_slots(flags, handles, actime, first, values, flags, now, counters, masks) -> "
+     "(stale, blocks): device.install_slots in C."},
     {"scan_slots", (PyCFunction)(void (*)(void))mod_scan_slots, METH_FASTCALL,
      "scan_slots(flags, handles, actime, lo, hi, first, now, out, load_many, masks): "
      "device.scan_slots in C."},

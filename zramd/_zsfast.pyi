@@ -1,5 +1,6 @@
 """Types of the optional C accelerator (zramd/_zsfast.c)."""
 
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -42,3 +43,14 @@ def scan_slots(
     load_many: Callable[[list[int]], list[bytes]],
     masks: tuple[int, int, int, int, int],
 ) -> tuple[list[int], list[int], list[tuple[int, int]]] | None: ...
+def install_slots(
+    flags_col: memoryview,
+    handle_col: memoryview,
+    actime: memoryview,
+    first: int,
+    values: list[int | None],
+    flags: list[int],
+    now: int,
+    counters: tuple[array[int], ...],
+    masks: tuple[int, int, int, int, int, int],
+) -> tuple[list[int], list[int]]: ...

@@ -211,6 +211,63 @@ def scan_slots(
     return (blocks, block_where, recompressed) if blocks or recompressed else None
 
 
+#: what install_slots needs: size, SAME, WB, HUGE and the stripe geometry
+INSTALL_MASKS = (ZRAM_SIZE_MASK, ZRAM_SAME, ZRAM_WB, ZRAM_HUGE, STRIPE_SHIFT, STRIPE_MASK)
+
+
+def install_slots(
+    flags_col: memoryview,
+    handle_col: memoryview,
+    actime: memoryview,
+    first: int,
+    values: list[int | None],
+    flags: list[int],
+    now: int,
+    counters: tuple[array[int], ...],
+    masks: tuple[int, int, int, int, int, int],
+) -> tuple[list[int], list[int]]:
+    """Set slots ``first ..`` to ``values``/``flags`` (a None value empties the slot) and keep
+    the per-stripe counters (stored, same, compr, huge, huge_since) in step. Returns what the
+    old contents held: pool handles to free and backing blocks to free. (``_zsfast.
+    install_slots`` is this loop in C.)"""
+    size_mask, same_flag, wb_flag, huge_flag, stripe_shift, stripe_mask = masks
+    stored, same, compr, huge, huge_since = counters
+    stale: list[int] = []
+    blocks: list[int] = []
+    for k, value in enumerate(values):
+        i = first + k
+        s = (i >> stripe_shift) & stripe_mask
+        old = flags_col[i]
+        if old & (size_mask | same_flag | wb_flag):  # zram_free_page
+            if old & same_flag:
+                same[s] -= 1
+            elif old & wb_flag:
+                blocks.append(handle_col[i])
+            else:
+                stale.append(handle_col[i])
+                compr[s] -= old & size_mask
+                if old & huge_flag:
+                    huge[s] -= 1
+            stored[s] -= 1
+        if value is None:
+            handle_col[i] = 0
+            flags_col[i] = 0
+            continue
+        f = flags[k]
+        handle_col[i] = value
+        flags_col[i] = f
+        actime[i] = now
+        stored[s] += 1
+        if f & same_flag:
+            same[s] += 1
+        else:
+            compr[s] += f & size_mask
+            if f & huge_flag:
+                huge[s] += 1
+                huge_since[s] += 1
+    return stale, blocks
+
+
 def decode_pages(
     buf: memoryview, contents: list[int | bytes], decompress: Callable[[bytes, int], bytes]
 ) -> None:
@@ -333,11 +390,13 @@ class _State:
         "comp",
         "compr",
         "comps",
+        "counters",
         "decode_pages",
         "disksize",
         "encode_pages",
         "huge",
         "huge_since",
+        "install_slots",
         "locks",
         "notify_free",
         "pages",
@@ -371,6 +430,7 @@ class _State:
         self.encode_pages = native.encode_pages if native is not None else encode_pages
         self.decode_pages = native.decode_pages if native is not None else decode_pages
         self.scan_slots = native.scan_slots if native is not None else scan_slots
+        self.install_slots = native.install_slots if native is not None else install_slots
         self.slots = SlotTable(self.pages)
         self.locks = [threading.Lock() for _ in range(NR_STRIPES)]
         # per-stripe counters, summed on demand
@@ -379,6 +439,7 @@ class _State:
         self.same = array("q", bytes(8 * NR_STRIPES))
         self.huge = array("q", bytes(8 * NR_STRIPES))
         self.huge_since = array("q", bytes(8 * NR_STRIPES))
+        self.counters = (self.stored, self.same, self.compr, self.huge, self.huge_since)
         self.notify_free = array("q", bytes(8 * NR_STRIPES))
 
     def close(self) -> None:
@@ -1341,43 +1402,10 @@ class ZramDevice:
         """Switch slots first.. to their new contents (None: free) and free the old objects;
         the caller holds every stripe lock involved. Cannot fail."""
         slots = st.slots
-        handle_col = slots.handle
-        flags_col = slots.flags
-        actime = slots.actime
-        stored, same, compr, huge = st.stored, st.same, st.compr, st.huge
-        stale: list[int] = []
-        blocks: list[int] = []
-        for k, value in enumerate(values):
-            i = first + k
-            s = (i >> STRIPE_SHIFT) & STRIPE_MASK
-            old = flags_col[i]
-            if old & (ZRAM_SIZE_MASK | ZRAM_SAME | ZRAM_WB):  # zram_free_page
-                if old & ZRAM_SAME:
-                    same[s] -= 1
-                elif old & ZRAM_WB:
-                    blocks.append(handle_col[i])
-                else:
-                    stale.append(handle_col[i])
-                    compr[s] -= old & ZRAM_SIZE_MASK
-                    if old & ZRAM_HUGE:
-                        huge[s] -= 1
-                stored[s] -= 1
-            if value is None:
-                handle_col[i] = 0
-                flags_col[i] = 0
-                continue
-            f = flags[k]
-            handle_col[i] = value
-            flags_col[i] = f
-            actime[i] = now
-            stored[s] += 1
-            if f & ZRAM_SAME:
-                same[s] += 1
-            else:
-                compr[s] += f & ZRAM_SIZE_MASK
-                if f & ZRAM_HUGE:
-                    huge[s] += 1
-                    st.huge_since[s] += 1
+        stale, blocks = st.install_slots(
+            slots.flags, slots.handle, slots.actime, first, values, flags, now, st.counters,
+            INSTALL_MASKS,
+        )  # fmt: skip
         if stale:
             st.pool.free_many(stale)
         if blocks:
