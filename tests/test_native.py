@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from zramd import CorruptionError, InvalidHandleError, PoolExhaustedError, ZsPool
+from zramd import CompressionError, CorruptionError, InvalidHandleError, PoolExhaustedError, ZsPool
 from zramd import pool as pool_module
 from zramd.size_class import PAGE_SIZE, ZS_HANDLE_SIZE
 from zramd.testing import check_pool_invariants
@@ -262,6 +262,7 @@ def test_encode_pages_matches_the_reference() -> None:
 def test_decode_pages_matches_the_reference() -> None:
     from zramd import _zsfast  # noqa: PLC0415
     from zramd.compress import create  # noqa: PLC0415
+    from zramd.compress.base import raw_decompressor  # noqa: PLC0415
     from zramd.device import decode_pages  # noqa: PLC0415
     from zramd.testing import synthetic_pages  # noqa: PLC0415
 
@@ -276,17 +277,24 @@ def test_decode_pages_matches_the_reference() -> None:
         comp.compress(pages[2]),
     ]
     bufs = [bytearray(b"\xaa" * (PAGE_SIZE * len(contents))) for _ in range(2)]
-    _zsfast.decode_pages(memoryview(bufs[0]), contents, comp.decompress)
-    decode_pages(memoryview(bufs[1]), contents, comp.decompress)
+    raw = raw_decompressor(comp)
+    assert raw is not comp.decompress  # lz4 offers its binding
+    _zsfast.decode_pages(memoryview(bufs[0]), contents, raw, comp.decompress)
+    decode_pages(memoryview(bufs[1]), contents, raw, comp.decompress)
     assert bufs[0] == bufs[1]
     assert bufs[0][PAGE_SIZE : PAGE_SIZE + 8] == bytes(range(8, 0, -1))
     assert bufs[0][3 * PAGE_SIZE : 4 * PAGE_SIZE] == pages[0]
     with pytest.raises(ValueError, match="2 pages for a 4096-byte buffer"):
-        _zsfast.decode_pages(memoryview(bytearray(PAGE_SIZE)), [0, 0], comp.decompress)
+        _zsfast.decode_pages(memoryview(bytearray(PAGE_SIZE)), [0, 0], raw, comp.decompress)
     with pytest.raises(TypeError, match="not int or bytes"):
-        _zsfast.decode_pages(memoryview(bytearray(PAGE_SIZE)), ["x"], comp.decompress)
+        _zsfast.decode_pages(memoryview(bytearray(PAGE_SIZE)), ["x"], raw, comp.decompress)
     with pytest.raises(ValueError, match="decompressed to 100 bytes"):
-        _zsfast.decode_pages(memoryview(bytearray(PAGE_SIZE)), [b"x"], lambda c, n: bytes(100))
+        _zsfast.decode_pages(memoryview(bytearray(PAGE_SIZE)), [b"x"], raw, lambda c, n: bytes(100))
+    # a corrupt object: the raw decoder's failure is retried by the careful one, whose
+    # CompressionError reaches the caller from either implementation
+    for decode in (_zsfast.decode_pages, decode_pages):
+        with pytest.raises(CompressionError, match="lz4: corrupt object"):
+            decode(memoryview(bytearray(PAGE_SIZE)), [b"\xff" * 50], raw, comp.decompress)
 
 
 def test_scan_slots_matches_the_reference() -> None:

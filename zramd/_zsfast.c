@@ -1,13 +1,23 @@
 /*
- * zramd._zsfast: the pool's three per-object loops (store_many, load_many, free_many) in C.
+ * zramd._zsfast: the per-page and per-object loops of zramd's data path, in C.
  *
- * Why: in the serving process these loops were ~45 % of a write and ~40 % of a read, all of it
- * interpreter overhead (a dozen array stores per object, each a bytecode round trip). The
- * design stays in Python: this module keeps no state of its own. It works on the very buffers
- * a ZsPool owns (the arena mmap, the frame link words, the zspage descriptor columns, each
- * class's handle table) and on the SizeClass attributes, with exactly the algorithm of
- * pool.py's _alloc / _free_locked / load_many, which remain the reference implementation
- * (ZRAMD_NATIVE=0 selects them; the test suite runs both).
+ * Why: measured in the serving process, these loops were most of zramd's cost beyond
+ * compression itself, all of it interpreter overhead (a dozen array stores per page or object,
+ * each a bytecode round trip). The design stays in Python: this module keeps no state of its
+ * own, and every function here has a Python twin that is its reference (ZRAMD_NATIVE=0 runs
+ * those; the test suite runs both and compares them):
+ *
+ *   Pool.store_many / load_many / free_many   pool.py  _store_many_py, _load_many_py, ...
+ *   encode_pages   same-fill test + compression of a request's pages   device.encode_pages
+ *   decode_pages   fill words, raw and compressed pages into a buffer  device.decode_pages
+ *   scan_slots     the read side of one stripe of the slot table       device.scan_slots
+ *   install_slots  switching slots to new contents, stripe counters    device.install_slots
+ *
+ * Pool works on the very buffers a ZsPool owns (the arena mmap, the frame link words, the
+ * zspage descriptor columns, each class's handle table) and on the SizeClass attributes, with
+ * exactly the algorithm of pool.py's _alloc / _free_locked / load loop. The device helpers
+ * work on the slot table's columns and take the flag masks as arguments; their callers hold
+ * the stripe locks, as for the Python twins.
  *
  * Locking is pool.py's: the class lock (a threading.Lock, acquired through its own method, so
  * a wait releases the GIL) is held around every touch of a class, never two at once. While a
@@ -16,6 +26,8 @@
  * (_new_zspage, free_zspage, the error helpers, huge objects) leaves them alone. Rare paths
  * call back into Python rather than duplicate it: new zspages, freeing a zspage, huge
  * objects, and raising InvalidHandleError / CorruptionError with the reference's messages.
+ * Nothing here releases the GIL except those lock waits and the callbacks (compression and
+ * decompression release it inside their own bindings).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,7 +36,7 @@
 
 /* The layout constants of pool.py / zspage.py / size_class.py; pool.py compares them with
  * its own before using this module (CONSTANTS below), so a stale build is never used. */
-#define ABI_VERSION 6
+#define ABI_VERSION 7
 #define PAGE_SHIFT 12
 #define PAGE_SIZE 4096
 #define PAGE_MASK (PAGE_SIZE - 1)
@@ -1078,16 +1090,17 @@ out:
     return result;
 }
 
-/* device.decode_pages: fill buf (whole pages) from contents, one item per page: an int is a
- * fill word (0 for a never-written page), a 4096-byte bytes object a raw page, anything shorter
- * a compressed object for ``decompress(obj, 4096)``. */
+/* device.decode_pages: fill buf (whole pages) from contents, one item per page: an int is a fill
+ * word (0 for a never-written page), a 4096-byte bytes object a raw page, anything shorter a
+ * compressed object for ``raw(obj, 4096)``, or for ``decompress(obj, 4096)`` (which raises the
+ * proper error) when raw fails or returns the wrong length. */
 static PyObject *mod_decode_pages(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "decode_pages() takes 3 arguments");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "decode_pages() takes 4 arguments");
         return NULL;
     }
-    PyObject *contents = args[1], *decompress = args[2];
+    PyObject *contents = args[1], *raw = args[2], *decompress = args[3];
     if (!PyList_CheckExact(contents)) {
         PyErr_SetString(PyExc_TypeError, "decode_pages: contents must be a list");
         return NULL;
@@ -1137,7 +1150,12 @@ static PyObject *mod_decode_pages(PyObject *m, PyObject *const *args, Py_ssize_t
             break;
         }
         PyObject *cargs[2] = {item, size};
-        PyObject *page = PyObject_Vectorcall(decompress, cargs, 2, NULL);
+        PyObject *page = PyObject_Vectorcall(raw, cargs, 2, NULL);
+        if (!page || !PyBytes_Check(page) || PyBytes_GET_SIZE(page) != PAGE_SIZE) {
+            PyErr_Clear(); /* corrupt: the careful decoder raises the proper error */
+            Py_XDECREF(page);
+            page = PyObject_Vectorcall(decompress, cargs, 2, NULL);
+        }
         if (!page) {
             failed = 1;
             break;
@@ -1442,7 +1460,7 @@ static PyMethodDef module_methods[] = {
      "scan_slots(flags, handles, actime, lo, hi, first, now, out, load_many, masks): "
      "device.scan_slots in C."},
     {"decode_pages", (PyCFunction)(void (*)(void))mod_decode_pages, METH_FASTCALL,
-     "decode_pages(buf, contents, decompress): device.decode_pages in C."},
+     "decode_pages(buf, contents, raw, decompress): device.decode_pages in C."},
     {"encode_pages", (PyCFunction)(void (*)(void))mod_encode_pages, METH_FASTCALL,
      "encode_pages(src, base, start, count, compress, huge_size, same_flag, huge_flags, "
      "values, flags) -> (objs, where): device.encode_pages in C."},

@@ -29,7 +29,10 @@ class Pool:
     def close(self) -> None: ...
 
 def decode_pages(
-    buf: memoryview, contents: list[int | bytes], decompress: Callable[[bytes, int], bytes]
+    buf: memoryview,
+    contents: list[int | bytes],
+    raw: Callable[[bytes, int], bytes],
+    decompress: Callable[[bytes, int], bytes],
 ) -> None: ...
 def scan_slots(
     flags: memoryview,

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from zramd._types import BytesLike
 from zramd.backing import BackingDevice, BackingError, BackingFullError, open_store
 from zramd.compress import DEFAULT, Compressor, create, lookup
+from zramd.compress.base import raw_decompressor
 from zramd.errors import (
     DeviceBusyError,
     InvalidIOError,
@@ -269,17 +270,25 @@ def install_slots(
 
 
 def decode_pages(
-    buf: memoryview, contents: list[int | bytes], decompress: Callable[[bytes, int], bytes]
+    buf: memoryview,
+    contents: list[int | bytes],
+    raw: Callable[[bytes, int], bytes],
+    decompress: Callable[[bytes, int], bytes],
 ) -> None:
     """Fill ``buf`` (whole pages) from ``contents``, one item per page: an int is a fill word
     (0 for a page never written), a 4096-byte object a page stored raw, anything shorter a
-    compressed object. (``_zsfast.decode_pages`` is this loop in C.)"""
+    compressed object for ``raw`` (``raw_decompressor``), or ``decompress`` when ``raw`` fails
+    or returns the wrong length. (``_zsfast.decode_pages`` is this loop in C.)"""
     pos = 0
     for item in contents:
         if isinstance(item, int):
             item = fill_page(item)  # noqa: PLW2901
         elif len(item) != PAGE_SIZE:
-            item = decompress(item, PAGE_SIZE)  # noqa: PLW2901
+            try:
+                page = raw(item, PAGE_SIZE)
+            except Exception:
+                page = b""
+            item = page if len(page) == PAGE_SIZE else decompress(item, PAGE_SIZE)  # noqa: PLW2901
         buf[pos : pos + PAGE_SIZE] = item
         pos += PAGE_SIZE
 
@@ -402,6 +411,7 @@ class _State:
         "pages",
         "pool",
         "pp_lock",
+        "raw_decompress",
         "same",
         "scan_slots",
         "slots",
@@ -431,6 +441,7 @@ class _State:
         self.decode_pages = native.decode_pages if native is not None else decode_pages
         self.scan_slots = native.scan_slots if native is not None else scan_slots
         self.install_slots = native.install_slots if native is not None else install_slots
+        self.raw_decompress = raw_decompressor(comp)
         self.slots = SlotTable(self.pages)
         self.locks = [threading.Lock() for _ in range(NR_STRIPES)]
         # per-stripe counters, summed on demand
@@ -1126,7 +1137,7 @@ class ZramDevice:
         decompress = st.comp.decompress
         head = offset & PAGE_MASK
         if not head and not len(buf) & PAGE_MASK:  # whole pages, the common case: no slicing
-            st.decode_pages(buf, contents, decompress)
+            st.decode_pages(buf, contents, st.raw_decompress, decompress)
             return
         pos = 0
         end = offset + len(buf)

@@ -52,8 +52,8 @@ updates, which is why every step above runs under its class lock.
 
 The per-object loops of ``store_many``/``load_many``/``free_many`` also exist in C
 (``_zsfast.c``, used when built): the same algorithm on these same buffers under these same
-locks. The Python loops below (past each dispatch to C) are the reference it follows;
-``ZRAMD_NATIVE=0`` runs them.
+locks. The ``_*_many_py`` loops below are the reference it follows; ``ZRAMD_NATIVE=0`` runs
+them.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ FULL = ZS_INUSE_RATIO_100
 
 #: what zramd/_zsfast.c must have been compiled with; a stale build is not used
 NATIVE_ABI = {
-    "ABI_VERSION": 6,
+    "ABI_VERSION": 7,
     "PAGE_SHIFT": PAGE_SHIFT,
     "ZS_HANDLE_SIZE": ZS_HANDLE_SIZE,
     "LOC_SHIFT": LOC_SHIFT,

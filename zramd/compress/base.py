@@ -38,6 +38,18 @@ class Compressor(Protocol):
         ...
 
 
+def raw_decompressor(comp: Compressor) -> Callable[[BytesLike, int], bytes]:
+    """The fastest way to call ``comp``'s decoder for the read path.
+
+    A backend may offer ``raw_decompress(src, size)``: its binding with no Python frame around
+    it, which on a corrupt object may raise anything or return the wrong length. Callers that
+    use it check the length and, on either failure, call ``comp.decompress`` for the proper
+    CompressionError. Without one, this is ``comp.decompress`` itself.
+    """
+    raw: Callable[[BytesLike, int], bytes] | None = getattr(comp, "raw_decompress", None)
+    return raw if raw is not None else comp.decompress
+
+
 def exact_size(name: str, out: bytes, size: int) -> bytes:
     """``out`` if it is exactly ``size`` bytes: a short or long result means a corrupt object,
     which every backend reports the same way."""

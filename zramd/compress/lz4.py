@@ -20,6 +20,9 @@ class _Lz4Decoder:
 
     name: str
 
+    #: the hot path's decoder (see Compressor): the binding itself, called (src, size)
+    raw_decompress = staticmethod(lz4.block.decompress)
+
     def decompress(self, src: BytesLike, size: int) -> bytes:
         try:
             out: bytes = lz4.block.decompress(src, uncompressed_size=size)
