@@ -1250,7 +1250,9 @@ class ZramDevice:
             else:
                 values, flags = [0] * n_full, [ZRAM_SAME] * n_full
             locks = self._lock_stripes(st, first, last)
-            for p in (first,) if first == last else (first, last):
+            for p in (
+                ((first,) if first == last else (first, last)) if (offset | end) & PAGE_MASK else ()
+            ):
                 if p < full_lo or p >= full_hi:
                     edit = self._edit_locked(st, p, offset, end, src, hole=hole)
                     if edit is not None:
