@@ -152,6 +152,7 @@ def test_serve_status_stop_as_subprocesses(tmp_path: Path) -> None:
     assert (ctl / "recomp_algorithm").read_text().count("#") == 2
     assert "nbd-client -unix" in r.stdout
     assert f"file=nbd:unix:{tmp_path / 's.sock'}" in r.stdout
+    assert "data path:   C loops (zramd._zsfast)" in r.stdout
     assert oct((tmp_path / "s.sock").stat().st_mode & 0o777) == "0o600"
     try:
         st = subprocess.run([*ZRAMD, "status", "--control", str(ctl), "--raw", "-n"],
@@ -184,3 +185,12 @@ def test_serve_control_not_mountable(tmp_path: Path) -> None:
     assert "control directory" in r.stderr
     assert "Not a directory" in r.stderr
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_data_path_names_the_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zramd import cli  # noqa: PLC0415
+
+    monkeypatch.setenv("ZRAMD_NATIVE", "0")
+    assert cli.data_path() == "Python loops (ZRAMD_NATIVE=0)"
+    monkeypatch.setattr(cli, "native_module", lambda: None)
+    assert "not built" in cli.data_path()

@@ -26,6 +26,7 @@ import click
 import zramd
 from zramd.compress import DEFAULT, available
 from zramd.parse import parse_size
+from zramd.pool import native_default, native_module
 
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READY_TIMEOUT = 60.0
@@ -380,6 +381,15 @@ def tls_args(
     return args
 
 
+def data_path() -> str:
+    """Which loops the server's data path runs (it inherits this environment and checkout)."""
+    if native_module() is None:
+        return "Python loops (zramd._zsfast is not built: pip install -e .)"
+    if not native_default():
+        return "Python loops (ZRAMD_NATIVE=0)"
+    return "C loops (zramd._zsfast)"
+
+
 def plugin_env() -> dict[str, str]:
     """nbdkit embeds /usr/bin/python3: give it this venv's packages and the zramd checkout,
     and a PATH without pyenv shims (the embedded interpreter derives sys.prefix from PATH)."""
@@ -600,6 +610,7 @@ def serve(
         ]
     if control is not None:
         info.append(f"  control:     {control}   (cat mm_stat; echo 1 > compact)")
+    info.append(f"  data path:   {data_path()}")
     if not foreground:
         info.append(f"  log:         {logfile}      stop: zramd stop")
     click.echo("\n".join(info))
