@@ -7,7 +7,11 @@ fixture); these tests drive the two side by side and compare everything observab
 from __future__ import annotations
 
 import random
+import sys
+import threading
+import time
 import types
+from collections.abc import Iterator
 
 import pytest
 
@@ -393,3 +397,96 @@ def test_install_slots_matches_the_reference() -> None:
     assert stale == [11] * 4 + [12] * 4
     assert blocks == [40] * 4
     assert counters_after[0] != [100, 100]  # stored counts moved in both stripes
+
+
+# -- misuse that must not crash, leak or deadlock (found in review of the C code) -------------
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_closing_the_pool_while_iterating_the_argument_is_refused(native: bool) -> None:
+    for op in ("store_many", "load_many", "free_many"):
+        pool = ZsPool(1 << 20, native=native)
+        h = pool.store_many([b"x" * 100])
+
+        def arg(op: str = op, pool: ZsPool = pool, h: list[int] = h) -> Iterator[object]:
+            pool.close()
+            yield (b"y" * 100) if op == "store_many" else h[0]
+
+        with pytest.raises(ValueError, match=r"closed|released"):  # not a crash
+            getattr(pool, op)(arg())
+
+
+def test_a_list_changed_while_load_many_waits_for_a_lock_is_not_followed() -> None:
+    """load_many works on its own copy of the handles: another thread may clear the caller's
+    list while the call waits for a class lock (that wait releases the GIL)."""
+    pool = ZsPool(1 << 22, native=True)
+    hs = pool.store_many([b"x" * 100] * 200)
+    lock = pool._class_of(hs[0]).lock
+    handles = [int(str(h)) for h in hs]  # ints owned by the list alone
+    lock.acquire()
+
+    def other() -> None:
+        time.sleep(0.2)
+        handles.clear()
+        handles.extend(range(10**6, 10**6 + 5))
+        lock.release()
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert pool.load_many(handles) == [b"x" * 100] * 200
+    t.join()
+    pool.close()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_free_many_runs_the_callers_iterator_with_no_lock_held(native: bool) -> None:
+    pool = ZsPool(1 << 22, native=native)
+    hs = pool.store_many([b"x" * 100] * 3)
+    done = threading.Event()
+
+    def run() -> None:
+        pool.free_many(h for h in hs if pool.object_size(h) == 100)  # takes the class lock
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(10), "free_many deadlocked on its own iterator"
+    assert pool.stats().objects == 0
+
+
+def test_encode_pages_failures_leak_no_reference() -> None:
+    from zramd import _zsfast  # noqa: PLC0415
+
+    same = object()
+    before = sys.getrefcount(same)
+    for _ in range(100):
+        with pytest.raises(IndexError):  # values too short for page 1
+            _zsfast.encode_pages(bytes(8192), 0, 1, 1, bytes, 4096, same, 0, [None], [0, 0])
+    assert sys.getrefcount(same) == before
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_decode_pages_lets_keyboard_interrupt_through(native: bool) -> None:
+    from zramd import _zsfast  # noqa: PLC0415
+    from zramd.device import decode_pages  # noqa: PLC0415
+
+    def raw(obj: bytes, n: int) -> bytes:
+        raise KeyboardInterrupt
+
+    decode = _zsfast.decode_pages if native else decode_pages
+    with pytest.raises(KeyboardInterrupt):
+        decode(memoryview(bytearray(PAGE_SIZE)), [b"abc"], raw, lambda c, n: bytes(PAGE_SIZE))
+
+
+def test_int_like_handles_work_as_their_int() -> None:
+    class Handle:
+        def __init__(self, v: int) -> None:
+            self.v = v
+
+        def __index__(self) -> int:
+            return self.v
+
+    pool = ZsPool(1 << 20, native=True)
+    (h,) = pool.store_many([b"q" * 64])
+    assert pool.load_many([Handle(h)]) == [b"q" * 64]  # type: ignore[list-item]
+    pool.free_many([Handle(h)])  # type: ignore[list-item]
+    assert pool.stats().objects == 0

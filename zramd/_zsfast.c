@@ -36,7 +36,7 @@
 
 /* The layout constants of pool.py / zspage.py / size_class.py; pool.py compares them with
  * its own before using this module (CONSTANTS below), so a stale build is never used. */
-#define ABI_VERSION 7
+#define ABI_VERSION 8
 #define PAGE_SHIFT 12
 #define PAGE_SIZE 4096
 #define PAGE_MASK (PAGE_SIZE - 1)
@@ -83,6 +83,7 @@ typedef struct {
     ClassInfo info[NR_CLASS_SLOTS];
 } Ctx;
 
+static PyObject *pool_exhausted; /* zramd.errors.PoolExhaustedError */
 static PyObject *s_lock, *s_acquire, *s_release, *s_mask, *s_free_slot, *s_obj_used, *s_heads,
     *s_counts, *s_handles, *s_new_zspage, *s_free_zspage, *s_alloc, *s_location, *s_header,
     *s_class_of, *s_frombytes, *s_free_locked;
@@ -185,16 +186,26 @@ static int class_close(Open *o)
     PyErr_Fetch(&et, &ev, &tb);
     int failed = et != NULL;
     if (o->state) {
-        if ((o->mask != o->mask0 && set_i64(o->ci->cls, s_mask, o->mask) < 0)
-            || (o->free_slot != o->free_slot0 && set_i64(o->ci->cls, s_free_slot, o->free_slot) < 0)
-            || (o->obj_used != o->obj_used0 && set_i64(o->ci->cls, s_obj_used, o->obj_used) < 0)) {
-            if (!failed) {
-                PyErr_Fetch(&et, &ev, &tb);
-                failed = 1;
-            } else {
-                PyErr_Clear();
-            }
+        /* each written back even if another fails (MemoryError only), first error kept */
+        int bad = 0;
+        bad |= o->mask != o->mask0 && set_i64(o->ci->cls, s_mask, o->mask) < 0;
+        if (bad && !failed) {
+            PyErr_Fetch(&et, &ev, &tb);
+            failed = 1;
         }
+        PyErr_Clear();
+        bad |= o->free_slot != o->free_slot0 && set_i64(o->ci->cls, s_free_slot, o->free_slot) < 0;
+        if (bad && !failed) {
+            PyErr_Fetch(&et, &ev, &tb);
+            failed = 1;
+        }
+        PyErr_Clear();
+        bad |= o->obj_used != o->obj_used0 && set_i64(o->ci->cls, s_obj_used, o->obj_used) < 0;
+        if (bad && !failed) {
+            PyErr_Fetch(&et, &ev, &tb);
+            failed = 1;
+        }
+        PyErr_Clear();
         o->state = 0;
     }
     handles_release(o);
@@ -303,7 +314,7 @@ static int64_t alloc_object(Ctx *c, Open *o, int64_t n, int64_t *handle)
     if (!o->free_slot && handles_grow(o) < 0)
         return -1;
     if (((o->free_slot << HANDLE_CLASS_BITS) | ci->index) > MAX_HANDLE) {
-        PyErr_Format(PyExc_OverflowError, "class %lld has no handle left", (long long)ci->size);
+        PyErr_Format(pool_exhausted, "class %lld has no handle left", (long long)ci->size);
         return -1;
     }
     if (o->mask) {
@@ -383,15 +394,17 @@ static int ctx_check(Ctx *c)
 
 static PyObject *free_handles(Ctx *c, PyObject *seq);
 
+/* Every batch call first takes a private tuple of its argument (iterating it may run Python
+ * code, and a caller's list could change while a lock wait releases the GIL), then checks the
+ * pool is open and counts itself busy with no Python code in between, so close() cannot unmap
+ * the buffers under it. */
 static PyObject *ctx_store_many(Ctx *c, PyObject *objs)
 {
-    if (ctx_check(c) < 0)
-        return NULL;
-    PyObject *seq = PySequence_Fast(objs, "store_many() needs a sequence of buffers");
+    PyObject *seq = PySequence_Tuple(objs);
     if (!seq)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    PyObject **items = &PyTuple_GET_ITEM(seq, 0);
     PyObject *out = PyList_New(n);
     Py_buffer *bufs = PyMem_Calloc(n ? n : 1, sizeof(Py_buffer));
     Py_ssize_t *nxt = PyMem_Malloc((n ? n : 1) * sizeof(Py_ssize_t));
@@ -432,6 +445,10 @@ static PyObject *ctx_store_many(Ctx *c, PyObject *objs)
             nxt[tail[k]] = i;
         }
         tail[k] = i;
+    }
+    if (ctx_check(c) < 0) {
+        failed = 1;
+        goto done;
     }
     c->busy++;
     for (int g = 0; g < norder && !failed; g++) {
@@ -536,6 +553,14 @@ static void raise_via(Ctx *c, PyObject *method, PyObject *cls, int64_t handle, i
 /* A ClassInfo for handle object h, or NULL with the reference's exception. */
 static ClassInfo *class_of(Ctx *c, PyObject *h, int64_t *handle)
 {
+    if (!PyLong_Check(h) && PyIndex_Check(h)) { /* an int-like (numpy's ints): as its int */
+        PyObject *ix = PyNumber_Index(h);
+        if (!ix)
+            return NULL;
+        ClassInfo *ci = class_of(c, ix, handle);
+        Py_DECREF(ix);
+        return ci;
+    }
     int overflow = 0;
     long long v = PyLong_Check(h) ? PyLong_AsLongLongAndOverflow(h, &overflow) : -1;
     if (v == -1 && PyErr_Occurred())
@@ -605,16 +630,20 @@ static int free_one(Ctx *c, Open *o, int64_t handle)
 
 static PyObject *free_handles(Ctx *c, PyObject *handles)
 {
-    if (ctx_check(c) < 0)
+    /* a private copy first: the caller's iterator must not run while a class lock is held */
+    PyObject *seq = PySequence_Tuple(handles);
+    if (!seq)
         return NULL;
-    PyObject *it = PyObject_GetIter(handles);
-    if (!it)
+    if (ctx_check(c) < 0) {
+        Py_DECREF(seq);
         return NULL;
+    }
     Open o;
     int opened = 0, failed = 0;
-    PyObject *h;
     c->busy++;
-    while ((h = PyIter_Next(it))) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
+        PyObject *h = PyTuple_GET_ITEM(seq, i);
+        Py_INCREF(h);
         int64_t handle;
         ClassInfo *ci = class_of(c, h, &handle);
         if (!ci) {
@@ -655,7 +684,7 @@ static PyObject *free_handles(Ctx *c, PyObject *handles)
     if (opened && class_close(&o) < 0)
         failed = 1;
     c->busy--;
-    Py_DECREF(it);
+    Py_DECREF(seq);
     if (failed || PyErr_Occurred())
         return NULL;
     Py_RETURN_NONE;
@@ -670,15 +699,14 @@ static PyObject *ctx_free_many(Ctx *c, PyObject *handles)
 
 static PyObject *ctx_load_many(Ctx *c, PyObject *handles)
 {
-    if (ctx_check(c) < 0)
-        return NULL;
-    PyObject *seq = PySequence_Fast(handles, "load_many() needs a sequence of handles");
+    PyObject *seq = PySequence_Tuple(handles);
     if (!seq)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    PyObject **items = &PyTuple_GET_ITEM(seq, 0);
     PyObject *out = PyList_New(n);
-    if (!out) {
+    if (!out || ctx_check(c) < 0) {
+        Py_XDECREF(out);
         Py_DECREF(seq);
         return NULL;
     }
@@ -861,20 +889,26 @@ static int ctx_init(Ctx *c, PyObject *args, PyObject *kw)
         PyObject *cls = PyTuple_GET_ITEM(c->classes, i);
         long long index, size, objs;
         PyObject *huge = PyObject_GetAttrString(cls, "huge");
-        PyObject *ix = PyObject_GetAttrString(cls, "index");
-        PyObject *sz = PyObject_GetAttrString(cls, "size");
-        PyObject *ob = PyObject_GetAttrString(cls, "objs_per_zspage");
+        PyObject *ix = huge ? PyObject_GetAttrString(cls, "index") : NULL;
+        PyObject *sz = ix ? PyObject_GetAttrString(cls, "size") : NULL;
+        PyObject *ob = sz ? PyObject_GetAttrString(cls, "objs_per_zspage") : NULL;
         int ok = huge && ix && sz && ob;
-        if (ok) {
-            index = PyLong_AsLongLong(ix);
-            size = PyLong_AsLongLong(sz);
-            objs = PyLong_AsLongLong(ob);
-            ok = !PyErr_Occurred() && index >= 0 && index < NR_CLASS_SLOTS && objs > 0;
+        index = ok ? PyLong_AsLongLong(ix) : -1;
+        ok = ok && !PyErr_Occurred();
+        size = ok ? PyLong_AsLongLong(sz) : -1;
+        ok = ok && !PyErr_Occurred();
+        objs = ok ? PyLong_AsLongLong(ob) : -1;
+        ok = ok && !PyErr_Occurred();
+        int is_huge = ok ? PyObject_IsTrue(huge) : -1;
+        ok = ok && is_huge >= 0;
+        if (ok && (index < 0 || index >= NR_CLASS_SLOTS || objs <= 0)) {
+            PyErr_SetString(PyExc_ValueError, "bad size class");
+            ok = 0;
         }
         if (ok) {
             ClassInfo *ci = &c->info[index];
             ci->valid = 1;
-            ci->huge = PyObject_IsTrue(huge);
+            ci->huge = is_huge;
             ci->size = size;
             ci->objs = objs;
             ci->index = index;
@@ -882,21 +916,19 @@ static int ctx_init(Ctx *c, PyObject *args, PyObject *kw)
             PyObject *lock = PyObject_GetAttr(cls, s_lock);
             if (lock) {
                 ci->acquire = PyObject_GetAttr(lock, s_acquire);
-                ci->release = PyObject_GetAttr(lock, s_release);
+                ci->release = ci->acquire ? PyObject_GetAttr(lock, s_release) : NULL;
                 Py_DECREF(lock);
             }
-            ci->handles = PyObject_GetAttr(cls, s_handles);
-            ci->heads = PyObject_GetAttr(cls, s_heads);
-            ci->counts = PyObject_GetAttr(cls, s_counts);
-            ok = ci->acquire && ci->release && ci->handles && ci->heads && ci->counts;
+            ci->handles = ci->release ? PyObject_GetAttr(cls, s_handles) : NULL;
+            ci->heads = ci->handles ? PyObject_GetAttr(cls, s_heads) : NULL;
+            ci->counts = ci->heads ? PyObject_GetAttr(cls, s_counts) : NULL;
+            ok = ci->counts != NULL;
             if (ok && (!PyList_CheckExact(ci->heads) || PyList_GET_SIZE(ci->heads) <= GROUP_FULL
                        || !PyList_CheckExact(ci->counts)
                        || PyList_GET_SIZE(ci->counts) <= GROUP_FULL)) {
                 PyErr_SetString(PyExc_TypeError, "a class's heads and counts must be lists of 12");
                 ok = 0;
             }
-        } else if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "bad size class");
         }
         Py_XDECREF(huge);
         Py_XDECREF(ix);
@@ -995,6 +1027,19 @@ static int page_same_fill(const uint8_t *p, uint64_t *word)
     return 1;
 }
 
+/* Integer arguments, converted one at a time (no C-API call with an exception pending). */
+static int as_ssize(PyObject *o, Py_ssize_t *out)
+{
+    *out = PyLong_AsSsize_t(o);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int as_ulong(PyObject *o, unsigned long *out)
+{
+    *out = PyLong_AsUnsignedLong(o);
+    return (*out == (unsigned long)-1 && PyErr_Occurred()) ? -1 : 0;
+}
+
 static int list_put(PyObject *list, Py_ssize_t k, PyObject *v)
 {
     if (!v)
@@ -1020,10 +1065,10 @@ static PyObject *mod_encode_pages(PyObject *m, PyObject *const *args, Py_ssize_t
         return NULL;
     }
     PyObject *src = args[0], *compress = args[4], *values = args[8], *flags = args[9];
-    Py_ssize_t base = PyLong_AsSsize_t(args[1]), start = PyLong_AsSsize_t(args[2]),
-               count = PyLong_AsSsize_t(args[3]), huge_size = PyLong_AsSsize_t(args[5]);
+    Py_ssize_t base, start, count, huge_size;
     PyObject *same_flag = args[6], *huge_flags = args[7];
-    if (PyErr_Occurred())
+    if (as_ssize(args[1], &base) < 0 || as_ssize(args[2], &start) < 0
+        || as_ssize(args[3], &count) < 0 || as_ssize(args[5], &huge_size) < 0)
         return NULL;
     if (!PyList_CheckExact(values) || !PyList_CheckExact(flags)) {
         PyErr_SetString(PyExc_TypeError, "encode_pages: values and flags must be lists");
@@ -1033,8 +1078,8 @@ static PyObject *mod_encode_pages(PyObject *m, PyObject *const *args, Py_ssize_t
     if (PyObject_GetBuffer(src, &b, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     PyObject *objs = NULL, *where = NULL, *result = NULL;
-    if (base < 0 || start < 0 || count < 0
-        || base + (start + count) * (Py_ssize_t)PAGE_SIZE > b.len) {
+    if (base < 0 || start < 0 || count < 0 || base > b.len
+        || start > (b.len - base) / PAGE_SIZE || count > (b.len - base) / PAGE_SIZE - start) {
         PyErr_SetString(PyExc_ValueError, "encode_pages: pages outside the buffer");
         goto out;
     }
@@ -1046,9 +1091,8 @@ static PyObject *mod_encode_pages(PyObject *m, PyObject *const *args, Py_ssize_t
         Py_ssize_t pos = base + k * PAGE_SIZE;
         uint64_t word;
         if (page_same_fill((const uint8_t *)b.buf + pos, &word)) {
-            Py_INCREF(same_flag);
             if (list_put(values, k, PyLong_FromUnsignedLongLong(word)) < 0
-                || list_put(flags, k, same_flag) < 0)
+                || list_put(flags, k, Py_NewRef(same_flag)) < 0)
                 goto out;
             continue;
         }
@@ -1065,8 +1109,8 @@ static PyObject *mod_encode_pages(PyObject *m, PyObject *const *args, Py_ssize_t
         int rc;
         if (n >= huge_size) {
             rc = PyList_Append(objs, page);
-            Py_INCREF(huge_flags);
-            rc = rc < 0 ? -1 : list_put(flags, k, huge_flags);
+            if (rc == 0)
+                rc = list_put(flags, k, Py_NewRef(huge_flags));
         } else {
             rc = PyList_Append(objs, c);
             rc = rc < 0 ? -1 : list_put(flags, k, PyLong_FromSsize_t(n));
@@ -1100,23 +1144,25 @@ static PyObject *mod_decode_pages(PyObject *m, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_TypeError, "decode_pages() takes 4 arguments");
         return NULL;
     }
-    PyObject *contents = args[1], *raw = args[2], *decompress = args[3];
-    if (!PyList_CheckExact(contents)) {
-        PyErr_SetString(PyExc_TypeError, "decode_pages: contents must be a list");
+    PyObject *raw = args[2], *decompress = args[3];
+    /* a private copy: the decoders release the GIL, and the caller's list could change */
+    PyObject *contents = PySequence_Tuple(args[1]);
+    if (!contents)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        Py_DECREF(contents);
         return NULL;
     }
-    Py_buffer b;
-    if (PyObject_GetBuffer(args[0], &b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
-        return NULL;
     PyObject *size = NULL;
     int failed = 0;
-    Py_ssize_t n = PyList_GET_SIZE(contents);
-    if (b.len != n * PAGE_SIZE) {
+    Py_ssize_t n = PyTuple_GET_SIZE(contents);
+    if (b.len / PAGE_SIZE != n || b.len % PAGE_SIZE) {
         PyErr_Format(PyExc_ValueError, "decode_pages: %zd pages for a %zd-byte buffer", n, b.len);
         failed = 1;
     }
     for (Py_ssize_t i = 0; !failed && i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(contents, i);
+        PyObject *item = PyTuple_GET_ITEM(contents, i);
         uint8_t *dst = (uint8_t *)b.buf + i * PAGE_SIZE;
         if (PyLong_Check(item)) {
             uint64_t word = PyLong_AsUnsignedLongLong(item);
@@ -1135,22 +1181,29 @@ static PyObject *mod_decode_pages(PyObject *m, PyObject *const *args, Py_ssize_t
                 memcpy(dst + j, w, 8);
             continue;
         }
-        if (!PyBytes_Check(item)) {
+        Py_buffer ib;
+        if (PyObject_GetBuffer(item, &ib, PyBUF_C_CONTIGUOUS) < 0) {
             PyErr_Format(PyExc_TypeError, "decode_pages: page %zd is %.100s, not int or bytes", i,
                          Py_TYPE(item)->tp_name);
             failed = 1;
             break;
         }
-        if (PyBytes_GET_SIZE(item) == PAGE_SIZE) {
-            memcpy(dst, PyBytes_AS_STRING(item), PAGE_SIZE);
+        int whole = ib.len == PAGE_SIZE;
+        if (whole)
+            memcpy(dst, ib.buf, PAGE_SIZE); /* a page stored raw */
+        PyBuffer_Release(&ib);
+        if (whole)
             continue;
-        }
         if (!size && !(size = PyLong_FromLong(PAGE_SIZE))) {
             failed = 1;
             break;
         }
         PyObject *cargs[2] = {item, size};
         PyObject *page = PyObject_Vectorcall(raw, cargs, 2, NULL);
+        if (!page && !PyErr_ExceptionMatches(PyExc_Exception)) {
+            failed = 1; /* KeyboardInterrupt, SystemExit: not a corrupt object */
+            break;
+        }
         if (!page || !PyBytes_Check(page) || PyBytes_GET_SIZE(page) != PAGE_SIZE) {
             PyErr_Clear(); /* corrupt: the careful decoder raises the proper error */
             Py_XDECREF(page);
@@ -1178,6 +1231,7 @@ static PyObject *mod_decode_pages(PyObject *m, PyObject *const *args, Py_ssize_t
     }
     Py_XDECREF(size);
     PyBuffer_Release(&b);
+    Py_DECREF(contents);
     if (failed)
         return NULL;
     Py_RETURN_NONE;
@@ -1188,7 +1242,7 @@ static int column(PyObject *obj, Py_buffer *b, Py_ssize_t itemsize, const char *
     if (PyObject_GetBuffer(obj, b, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0)
         return -1;
     if (b->itemsize != itemsize) {
-        PyErr_Format(PyExc_TypeError, "scan_slots: %s has %zd-byte items, not %zd", what,
+        PyErr_Format(PyExc_TypeError, "slot table column %s has %zd-byte items, not %zd", what,
                      b->itemsize, itemsize);
         PyBuffer_Release(b);
         return -1;
@@ -1204,11 +1258,10 @@ static PyObject *mod_scan_slots(PyObject *m, PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     PyObject *out = args[7], *load_many = args[8];
-    Py_ssize_t lo = PyLong_AsSsize_t(args[3]), hi = PyLong_AsSsize_t(args[4]),
-               first = PyLong_AsSsize_t(args[5]);
-    unsigned long now = PyLong_AsUnsignedLong(args[6]);
-    unsigned long size_mask, same, wb, accessed, prio_mask;
-    if (PyErr_Occurred())
+    Py_ssize_t lo, hi, first;
+    unsigned long now, size_mask, same, wb, accessed, prio_mask;
+    if (as_ssize(args[3], &lo) < 0 || as_ssize(args[4], &hi) < 0 || as_ssize(args[5], &first) < 0
+        || as_ulong(args[6], &now) < 0)
         return NULL;
     if (!PyArg_ParseTuple(args[9], "kkkkk:scan_slots masks", &size_mask, &same, &wb, &accessed,
                           &prio_mask))
@@ -1231,8 +1284,8 @@ static PyObject *mod_scan_slots(PyObject *m, PyObject *const *args, Py_ssize_t n
     }
     PyObject *stored = NULL, *where = NULL, *blocks = NULL, *block_where = NULL,
              *recompressed = NULL, *result = NULL;
-    if (lo < 0 || hi < lo || hi > fb.len / 4 || hi > hb.len / 8 || hi > ab.len / 4
-        || lo < first || hi - first > PyList_GET_SIZE(out)) {
+    if (first < 0 || lo < first || hi < lo || hi > fb.len / 4 || hi > hb.len / 8
+        || hi > ab.len / 4 || hi - first > PyList_GET_SIZE(out)) {
         PyErr_SetString(PyExc_ValueError, "scan_slots: range outside the table or out");
         goto done;
     }
@@ -1260,9 +1313,8 @@ static PyObject *mod_scan_slots(PyObject *m, PyObject *const *args, Py_ssize_t n
                 goto done;
         } else if (f & same) {
             PyObject *word = PyLong_FromUnsignedLongLong(handles[j]);
-            if (!word)
+            if (!word || PyList_SetItem(out, j - first, word) < 0)
                 goto done;
-            PyList_SetItem(out, j - first, word);
         } else if (f & wb) {
             if ((!blocks && !(blocks = PyList_New(0)))
                 || (!block_where && !(block_where = PyList_New(0))))
@@ -1293,9 +1345,11 @@ static PyObject *mod_scan_slots(PyObject *m, PyObject *const *args, Py_ssize_t n
             goto done;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *obj = PyList_GET_ITEM(objs, i);
-            Py_INCREF(obj);
-            PyList_SetItem(out, PyLong_AsSsize_t(PyList_GET_ITEM(where, i)), obj);
+            Py_ssize_t k = PyLong_AsSsize_t(PyList_GET_ITEM(where, i));
+            if (PyList_SetItem(out, k, Py_NewRef(PyList_GET_ITEM(objs, i))) < 0) {
+                Py_DECREF(objs); /* out shrank under load_many: IndexError */
+                goto done;
+            }
         }
         Py_DECREF(objs);
     }
@@ -1327,10 +1381,9 @@ static PyObject *mod_install_slots(PyObject *m, PyObject *const *args, Py_ssize_
         return NULL;
     }
     PyObject *values = args[4], *newflags = args[5], *counters = args[7];
-    Py_ssize_t first = PyLong_AsSsize_t(args[3]);
-    unsigned long now = PyLong_AsUnsignedLong(args[6]);
-    unsigned long size_mask, same_flag, wb_flag, huge_flag, stripe_shift, stripe_mask;
-    if (PyErr_Occurred())
+    Py_ssize_t first;
+    unsigned long now, size_mask, same_flag, wb_flag, huge_flag, stripe_shift, stripe_mask;
+    if (as_ssize(args[3], &first) < 0 || as_ulong(args[6], &now) < 0)
         return NULL;
     if (!PyArg_ParseTuple(args[8], "kkkkkk:install_slots masks", &size_mask, &same_flag, &wb_flag,
                           &huge_flag, &stripe_shift, &stripe_mask))
@@ -1366,7 +1419,7 @@ static PyObject *mod_install_slots(PyObject *m, PyObject *const *args, Py_ssize_
             PyErr_SetString(PyExc_ValueError, "install_slots: counters shorter than the stripes");
             goto done;
         }
-    if (first < 0 || first + n > fb.len / 4 || first + n > hb.len / 8 || first + n > ab.len / 4) {
+    if (first < 0 || first > fb.len / 4 - n || first > hb.len / 8 - n || first > ab.len / 4 - n) {
         PyErr_SetString(PyExc_ValueError, "install_slots: slots outside the table");
         goto done;
     }
@@ -1386,10 +1439,12 @@ static PyObject *mod_install_slots(PyObject *m, PyObject *const *args, Py_ssize_
         PyObject *v = PyList_GET_ITEM(values, k);
         empty[k] = v == Py_None;
         if (!empty[k]) {
+            unsigned long f;
             vals[k] = PyLong_AsUnsignedLongLong(v);
-            nfl[k] = (uint32_t)PyLong_AsUnsignedLong(PyList_GET_ITEM(newflags, k));
-            if (PyErr_Occurred())
+            if ((vals[k] == (uint64_t)-1 && PyErr_Occurred())
+                || as_ulong(PyList_GET_ITEM(newflags, k), &f) < 0)
                 goto free_tmp;
+            nfl[k] = (uint32_t)f;
         }
     }
     if (!(stale = PyList_New(0)) || !(blocks = PyList_New(0)))
@@ -1518,20 +1573,31 @@ PyMODINIT_FUNC PyInit__zsfast(void)
     INTERN(s_class_of, "_class_of");
     INTERN(s_frombytes, "frombytes");
     INTERN(s_free_locked, "_free_locked");
+    PyObject *errors = PyImport_ImportModule("zramd.errors");
+    if (!errors)
+        return NULL;
+    pool_exhausted = PyObject_GetAttrString(errors, "PoolExhaustedError");
+    Py_DECREF(errors);
+    if (!pool_exhausted)
+        return NULL;
     if (PyType_Ready(&CtxType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
-    Py_INCREF(&CtxType);
-    if (PyModule_AddObject(m, "Pool", (PyObject *)&CtxType) < 0)
+    if (PyModule_AddObjectRef(m, "Pool", (PyObject *)&CtxType) < 0) {
+        Py_DECREF(m);
         return NULL;
+    }
     PyObject *consts = Py_BuildValue(
         "{s:i,s:i,s:i,s:i,s:L,s:i,s:i,s:L,s:i}", "ABI_VERSION", ABI_VERSION, "PAGE_SHIFT",
         PAGE_SHIFT, "ZS_HANDLE_SIZE", ZS_HANDLE_SIZE, "LOC_SHIFT", LOC_SHIFT, "MAX_HANDLE",
         (long long)MAX_HANDLE, "HANDLE_CLASS_BITS", HANDLE_CLASS_BITS, "HDR_SIZE_SHIFT",
         HDR_SIZE_SHIFT, "HDR_HANDLE_MASK", (long long)HDR_HANDLE_MASK, "FULL", GROUP_FULL);
-    if (!consts || PyModule_AddObject(m, "CONSTANTS", consts) < 0)
+    if (!consts || PyModule_AddObject(m, "CONSTANTS", consts) < 0) {
+        Py_XDECREF(consts);
+        Py_DECREF(m);
         return NULL;
+    }
     return m;
 }

@@ -101,7 +101,7 @@ FULL = ZS_INUSE_RATIO_100
 
 #: what zramd/_zsfast.c must have been compiled with; a stale build is not used
 NATIVE_ABI = {
-    "ABI_VERSION": 7,
+    "ABI_VERSION": 8,
     "PAGE_SHIFT": PAGE_SHIFT,
     "ZS_HANDLE_SIZE": ZS_HANDLE_SIZE,
     "LOC_SHIFT": LOC_SHIFT,
