@@ -1040,6 +1040,45 @@ static int as_ulong(PyObject *o, unsigned long *out)
     return (*out == (unsigned long)-1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+static int column(PyObject *obj, Py_buffer *b, Py_ssize_t itemsize, const char *what)
+{
+    if (PyObject_GetBuffer(obj, b, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0)
+        return -1;
+    if (b->itemsize != itemsize) {
+        PyErr_Format(PyExc_TypeError, "slot table column %s has %zd-byte items, not %zd", what,
+                     b->itemsize, itemsize);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+/* The slot table's columns, args[0..2]: flags (u32), handles (u64), actime (u32); all or none
+ * acquired. */
+static int slot_columns(PyObject *const *args, Py_buffer *fb, Py_buffer *hb, Py_buffer *ab)
+{
+    if (column(args[0], fb, 4, "flags") < 0)
+        return -1;
+    if (column(args[1], hb, 8, "handles") < 0) {
+        PyBuffer_Release(fb);
+        return -1;
+    }
+    if (column(args[2], ab, 4, "actime") < 0) {
+        PyBuffer_Release(fb);
+        PyBuffer_Release(hb);
+        return -1;
+    }
+    return 0;
+}
+
+static int want_args(const char *name, Py_ssize_t nargs, Py_ssize_t want)
+{
+    if (nargs == want)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, want, nargs);
+    return -1;
+}
+
 static int list_put(PyObject *list, Py_ssize_t k, PyObject *v)
 {
     if (!v)
@@ -1060,10 +1099,8 @@ static int list_put(PyObject *list, Py_ssize_t k, PyObject *v)
  * Returns (objects to store, their page indices). */
 static PyObject *mod_encode_pages(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "encode_pages() takes 10 arguments");
+    if (want_args("encode_pages", nargs, 10) < 0)
         return NULL;
-    }
     PyObject *src = args[0], *compress = args[4], *values = args[8], *flags = args[9];
     Py_ssize_t base, start, count, huge_size;
     PyObject *same_flag = args[6], *huge_flags = args[7];
@@ -1140,10 +1177,8 @@ out:
  * proper error) when raw fails or returns the wrong length. */
 static PyObject *mod_decode_pages(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "decode_pages() takes 4 arguments");
+    if (want_args("decode_pages", nargs, 4) < 0)
         return NULL;
-    }
     PyObject *raw = args[2], *decompress = args[3];
     /* a private copy: the decoders release the GIL, and the caller's list could change */
     PyObject *contents = PySequence_Tuple(args[1]);
@@ -1237,26 +1272,12 @@ static PyObject *mod_decode_pages(PyObject *m, PyObject *const *args, Py_ssize_t
     Py_RETURN_NONE;
 }
 
-static int column(PyObject *obj, Py_buffer *b, Py_ssize_t itemsize, const char *what)
-{
-    if (PyObject_GetBuffer(obj, b, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0)
-        return -1;
-    if (b->itemsize != itemsize) {
-        PyErr_Format(PyExc_TypeError, "slot table column %s has %zd-byte items, not %zd", what,
-                     b->itemsize, itemsize);
-        PyBuffer_Release(b);
-        return -1;
-    }
-    return 0;
-}
 
 /* device.scan_slots: the read side of one stripe of the slot table (its lock held). */
 static PyObject *mod_scan_slots(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "scan_slots() takes 10 arguments");
+    if (want_args("scan_slots", nargs, 10) < 0)
         return NULL;
-    }
     PyObject *out = args[7], *load_many = args[8];
     Py_ssize_t lo, hi, first;
     unsigned long now, size_mask, same, wb, accessed, prio_mask;
@@ -1271,17 +1292,8 @@ static PyObject *mod_scan_slots(PyObject *m, PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     Py_buffer fb, hb, ab;
-    if (column(args[0], &fb, 4, "flags") < 0)
+    if (slot_columns(args, &fb, &hb, &ab) < 0)
         return NULL;
-    if (column(args[1], &hb, 8, "handles") < 0) {
-        PyBuffer_Release(&fb);
-        return NULL;
-    }
-    if (column(args[2], &ab, 4, "actime") < 0) {
-        PyBuffer_Release(&fb);
-        PyBuffer_Release(&hb);
-        return NULL;
-    }
     PyObject *stored = NULL, *where = NULL, *blocks = NULL, *block_where = NULL,
              *recompressed = NULL, *result = NULL;
     if (first < 0 || lo < first || hi < lo || hi > fb.len / 4 || hi > hb.len / 8
@@ -1376,10 +1388,8 @@ done:
 /* device.install_slots: switch slots first.. to new contents and keep the stripe counters. */
 static PyObject *mod_install_slots(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "install_slots() takes 9 arguments");
+    if (want_args("install_slots", nargs, 9) < 0)
         return NULL;
-    }
     PyObject *values = args[4], *newflags = args[5], *counters = args[7];
     Py_ssize_t first;
     unsigned long now, size_mask, same_flag, wb_flag, huge_flag, stripe_shift, stripe_mask;
@@ -1399,17 +1409,8 @@ static PyObject *mod_install_slots(PyObject *m, PyObject *const *args, Py_ssize_
     Py_buffer fb, hb, ab, cb[5];
     int nc = 0;
     PyObject *stale = NULL, *blocks = NULL, *result = NULL;
-    if (column(args[0], &fb, 4, "flags") < 0)
+    if (slot_columns(args, &fb, &hb, &ab) < 0)
         return NULL;
-    if (column(args[1], &hb, 8, "handles") < 0) {
-        PyBuffer_Release(&fb);
-        return NULL;
-    }
-    if (column(args[2], &ab, 4, "actime") < 0) {
-        PyBuffer_Release(&fb);
-        PyBuffer_Release(&hb);
-        return NULL;
-    }
     for (; nc < 5; nc++)
         if (column(PyTuple_GET_ITEM(counters, nc), &cb[nc], 8, "a counter") < 0)
             goto done;
