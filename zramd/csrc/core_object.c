@@ -1,0 +1,842 @@
+/* core_object.c - zramd._zram.Core: the Python face of zram.c.
+ *
+ * The contract is zramd/core.py's ZramCore, the pure-Python twin: same methods, same results,
+ * same exceptions. Each method takes its arguments with the GIL, releases it once for the
+ * whole operation in zram.c, and takes it back to build the result. The one thing done with
+ * the GIL held in between is reading written-back pages, through the `backing_read` callable
+ * the device gave: zram.c returns ZRAM_NEED_BACKING with no lock held, this file reads the
+ * blocks and retries (writes) or copies them in (reads), then drops the pin.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#include "module.h"
+#include "zram.h"
+
+typedef struct {
+    PyObject_HEAD
+    struct zram_core *z;
+    uint64_t pages;
+    PyObject *pool;         /* keeps the zs_pool alive */
+    PyObject *comps;        /* tuple of 4: Codec or None */
+    PyObject *backing_read; /* callable(list[int]) -> list[bytes], or None */
+    PyObject *clock;        /* callable() -> seconds, or None for CLOCK_MONOTONIC */
+} CoreObject;
+
+static PyObject *InvalidIOError, *MemLimitError, *PoolExhaustedError, *CorruptionError,
+    *CompressionError, *InvalidHandleError, *CoreStats;
+
+#define EXTENT_PAGES_MAX (1u << 16) /* one extents() call describes at most 256 MiB */
+
+static int now_seconds(CoreObject *self, uint32_t *now)
+{
+    if (self->clock == Py_None) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        *now = (uint32_t)ts.tv_sec;
+        return 0;
+    }
+    PyObject *r = PyObject_CallNoArgs(self->clock);
+    if (!r)
+        return -1;
+    double t = PyFloat_AsDouble(r);
+    Py_DECREF(r);
+    if (t == -1.0 && PyErr_Occurred())
+        return -1;
+    *now = (uint32_t)(int64_t)t;
+    return 0;
+}
+
+/* Raise the twin's exception for a negative result of zram.c. */
+static PyObject *raise_rc(CoreObject *self, int rc, const char *what, uint64_t offset,
+                          uint64_t len)
+{
+    switch (-rc) {
+    case EINVAL:
+    case ESHUTDOWN: {
+        uint64_t size = rc == -ESHUTDOWN ? 0 : self->pages << ZRAM_PAGE_SHIFT;
+        PyErr_Format(InvalidIOError,
+                     "%s of %llu bytes at offset %llu is outside the device (%llu bytes)", what,
+                     (unsigned long long)len, (unsigned long long)offset,
+                     (unsigned long long)size);
+        break;
+    }
+    case ENOSPC: {
+        struct zram_stats st;
+        zram_get_stats(self->z, &st);
+        PyErr_Format(MemLimitError,
+                     "write refused: the pool would go over mem_limit (%llu pages) even after "
+                     "compaction",
+                     (unsigned long long)st.limit_pages);
+        break;
+    }
+    case ENOMEM:
+        PyErr_SetString(PoolExhaustedError,
+                        "write refused: the pool's arena has no frame left even after compaction");
+        break;
+    case EBADMSG:
+        PyErr_Format(CompressionError, "%s: a stored object failed to decompress", what);
+        break;
+    case ENOENT:
+        PyErr_Format(InvalidHandleError, "%s: a slot holds a handle the pool does not know",
+                     what);
+        break;
+    default:
+        PyErr_Format(CorruptionError, "%s: %s", what, strerror(-rc));
+    }
+    return NULL;
+}
+
+/* Read the blocks `need` lists through backing_read: a bytes object of n pages, or NULL. */
+static PyObject *fetch_blocks(CoreObject *self, const struct zram_wb_need *need)
+{
+    if (self->backing_read == Py_None) {
+        PyErr_SetString(CorruptionError, "a slot is written back but no backing store is set");
+        return NULL;
+    }
+    PyObject *blocks = PyList_New((Py_ssize_t)need->n);
+    if (!blocks)
+        return NULL;
+    for (size_t k = 0; k < need->n; k++) {
+        PyObject *b = PyLong_FromUnsignedLongLong(need->pages[k].block);
+        if (!b) {
+            Py_DECREF(blocks);
+            return NULL;
+        }
+        PyList_SET_ITEM(blocks, (Py_ssize_t)k, b);
+    }
+    PyObject *pages = PyObject_CallOneArg(self->backing_read, blocks);
+    Py_DECREF(blocks);
+    if (!pages)
+        return NULL;
+    PyObject *joined = NULL;
+    PyObject *seq = PySequence_Fast(pages, "backing_read must return a sequence of pages");
+    Py_DECREF(pages);
+    if (!seq)
+        return NULL;
+    if ((size_t)PySequence_Fast_GET_SIZE(seq) != need->n) {
+        PyErr_SetString(CorruptionError, "backing_read returned the wrong number of pages");
+        goto out;
+    }
+    joined = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(need->n * ZRAM_PAGE_SIZE));
+    if (!joined)
+        goto out;
+    for (size_t k = 0; k < need->n; k++) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)k), &b, PyBUF_SIMPLE))
+            goto bad;
+        int ok = b.len == ZRAM_PAGE_SIZE;
+        if (ok)
+            memcpy(PyBytes_AS_STRING(joined) + k * ZRAM_PAGE_SIZE, b.buf, ZRAM_PAGE_SIZE);
+        PyBuffer_Release(&b);
+        if (!ok) {
+            PyErr_SetString(CorruptionError, "backing_read returned a page not 4096 bytes long");
+            goto bad;
+        }
+    }
+    goto out;
+bad:
+    Py_CLEAR(joined);
+out:
+    Py_DECREF(seq);
+    return joined;
+}
+
+/* -- construction --------------------------------------------------------------------------- */
+
+static int core_init(CoreObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"pages", "pool", "comps", "backing_read", "clock", NULL};
+    unsigned long long pages;
+    PyObject *pool, *comps, *backing_read = Py_None, *clock = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KOO|$OO:Core", kwlist, &pages, &pool, &comps,
+                                     &backing_read, &clock))
+        return -1;
+    if (self->z) {
+        PyErr_SetString(PyExc_RuntimeError, "Core is already initialised");
+        return -1;
+    }
+    struct zs_pool *zp = zram_pool_get(pool);
+    if (!zp)
+        return -1;
+    PyObject *t = PySequence_Tuple(comps);
+    if (!t)
+        return -1;
+    if (PyTuple_GET_SIZE(t) > ZRAM_MAX_COMPS || PyTuple_GET_SIZE(t) < 1) {
+        Py_DECREF(t);
+        PyErr_SetString(PyExc_ValueError, "comps: one to four codecs by priority");
+        return -1;
+    }
+    struct zcomp *zc[ZRAM_MAX_COMPS] = {0};
+    for (Py_ssize_t p = 0; p < PyTuple_GET_SIZE(t); p++) {
+        PyObject *c = PyTuple_GET_ITEM(t, p);
+        if (c == Py_None) {
+            if (!p) {
+                Py_DECREF(t);
+                PyErr_SetString(PyExc_ValueError, "comps[0]: the primary codec is required");
+                return -1;
+            }
+            continue;
+        }
+        zc[p] = zram_codec_get(c);
+        if (!zc[p]) {
+            Py_DECREF(t);
+            return -1;
+        }
+    }
+    if (pages > (UINT64_MAX >> ZRAM_PAGE_SHIFT)) {
+        Py_DECREF(t);
+        PyErr_SetString(PyExc_ValueError, "pages: too many");
+        return -1;
+    }
+    struct zram_core *z;
+    Py_BEGIN_ALLOW_THREADS
+    z = zram_create(pages, zp, zc);
+    Py_END_ALLOW_THREADS
+    if (!z) {
+        Py_DECREF(t);
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->z = z;
+    self->pages = pages;
+    Py_INCREF(pool);
+    self->pool = pool;
+    self->comps = t;
+    Py_INCREF(backing_read);
+    self->backing_read = backing_read;
+    Py_INCREF(clock);
+    self->clock = clock;
+    return 0;
+}
+
+static int core_traverse(CoreObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->pool);
+    Py_VISIT(self->comps);
+    Py_VISIT(self->backing_read);
+    Py_VISIT(self->clock);
+    return 0;
+}
+
+static int core_clear(CoreObject *self)
+{
+    Py_CLEAR(self->backing_read);
+    Py_CLEAR(self->clock);
+    return 0;
+}
+
+static void core_dealloc(CoreObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->z) {
+        Py_BEGIN_ALLOW_THREADS
+        zram_destroy(self->z);
+        Py_END_ALLOW_THREADS
+    }
+    Py_CLEAR(self->pool);
+    Py_CLEAR(self->comps);
+    core_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int ready(CoreObject *self)
+{
+    if (!self->z) {
+        PyErr_SetString(PyExc_RuntimeError, "Core is not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+/* -- data path ------------------------------------------------------------------------------ */
+
+/* A write-like request: data to write, or zeros (hole: free whole pages; discard: leave
+ * partial pages alone). run_update reads the written-back pages it must patch and retries. */
+struct upd {
+    const unsigned char *src;
+    int hole, discard;
+};
+
+static int run_update(CoreObject *self, uint64_t offset, uint64_t len, const struct upd *u,
+                      const char *what)
+{
+    uint32_t now;
+    if (now_seconds(self, &now))
+        return -1;
+    struct zram_wb_need need = {0};
+    struct zram_wb_have have = {0};
+    struct zram_wb_page *have_pages = NULL;
+    PyObject *data = NULL;
+    int pins = 0, rc;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        if (u->src)
+            rc = zram_write(self->z, offset, u->src, len, now, have.n ? &have : NULL, &need);
+        else
+            rc = zram_zero(self->z, offset, len, u->hole, u->discard, now,
+                           have.n ? &have : NULL, &need);
+        Py_END_ALLOW_THREADS
+        if (rc != ZRAM_NEED_BACKING)
+            break;
+        pins++;
+        Py_XDECREF(data);
+        data = fetch_blocks(self, &need);
+        if (!data) {
+            rc = -1;
+            break;
+        }
+        free(have_pages);
+        have_pages = malloc(need.n * sizeof *have_pages);
+        if (!have_pages) {
+            PyErr_NoMemory();
+            rc = -1;
+            break;
+        }
+        memcpy(have_pages, need.pages, need.n * sizeof *have_pages);
+        have.pages = have_pages;
+        have.n = need.n;
+        have.data = (const unsigned char *)PyBytes_AS_STRING(data);
+    }
+    while (pins--)
+        zram_wb_done(self->z);
+    Py_XDECREF(data);
+    free(have_pages);
+    zram_wb_need_free(&need);
+    if (rc == -1 && PyErr_Occurred()) {
+        zram_count_failed(self->z, 0);
+        return -1;
+    }
+    if (rc < 0) {
+        raise_rc(self, rc, what, offset, len);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *core_write(CoreObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned long long offset;
+    Py_buffer b;
+    if (!ready(self))
+        return NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "write(offset, data)");
+        return NULL;
+    }
+    offset = PyLong_AsUnsignedLongLong(args[0]);
+    if (offset == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE))
+        return NULL;
+    struct upd u = {b.buf, 0, 0};
+    int rc = b.len ? run_update(self, offset, (uint64_t)b.len, &u, "write") : 0;
+    if (!b.len && offset > self->pages << ZRAM_PAGE_SHIFT) {
+        raise_rc(self, -EINVAL, "write", offset, 0);
+        rc = -1;
+    }
+    PyBuffer_Release(&b);
+    if (rc)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *zero_like(CoreObject *self, PyObject *args, int hole, int discard,
+                           const char *what)
+{
+    unsigned long long offset, length;
+    if (!ready(self) || !PyArg_ParseTuple(args, "KK", &offset, &length))
+        return NULL;
+    struct upd u = {NULL, hole, discard};
+    if (!length) {
+        if (offset > self->pages << ZRAM_PAGE_SHIFT)
+            return raise_rc(self, -EINVAL, what, offset, 0);
+        Py_RETURN_NONE;
+    }
+    if (run_update(self, offset, length, &u, what))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_discard(CoreObject *self, PyObject *args)
+{
+    return zero_like(self, args, 1, 1, "discard");
+}
+
+static PyObject *core_write_zeroes(CoreObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"offset", "length", "may_trim", NULL};
+    unsigned long long offset, length;
+    int may_trim = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KK|$p:write_zeroes", kwlist, &offset, &length,
+                                     &may_trim))
+        return NULL;
+    PyObject *a = Py_BuildValue("(KK)", offset, length);
+    if (!a)
+        return NULL;
+    PyObject *r = zero_like(self, a, may_trim, 0, "write_zeroes");
+    Py_DECREF(a);
+    return r;
+}
+
+static PyObject *core_read_into(CoreObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b;
+    if (!ready(self))
+        return NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read_into(offset, buf)");
+        return NULL;
+    }
+    unsigned long long offset = PyLong_AsUnsignedLongLong(args[0]);
+    if (offset == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &b, PyBUF_WRITABLE))
+        return NULL;
+    uint32_t now;
+    if (now_seconds(self, &now)) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    struct zram_wb_need need = {0};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = zram_read(self->z, offset, b.buf, (size_t)b.len, now, &need);
+    Py_END_ALLOW_THREADS
+    if (rc == ZRAM_NEED_BACKING) {
+        PyObject *data = fetch_blocks(self, &need);
+        if (data) {
+            /* copy each page's part of the request */
+            uint64_t end = offset + (uint64_t)b.len;
+            for (size_t k = 0; k < need.n; k++) {
+                uint64_t start = need.pages[k].index << ZRAM_PAGE_SHIFT;
+                uint64_t lo = offset > start ? offset - start : 0;
+                uint64_t hi = end < start + ZRAM_PAGE_SIZE ? end - start : ZRAM_PAGE_SIZE;
+                memcpy((unsigned char *)b.buf + (start + lo - offset),
+                       PyBytes_AS_STRING(data) + k * ZRAM_PAGE_SIZE + lo, hi - lo);
+            }
+            Py_DECREF(data);
+            rc = 0;
+        } else {
+            zram_count_failed(self->z, 1);
+            rc = -1;
+        }
+        zram_wb_done(self->z);
+    }
+    zram_wb_need_free(&need);
+    PyBuffer_Release(&b);
+    if (rc == -1)
+        return NULL;
+    if (rc < 0)
+        return raise_rc(self, rc, "read", offset, (uint64_t)b.len);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_extents(CoreObject *self, PyObject *args)
+{
+    unsigned long long offset, length;
+    if (!ready(self) || !PyArg_ParseTuple(args, "KK", &offset, &length))
+        return NULL;
+    uint64_t size = self->pages << ZRAM_PAGE_SHIFT;
+    if (offset > size || length > size - offset)
+        return raise_rc(self, -EINVAL, "extents", offset, length);
+    uint64_t first = offset >> ZRAM_PAGE_SHIFT;
+    uint64_t stop = (offset + (length ? length : 1) + ZRAM_PAGE_SIZE - 1) >> ZRAM_PAGE_SHIFT;
+    if (stop > first + EXTENT_PAGES_MAX)
+        stop = first + EXTENT_PAGES_MAX;
+    int cap = (int)(stop - first);
+    uint64_t *runs = PyMem_Malloc((size_t)cap * 3 * sizeof *runs);
+    if (!runs)
+        return PyErr_NoMemory();
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = zram_extents(self->z, first, stop, runs, cap);
+    Py_END_ALLOW_THREADS
+    if (n < 0) {
+        PyMem_Free(runs);
+        return raise_rc(self, n, "extents", offset, length);
+    }
+    PyObject *out = PyList_New(n);
+    for (int k = 0; out && k < n; k++) {
+        PyObject *t = Py_BuildValue("(KKi)", (unsigned long long)(runs[3 * k] << ZRAM_PAGE_SHIFT),
+                                    (unsigned long long)(runs[3 * k + 1] << ZRAM_PAGE_SHIFT),
+                                    (int)runs[3 * k + 2]);
+        if (!t)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, k, t);
+    }
+    PyMem_Free(runs);
+    return out;
+}
+
+/* -- slot operations ------------------------------------------------------------------------ */
+
+static PyObject *u64_list(const uint64_t *v, size_t n)
+{
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    for (size_t k = 0; out && k < n; k++) {
+        PyObject *x = PyLong_FromUnsignedLongLong(v[k]);
+        if (!x)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, (Py_ssize_t)k, x);
+    }
+    return out;
+}
+
+static PyObject *core_mark_idle(CoreObject *self, PyObject *args)
+{
+    PyObject *cut = Py_None;
+    if (!ready(self) || !PyArg_ParseTuple(args, "|O", &cut))
+        return NULL;
+    long long cutoff = -1;
+    if (cut != Py_None) {
+        cutoff = PyLong_AsLongLong(cut);
+        if (cutoff == -1 && PyErr_Occurred())
+            return NULL;
+        if (cutoff < 0)
+            cutoff = 0; /* nothing was accessed before it: every slot is newer */
+    }
+    int64_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = zram_mark_idle(self->z, cutoff);
+    Py_END_ALLOW_THREADS
+    if (n < 0)
+        return raise_rc(self, (int)n, "idle", 0, 0);
+    return PyLong_FromLongLong(n);
+}
+
+static PyObject *core_pick(CoreObject *self, PyObject *args)
+{
+    unsigned long long lo, hi;
+    unsigned int need, skip;
+    if (!ready(self) || !PyArg_ParseTuple(args, "KKII", &lo, &hi, &need, &skip))
+        return NULL;
+    uint64_t *idx = NULL;
+    size_t n = 0, cap = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = zram_pick(self->z, lo, hi, need, skip, &idx, &n, &cap);
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (rc) {
+        zram_unpick(self->z, idx, n);
+        raise_rc(self, rc, "pick", 0, 0);
+    } else {
+        out = u64_list(idx, n);
+    }
+    free(idx);
+    return out;
+}
+
+static int u64_array(PyObject *seq_in, uint64_t **out, size_t *n)
+{
+    PyObject *seq = PySequence_Fast(seq_in, "expected a sequence of integers");
+    if (!seq)
+        return -1;
+    *n = (size_t)PySequence_Fast_GET_SIZE(seq);
+    *out = PyMem_Malloc((*n ? *n : 1) * sizeof **out);
+    if (!*out) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t k = 0; k < *n; k++) {
+        (*out)[k] = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)k));
+        if ((*out)[k] == (uint64_t)-1 && PyErr_Occurred()) {
+            PyMem_Free(*out);
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+static PyObject *core_unpick(CoreObject *self, PyObject *arg)
+{
+    uint64_t *idx;
+    size_t n;
+    if (!ready(self) || u64_array(arg, &idx, &n))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    zram_unpick(self->z, idx, n);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(idx);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_take_page(CoreObject *self, PyObject *arg)
+{
+    if (!ready(self))
+        return NULL;
+    unsigned long long index = PyLong_AsUnsignedLongLong(arg);
+    if (index == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    PyObject *page = PyBytes_FromStringAndSize(NULL, ZRAM_PAGE_SIZE);
+    if (!page)
+        return NULL;
+    uint32_t flags = 0;
+    uint64_t handle = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = zram_take_page(self->z, index, &flags, &handle, (unsigned char *)PyBytes_AS_STRING(page));
+    Py_END_ALLOW_THREADS
+    if (rc <= 0) {
+        Py_DECREF(page);
+        if (rc < 0)
+            return raise_rc(self, rc, "take_page", index, 0);
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(IKN)", flags, (unsigned long long)handle, page);
+}
+
+static PyObject *core_complete_writeback(CoreObject *self, PyObject *args)
+{
+    unsigned long long index, handle, block;
+    if (!ready(self) || !PyArg_ParseTuple(args, "KKK", &index, &handle, &block))
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = zram_complete_writeback(self->z, index, handle, block);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return raise_rc(self, rc, "writeback", index, 0);
+    return PyBool_FromLong(rc);
+}
+
+static PyObject *core_tried(CoreObject *self, PyObject *args)
+{
+    unsigned long long index, handle;
+    int incompressible;
+    if (!ready(self) || !PyArg_ParseTuple(args, "KKp", &index, &handle, &incompressible))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    zram_tried(self->z, index, handle, incompressible);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_complete_recompress(CoreObject *self, PyObject *args)
+{
+    unsigned long long index, handle, newh;
+    unsigned int size;
+    int prio;
+    if (!ready(self) || !PyArg_ParseTuple(args, "KKKIi", &index, &handle, &newh, &size, &prio))
+        return NULL;
+    if (prio < 0 || prio >= ZRAM_MAX_COMPS || !size || size > ZRAM_PAGE_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "complete_recompress: bad priority or size");
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = zram_complete_recompress(self->z, index, handle, newh, size, prio);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return raise_rc(self, rc, "recompress", index, 0);
+    return PyBool_FromLong(rc);
+}
+
+static PyObject *core_reclaim_blocks(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!ready(self))
+        return NULL;
+    PyObject *out = PyList_New(0);
+    uint64_t buf[256];
+    size_t n;
+    while (out && (n = zram_reclaim_blocks(self->z, buf, 256)) > 0) {
+        PyObject *part = u64_list(buf, n);
+        if (!part || PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, part))
+            Py_CLEAR(out);
+        Py_XDECREF(part);
+        if (n < 256)
+            break;
+    }
+    return out;
+}
+
+/* -- limits and statistics ------------------------------------------------------------------ */
+
+static PyObject *core_set_mem_limit(CoreObject *self, PyObject *arg)
+{
+    if (!ready(self))
+        return NULL;
+    unsigned long long pages = PyLong_AsUnsignedLongLong(arg);
+    if (pages == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    zram_set_limit(self->z, pages);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_reset_max(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!ready(self))
+        return NULL;
+    zram_reset_max(self->z);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_note_peak(CoreObject *self, PyObject *arg)
+{
+    if (!ready(self))
+        return NULL;
+    unsigned long long pages = PyLong_AsUnsignedLongLong(arg);
+    if (pages == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    zram_note_peak(self->z, pages);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_stats(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!ready(self))
+        return NULL;
+    struct zram_stats s;
+    Py_BEGIN_ALLOW_THREADS
+    zram_get_stats(self->z, &s);
+    Py_END_ALLOW_THREADS
+    return PyObject_CallFunction(CoreStats, "LLLLLLKKKKKKK", (long long)s.stored,
+                                 (long long)s.compr, (long long)s.same, (long long)s.huge,
+                                 (long long)s.huge_since, (long long)s.notify_free,
+                                 (unsigned long long)s.failed_reads,
+                                 (unsigned long long)s.failed_writes,
+                                 (unsigned long long)s.direct_runs,
+                                 (unsigned long long)s.direct_freed,
+                                 (unsigned long long)s.max_pages,
+                                 (unsigned long long)s.limit_pages,
+                                 (unsigned long long)s.wb_pending);
+}
+
+static PyObject *core_slot(CoreObject *self, PyObject *arg)
+{
+    if (!ready(self))
+        return NULL;
+    unsigned long long index = PyLong_AsUnsignedLongLong(arg);
+    if (index == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    uint64_t handle;
+    uint32_t flags, actime;
+    int rc = zram_slot(self->z, index, &handle, &flags, &actime);
+    if (rc)
+        return raise_rc(self, rc, "slot", index, 0);
+    return Py_BuildValue("(KII)", (unsigned long long)handle, flags, actime);
+}
+
+static PyObject *core_close(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->z) {
+        Py_BEGIN_ALLOW_THREADS
+        zram_close(self->z);
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_get_pages(CoreObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->pages);
+}
+
+static PyObject *core_get_pool(CoreObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->pool ? self->pool : Py_None);
+}
+
+static PyMethodDef core_methods[] = {
+    {"write", (PyCFunction)(void (*)(void))core_write, METH_FASTCALL,
+     "write(offset, data): store data at offset; all or nothing"},
+    {"read_into", (PyCFunction)(void (*)(void))core_read_into, METH_FASTCALL,
+     "read_into(offset, buf): fill buf from offset"},
+    {"discard", (PyCFunction)core_discard, METH_VARARGS,
+     "discard(offset, length): free the whole pages in the range"},
+    {"write_zeroes", (PyCFunction)(void (*)(void))core_write_zeroes, METH_VARARGS | METH_KEYWORDS,
+     "write_zeroes(offset, length, *, may_trim=True): make the range read as zeros"},
+    {"extents", (PyCFunction)core_extents, METH_VARARGS,
+     "extents(offset, length) -> [(offset, length, type)]"},
+    {"mark_idle", (PyCFunction)core_mark_idle, METH_VARARGS, "mark_idle(cutoff=None) -> count"},
+    {"pick", (PyCFunction)core_pick, METH_VARARGS, "pick(lo, hi, need, skip) -> indices"},
+    {"unpick", (PyCFunction)core_unpick, METH_O, "unpick(indices)"},
+    {"take_page", (PyCFunction)core_take_page, METH_O,
+     "take_page(index) -> (flags, handle, page) | None"},
+    {"complete_writeback", (PyCFunction)core_complete_writeback, METH_VARARGS,
+     "complete_writeback(index, handle, block) -> bool"},
+    {"tried", (PyCFunction)core_tried, METH_VARARGS, "tried(index, handle, incompressible)"},
+    {"complete_recompress", (PyCFunction)core_complete_recompress, METH_VARARGS,
+     "complete_recompress(index, handle, new, size, prio) -> bool"},
+    {"reclaim_blocks", (PyCFunction)core_reclaim_blocks, METH_NOARGS,
+     "reclaim_blocks() -> blocks freed by I/O, safe to reuse"},
+    {"set_mem_limit", (PyCFunction)core_set_mem_limit, METH_O, "set_mem_limit(pages)"},
+    {"reset_max", (PyCFunction)core_reset_max, METH_NOARGS, "mem_used_max := current use"},
+    {"note_peak", (PyCFunction)core_note_peak, METH_O, "note_peak(pages)"},
+    {"stats", (PyCFunction)core_stats, METH_NOARGS, "stats() -> CoreStats"},
+    {"slot", (PyCFunction)core_slot, METH_O, "slot(index) -> (handle, flags, actime)"},
+    {"close", (PyCFunction)core_close, METH_NOARGS,
+     "close(): wait for requests in flight; then every call fails"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef core_getset[] = {
+    {"pages", (getter)core_get_pages, NULL, "slots in the table", NULL},
+    {"pool", (getter)core_get_pool, NULL, "the pool the objects live in", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zramd._zram.Core",
+    .tp_basicsize = sizeof(CoreObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The slot table and per-request loops of one initialised device (zram.c).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)core_init,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_methods = core_methods,
+    .tp_getset = core_getset,
+};
+
+static int import_names(void)
+{
+    PyObject *errors = PyImport_ImportModule("zramd.errors");
+    if (!errors)
+        return -1;
+    struct {
+        PyObject **dst;
+        const char *name;
+    } names[] = {
+        {&InvalidIOError, "InvalidIOError"},         {&MemLimitError, "MemLimitError"},
+        {&PoolExhaustedError, "PoolExhaustedError"}, {&CorruptionError, "CorruptionError"},
+        {&CompressionError, "CompressionError"},     {&InvalidHandleError, "InvalidHandleError"},
+    };
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        *names[k].dst = PyObject_GetAttrString(errors, names[k].name);
+        if (!*names[k].dst) {
+            Py_DECREF(errors);
+            return -1;
+        }
+    }
+    Py_DECREF(errors);
+    PyObject *stats = PyImport_ImportModule("zramd.stats");
+    if (!stats)
+        return -1;
+    CoreStats = PyObject_GetAttrString(stats, "CoreStats");
+    Py_DECREF(stats);
+    return CoreStats ? 0 : -1;
+}
+
+int zram_register_core(PyObject *module)
+{
+    if (import_names() || PyType_Ready(&CoreType))
+        return -1;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(module, "Core", (PyObject *)&CoreType)) {
+        Py_DECREF(&CoreType);
+        return -1;
+    }
+    return 0;
+}
