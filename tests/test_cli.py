@@ -270,6 +270,17 @@ def test_stop_removes_nothing_but_a_stale_socket(tmp_path: Path) -> None:
     assert not (tmp_path / "s.pid").exists()
 
 
+def test_stop_leaves_the_empty_pidfile_of_a_starting_server(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "s.pid"
+    pidfile.write_text("")  # what serve creates before nbdkit fills it in
+    r = runner.invoke(main, ["stop", "--pidfile", str(pidfile), "--socket", str(tmp_path / "s")])
+    assert r.exit_code == 1
+    assert "holds no pid (a server may be starting); left alone" in r.output
+    assert pidfile.exists()
+
+
 @pytest.mark.e2e
 def test_control_path_with_spaces(tmp_path: Path) -> None:
     """Mount tables write a space as \\040: serve must still see its mount (it waited 60 s and

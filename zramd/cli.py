@@ -816,10 +816,12 @@ def stop(pidfile: Path | None, sock: Path | None, timeout: float) -> None:
             pid = read_pid(pidfile)
         except FileNotFoundError:
             raise click.ClickException(f"no server: no pidfile at {pidfile}") from None
-        fd = pidfd(pid) if pid is not None else None
-        if pid is None:
-            server, why = None, "it holds no pid"
-        elif fd is None:
+        if pid is None:  # serve creates it empty; nbdkit fills it in once it listens
+            raise click.ClickException(
+                f"no server: {pidfile} holds no pid (a server may be starting); left alone"
+            )
+        fd = pidfd(pid)
+        if fd is None:
             server, why = None, f"process {pid} is gone"
         else:
             server, why = find_server(pid, pidfile)
