@@ -32,6 +32,7 @@ import trio
 from zramd import control
 from zramd.device import ZramDevice
 from zramd.errors import ZramdError
+from zramd.runstate import mount_state  # re-exported: decodes the mount table's escapes
 
 FSNAME = "zramd"
 ATTR_SIZE = 4096  # what sysfs reports for every attribute
@@ -43,22 +44,6 @@ _BY_NAME = {a.name.encode(): ino for ino, a in _INODES.items()}
 
 class ControlDirError(ZramdError):
     """The control directory cannot be mounted (missing FUSE, busy path, ...)."""
-
-
-def mount_state(path: Path) -> str:
-    """'none', 'live' (a working mount) or 'stale' (its server died) for ``path``."""
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        mounted = any(line.split()[4] == target for line in f)
-    if not mounted:
-        return "none"
-    try:
-        os.statvfs(target)  # always a round trip: stat() may be answered from the attr cache
-    except OSError as e:
-        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-            return "stale"
-        raise
-    return "live"
 
 
 def clean_stale(path: Path) -> bool:

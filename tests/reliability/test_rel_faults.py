@@ -26,6 +26,7 @@ import nbd
 import pytest
 
 from zramd.fusefs import mount_state
+from zramd.runstate import unmount_stale
 
 from relkit import (
     NBD_CMD_READ,
@@ -325,3 +326,98 @@ def test_repeated_fio_kills(tmp_path: Path) -> None:
             h = srv.connect()
             h.pread(P, 0)
             h.shutdown()
+
+
+# -- stopping, whatever clients do -------------------------------------------------------------
+
+
+def idle_clients(tmp: Path) -> list[socket.socket]:
+    """Clients that hold the server without ever finishing a request: one connects and says
+    nothing, one stops halfway through the handshake (the client flags, then no option), one
+    negotiates and then sits idle. nbdkit 1.32 waits for each of them at exit."""
+    silent, _ = raw_connect(tmp / "s.sock", handshake=False)
+    half, _ = raw_connect(tmp / "s.sock", handshake=False)
+    assert half.recv(18)[:8] == b"NBDMAGIC"
+    half.sendall(b"\0\0\0\3")
+    idle, _ = raw_connect(tmp / "s.sock")
+    return [silent, half, idle]
+
+
+def test_stop_ends_within_its_timeout_whatever_clients_do(tmp_path: Path) -> None:
+    r = zramd_serve(tmp_path)
+    assert r.returncode == 0, r.stderr
+    pid = int((tmp_path / "s.pid").read_text())
+    clients = idle_clients(tmp_path)
+    try:
+        # the bound: subprocess's timeout fails the test; nbdkit alone would wait forever
+        stop = subprocess.run(
+            [*ZRAMD, "stop", "--pidfile", str(tmp_path / "s.pid"), "--socket",
+             str(tmp_path / "s.sock"), "--timeout", "10"],
+            capture_output=True, text=True, timeout=10 + 5, check=False,
+        )  # fmt: skip
+    finally:
+        for c in clients:
+            c.close()
+    assert stop.returncode == 0, stop.stderr
+    assert f"server {pid} did not exit within 8 s of SIGTERM" in stop.stderr
+    assert stop.stdout == f"zramd: stopped server {pid} (killed)\n"
+    assert not os.path.exists(f"/proc/{pid}")
+    assert not (tmp_path / "s.sock").exists()
+    assert not (tmp_path / "s.pid").exists()
+    assert mount_state(tmp_path / "ctl") == "none"
+    log = (tmp_path / "s.log").read_text()
+    assert "zramd: nbdkit exited with status 137 (killed by SIGKILL)" in log
+
+
+def test_stop_over_tcp_with_a_silent_client(tmp_path: Path) -> None:
+    """Over --tcp any local user can be that client."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run(
+        [*ZRAMD, "serve", "--size", "16M", "--no-control", "--tcp", str(port),
+         "--pidfile", str(tmp_path / "s.pid"), "--log", str(tmp_path / "s.log")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    silent = socket.create_connection(("127.0.0.1", port))
+    try:
+        stop = subprocess.run(
+            [*ZRAMD, "stop", "--pidfile", str(tmp_path / "s.pid"), "--timeout", "3"],
+            capture_output=True, text=True, timeout=3 + 5, check=False,
+        )  # fmt: skip
+    finally:
+        silent.close()
+    assert stop.returncode == 0, stop.stderr
+    assert "(killed)" in stop.stdout
+    assert not (tmp_path / "s.pid").exists()
+
+
+def test_stop_never_signals_a_process_that_reused_the_pid(tmp_path: Path) -> None:
+    """nbdkit and its supervisor SIGKILLed, the pid taken by an unrelated process: stop leaves
+    that process alone, says the pidfile is stale, and removes it and the stale socket."""
+    r = zramd_serve(tmp_path)
+    assert r.returncode == 0, r.stderr
+    pid = int((tmp_path / "s.pid").read_text())
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="nbdkit to die")
+    assert (tmp_path / "s.sock").exists()
+    bystander = subprocess.Popen(["sleep", "600"])
+    try:
+        wait_for(lambda: Path(f"/proc/{bystander.pid}/cmdline").read_bytes().startswith(b"sleep"),
+                 what="sleep to start")  # fmt: skip
+        (tmp_path / "s.pid").write_text(f"{bystander.pid}\n")  # the pid, reused
+        stop = zramd_stop(tmp_path / "s.pid", tmp_path / "s.sock")
+        assert stop.returncode == 1
+        assert (
+            f"no server: {tmp_path / 's.pid'} is stale (process {bystander.pid} is not a zramd "
+            "server (it runs sleep))"
+        ) in stop.stderr
+        assert f"removed pidfile {tmp_path / 's.pid'}, socket {tmp_path / 's.sock'}" in stop.stderr
+        assert bystander.poll() is None  # not signalled
+        assert not (tmp_path / "s.pid").exists()
+        assert not (tmp_path / "s.sock").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+        unmount_stale(tmp_path / "ctl")  # the next serve would; this test ends here
