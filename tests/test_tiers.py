@@ -6,13 +6,14 @@ import errno
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from zramd._types import BytesLike
 from zramd.backing import BackingError, FileStore, open_store
-from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice
+from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, WB_BATCH_MAX, ZramDevice
 from zramd.errors import (
     DeviceBusyError,
     InvalidValueError,
@@ -447,3 +448,44 @@ def test_a_block_device_as_backing_dev(tmp_path: Path, data: bytes) -> None:
         d.reset()  # closes the device, so the loop can go
     finally:
         subprocess.run(["losetup", "-d", loop], check=True)
+
+
+# -- the backing store: exclusive claims, cost of a big store, batch memory, a full filesystem ---
+
+
+def test_a_huge_writeback_batch_holds_a_bounded_number_of_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """writeback_batch_size keeps the kernel's range (up to 2**32 - 1), but one writeback holds
+    at most WB_BATCH_MAX decompressed pages at a time (it held the whole batch)."""
+    pages = 4 * WB_BATCH_MAX
+    data = b"".join(synthetic_pages(pages, seed=11))
+    d = ZramDevice()
+    d.set_backing_dev(backing_file(tmp_path, blocks=pages + 1))
+    d.set_disksize(pages * P)
+    d.write(0, data)
+    d.set_writeback_batch_size((1 << 32) - 1)
+    assert d.writeback_batch_size == (1 << 32) - 1
+    backing = d._state.backing  # type: ignore[union-attr]
+    assert backing is not None
+    held = [0, 0]  # now, peak: pages taken out of the pool and not yet written
+    take, write = d._take_picked, backing.write
+
+    def counting_take(st: object, index: int) -> tuple[int, int, bytes] | None:
+        taken = take(st, index)  # type: ignore[arg-type]
+        if taken is not None:
+            held[0] += 1
+            held[1] = max(held)
+        return taken
+
+    def counting_write(blocks: Sequence[int], batch: Sequence[BytesLike]) -> None:
+        write(blocks, batch)
+        held[0] -= len(batch)
+
+    monkeypatch.setattr(d, "_take_picked", counting_take)
+    monkeypatch.setattr(backing, "write", counting_write)
+    n = d.writeback([(0, 0, pages)])
+    assert n == d.bd_stat().bd_count > 2 * WB_BATCH_MAX
+    assert held == [0, WB_BATCH_MAX]
+    assert d.read(0, len(data)) == data
+    d.reset()

@@ -100,6 +100,9 @@ PP_INCOMPRESSIBLE = 1 << 2
 PP_BUCKET_SHIFT = 6  # post-processing buckets of 64 bytes of object size: biggest first
 
 WB_BATCH_DEFAULT = 32  # writeback_batch_size: pages in flight at once (7.0's default)
+#: pages one writeback holds decompressed at once, whatever writeback_batch_size says (1 MiB):
+#: the knob keeps the kernel's u32 range, the memory a batch holds stays bounded
+WB_BATCH_MAX = 256
 
 
 def same_fill(page: memoryview) -> int | None:
@@ -844,8 +847,9 @@ class ZramDevice:
         ``scans`` are (mode, lo, hi) in the order the kernel's parser issues them: slots
         [lo, hi) holding a pool object with every flag the mode asks for (PP_IDLE, PP_HUGE,
         PP_INCOMPRESSIBLE; 0 = any) are picked. Largest objects go first, in batches of
-        ``writeback_batch_size`` pages written at once. A page accessed or freed while its
-        batch is in flight stays in memory. Returns the pages written back.
+        ``writeback_batch_size`` pages (at most ``WB_BATCH_MAX``) written at once. A page
+        accessed or freed while its batch is in flight stays in memory. Returns the pages
+        written back.
 
         ENODEV without a backing device; EAGAIN while another writeback or recompression
         runs; EIO when the enabled ``writeback_limit`` runs out or the store fails; ENOSPC
@@ -880,9 +884,10 @@ class ZramDevice:
     def _writeback_slots(self, st: _State, backing: BackingDevice, picked: list[int]) -> int:
         written = 0
         error: ZramdError | None = None
-        for start in range(0, len(picked), self._wb_batch):
+        batch = min(self._wb_batch, WB_BATCH_MAX)
+        for start in range(0, len(picked), batch):
             jobs: list[tuple[int, int, int, int, bytes]] = []  # index, flags, handle, block, page
-            for index in picked[start : start + self._wb_batch]:
+            for index in picked[start : start + batch]:
                 if not self._wb_budget(1):
                     error = ZramdError("writeback: writeback_limit is used up")
                     break
