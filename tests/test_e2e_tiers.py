@@ -3,16 +3,20 @@ background compaction, driven through the control directory and the CLI of a rea
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
 import nbd
 import pytest
 from click.testing import CliRunner
+from reliability.relkit import wait_for
 
 from zramd.cli import main
+from zramd.device import ZramDevice
 from zramd.testing import synthetic_pages
 
 from servers import serve
@@ -146,3 +150,86 @@ def test_cli_writeback_recompress_and_auto_compaction(tmp_path: Path) -> None:
             expect[i * P : (i + 1) * P] = bytes(P)
         assert h.pread(len(data), 0) == expect
         h.shutdown()
+
+
+# -- an NBD backing server that goes away: restarted, stopped, full; the largest export ------
+
+
+class BackingServer:
+    """nbdkit serving ``plugin`` on a Unix socket in ``tmp``; it can be killed, started again
+    on the same socket, stopped (SIGSTOP) and continued."""
+
+    def __init__(self, tmp: Path, *plugin: str) -> None:
+        self.sock = tmp / "backing.sock"
+        self.pidfile = tmp / "backing.pid"
+        self.log = tmp / "backing.log"
+        self.plugin = plugin
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"nbd+unix:///?socket={self.sock}"
+
+    def start(self) -> None:
+        self.pidfile.unlink(missing_ok=True)
+        self.sock.unlink(missing_ok=True)  # left behind by a SIGKILL
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen(
+                ["nbdkit", "-f", "-U", str(self.sock), "-P", str(self.pidfile), *self.plugin],
+                stderr=log,
+            )
+        self.proc = proc
+        wait_for(lambda: self.pidfile.exists() or proc.poll() is not None, what="nbdkit")
+        assert proc.poll() is None, self.log.read_text()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(20)
+        self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.signal(signal.SIGCONT)
+            self.kill()
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[BackingServer]:
+    """nbdkit's file plugin on a 16 MiB file: its data outlives the server process."""
+    image = tmp_path / "backing.img"
+    with open(image, "wb") as f:
+        f.truncate(16 * MiB)
+    srv = BackingServer(tmp_path, "file", str(image))
+    srv.start()
+    yield srv
+    srv.close()
+
+
+def test_the_largest_nbd_export_attaches(tmp_path: Path) -> None:
+    """An export of 2**63 - 1 bytes (nbdkit's largest) attaches at no cost and holds pages
+    (its block map took one byte per block and failed with a MemoryError traceback)."""
+    srv = BackingServer(tmp_path, "memory", str((1 << 63) - 1))
+    srv.start()
+    try:
+        d = ZramDevice()
+        tracemalloc.start()
+        try:
+            d.set_backing_dev(srv.uri)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20, peak
+        data = b"".join(synthetic_pages(64, seed=6))
+        d.set_disksize(len(data))
+        d.write(0, data)
+        n = d.writeback([(0, 0, 64)])
+        assert n > 0
+        assert d.read(0, len(data)) == data
+        d.reset()
+    finally:
+        srv.close()

@@ -6,13 +6,14 @@ import errno
 import os
 import subprocess
 import threading
+import tracemalloc
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from zramd._types import BytesLike
-from zramd.backing import BackingError, FileStore, open_store
+from zramd.backing import BackingDevice, BackingError, FileStore, open_store
 from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, WB_BATCH_MAX, ZramDevice
 from zramd.errors import (
     DeviceBusyError,
@@ -451,6 +452,74 @@ def test_a_block_device_as_backing_dev(tmp_path: Path, data: bytes) -> None:
 
 
 # -- the backing store: exclusive claims, cost of a big store, batch memory, a full filesystem ---
+
+
+def test_attaching_a_huge_sparse_file_costs_nothing(tmp_path: Path, data: bytes) -> None:
+    """The block map grows with the blocks in use, not with the store: a 1 TiB file costs
+    nothing to attach (it cost 256 MiB, one byte per block)."""
+    path = tmp_path / "huge.img"
+    try:
+        with open(path, "wb") as f:
+            f.truncate(1 << 40)
+    except OSError as e:
+        pytest.skip(f"no 1 TiB sparse file here: {e.strerror}")
+    d = ZramDevice()
+    tracemalloc.start()
+    try:
+        d.set_backing_dev(str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 10, peak
+    d.set_disksize(PAGES * P)
+    d.write(0, data)
+    n = d.writeback([(0, 0, PAGES)])
+    backing = d._state.backing  # type: ignore[union-attr]
+    assert backing is not None
+    assert backing.nr_blocks == 1 << 28
+    assert backing.map_bytes() == n + 1  # lowest blocks first: the map covers just those
+    assert d.read(0, len(data)) == data
+    d.reset()
+
+
+class HugeStore:
+    """A store of 2**63 - 1 bytes (the largest a file or an NBD export can be) that keeps
+    what is written in a dict."""
+
+    name = "huge"
+    nr_blocks = ((1 << 63) - 1) >> 12
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, bytes] = {}
+
+    def write_blocks(self, blocks: Sequence[int], pages: Sequence[BytesLike]) -> None:
+        self.blocks.update(zip(blocks, map(bytes, pages), strict=True))
+
+    def read_blocks(self, blocks: Sequence[int]) -> list[bytes]:
+        return [self.blocks[b] for b in blocks]
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_block_map_of_the_largest_store() -> None:
+    bd = BackingDevice(HugeStore())
+    assert bd.map_bytes() == 1
+    blocks = [bd.alloc() for _ in range(5)]
+    assert blocks == [1, 2, 3, 4, 5]  # lowest first, as alloc_block_bdev
+    bd.free([2, 4])
+    assert bd.alloc() == 2
+    assert bd.alloc() == 4
+    assert bd.alloc() == 6
+    assert (bd.count, bd.map_bytes()) == (6, 7)
+    with pytest.raises(BackingError, match="freed twice"):
+        bd.free([7])
+    with pytest.raises(BackingError, match="freed twice"):
+        bd.free([0])
+    bd.free([1, 2, 3, 4, 5, 6])
+    assert bd.count == 0
+    with pytest.raises(BackingError, match="freed twice"):
+        bd.free([3])
 
 
 def test_a_huge_writeback_batch_holds_a_bounded_number_of_pages(

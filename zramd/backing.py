@@ -9,7 +9,7 @@ The kernel's zram writes idle or incompressible pages to a block device
   (python3-libnbd) is imported only when such a URI is given.
 
 A store is an array of 4 KiB blocks. ``BackingDevice`` adds what zram keeps beside it: the
-bitmap of blocks in use (block 0 is never handed out, as in the kernel, so a block index is never
+map of blocks in use (block 0 is never handed out, as in the kernel, so a block index is never
 0) and the ``bd_stat`` counters. Writes come in batches (``writeback_batch_size`` pages): the
 file store issues them back to back, the NBD store keeps them all in flight at once.
 """
@@ -240,15 +240,21 @@ def open_store(spec: str) -> BackingStore:
 
 
 class BackingDevice:
-    """A store plus zram's block bitmap and ``bd_stat`` counters. Thread-safe (one leaf lock
-    for the bitmap and counters; the store does its own locking)."""
+    """A store plus zram's block map and ``bd_stat`` counters. Thread-safe (one leaf lock
+    for the map and counters; the store does its own locking).
+
+    Blocks are handed out lowest first, as the kernel's ``alloc_block_bdev`` does, so the
+    highest block in use never exceeds the most blocks in use at once: at most one per page
+    of the device. The map (one byte per block) therefore covers only blocks up to the
+    highest ever used and grows on demand; attaching costs nothing whatever the store's
+    size, and a store of any size a file or an NBD export can have (2**63 - 1 bytes) is
+    accepted."""
 
     def __init__(self, store: BackingStore) -> None:
         self.store = store
         self.nr_blocks = store.nr_blocks
-        self._used = bytearray(self.nr_blocks)
-        self._used[0] = 1  # block 0 is never handed out (zram keeps handle 0 for "none")
-        self._cursor = 1
+        self._used = bytearray(b"\x01")  # block 0 is never handed out (handle 0 means "none")
+        self._lowest = 1  # every block below this one is in use
         self._lock = threading.Lock()
         self.count = 0  #: blocks in use (bd_stat bd_count)
         self.reads = 0  #: blocks read since init (bd_reads)
@@ -258,19 +264,25 @@ class BackingDevice:
     def name(self) -> str:
         return self.store.name
 
+    def map_bytes(self) -> int:
+        """Bytes the block map holds now (tests and statistics)."""
+        return len(self._used)
+
     def alloc(self) -> int:
-        """A free block (``alloc_block_bdev``); BackingFullError when none is left."""
+        """The lowest free block (``alloc_block_bdev``); BackingFullError when none is left."""
         with self._lock:
             used = self._used
-            i = used.find(0, self._cursor)
+            i = used.find(0, self._lowest)  # memchr from the first block that may be free
             if i < 0:
-                i = used.find(0, 1)
-                if i < 0:
+                i = len(used)  # every mapped block is in use: map one more
+                if i >= self.nr_blocks:
                     raise BackingFullError(
                         f"backing_dev {self.name}: all {self.nr_blocks - 1} blocks are in use"
                     )
-            used[i] = 1
-            self._cursor = i + 1
+                used.append(1)
+            else:
+                used[i] = 1
+            self._lowest = i + 1
             self.count += 1
             return i
 
@@ -280,10 +292,13 @@ class BackingDevice:
             return
         with self._lock:
             used = self._used
+            lowest = self._lowest
             for b in blocks:
-                if not used[b]:
+                if not 0 < b < len(used) or not used[b]:
                     raise BackingError(f"backing block {b} freed twice")
                 used[b] = 0
+                lowest = min(lowest, b)
+            self._lowest = lowest
             self.count -= len(blocks)
 
     def write(self, blocks: Sequence[int], pages: Sequence[BytesLike]) -> None:
