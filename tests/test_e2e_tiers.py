@@ -3,6 +3,7 @@ background compaction, driven through the control directory and the CLI of a rea
 
 from __future__ import annotations
 
+import errno
 import signal
 import subprocess
 import time
@@ -17,6 +18,7 @@ from reliability.relkit import wait_for
 
 from zramd.cli import main
 from zramd.device import ZramDevice
+from zramd.errors import ZramdError
 from zramd.testing import synthetic_pages
 
 from servers import serve
@@ -208,6 +210,28 @@ def file_server(tmp_path: Path) -> Iterator[BackingServer]:
     srv.start()
     yield srv
     srv.close()
+
+
+def test_an_nbd_store_that_is_full_is_enospc(tmp_path: Path) -> None:
+    """The backing server answers ENOSPC to writes: writeback says ENOSPC, not EIO."""
+    srv = BackingServer(
+        tmp_path, "--filter=error", "memory", "16M", "error-pwrite=ENOSPC", "error-pwrite-rate=1"
+    )
+    srv.start()
+    try:
+        data = b"".join(synthetic_pages(64, seed=2))
+        d = ZramDevice()
+        d.set_backing_dev(srv.uri)
+        d.set_disksize(len(data))
+        d.write(0, data)
+        with pytest.raises(ZramdError) as e:
+            d.writeback([(0, 0, 64)])
+        assert e.value.errno == errno.ENOSPC
+        assert d.bd_stat().bd_count == 0
+        assert d.read(0, len(data)) == data
+        d.reset()
+    finally:
+        srv.close()
 
 
 def test_the_largest_nbd_export_attaches(tmp_path: Path) -> None:

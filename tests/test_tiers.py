@@ -558,3 +558,44 @@ def test_a_huge_writeback_batch_holds_a_bounded_number_of_pages(
     assert held == [0, WB_BATCH_MAX]
     assert d.read(0, len(data)) == data
     d.reset()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs mounted in tmp_path (root needed)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "zramd-test", str(mnt)], check=False
+    )
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_writeback_to_a_full_filesystem_is_enospc(small_fs: Path, data: bytes) -> None:
+    """A sparse backing file bigger than its filesystem: writeback fails with ENOSPC (as
+    docs/control-abi.md promises for a full backing device), not EIO, and loses nothing."""
+    path = small_fs / "backing.img"
+    with open(path, "wb") as f:
+        f.truncate(4 << 20)  # 1024 blocks, where 16 fit
+    d = ZramDevice()
+    d.set_backing_dev(str(path))
+    try:
+        d.set_disksize(PAGES * P)
+        d.write(0, data)
+        d.set_writeback_batch_size(4)
+        with pytest.raises(ZramdError) as e:
+            d.writeback([(0, 0, PAGES)])
+        assert e.value.errno == errno.ENOSPC
+        assert "No space left on device" in str(e.value)
+        written = d.bd_stat().bd_count
+        assert 0 < written <= 16  # the batches that fit stay written back
+        assert d.read(0, len(data)) == data
+    finally:
+        d.reset()  # closes the file, so the filesystem can go

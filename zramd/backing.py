@@ -86,6 +86,12 @@ def _check_size(size: int, name: str) -> int:
     return size
 
 
+def _write_errno(e: OSError) -> int:
+    """The errno a failed store write reports: ENOSPC when the store has no room (a full
+    filesystem or quota, as the kernel answers for a full backing device), else EIO."""
+    return errno.ENOSPC if e.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
+
+
 class FileStore:
     """A regular file or a block device, opened read-write, addressed in 4 KiB blocks."""
 
@@ -118,7 +124,9 @@ class FileStore:
                 if os.pwrite(fd, page, block << PAGE_SHIFT) != PAGE_SIZE:
                     raise BackingError(f"backing_dev {self._path}: short write at block {block}")
         except OSError as e:
-            raise BackingError(f"backing_dev {self._path}: write failed: {e.strerror}") from None
+            raise BackingError(
+                f"backing_dev {self._path}: write failed: {e.strerror}", _write_errno(e)
+            ) from None
 
     def read_blocks(self, blocks: Sequence[int]) -> list[bytes]:
         fd = self._fd
@@ -177,20 +185,21 @@ class NbdStore:
         """Wait for the aio commands ``submit`` (cookies) to complete; raise on any error."""
         h = self._h
         pending = set(submit)
-        failed = ""
+        failed = None
         while pending:
             for cookie in list(pending):
                 try:
                     done = h.aio_command_completed(cookie)
                 except self._nbd.Error as e:
-                    failed = e.string
+                    failed = failed or e
                     done = True
                 if done:
                     pending.discard(cookie)
             if pending:
                 h.poll(-1)
-        if failed:
-            raise BackingError(f"backing_dev {self._uri}: {failed}")
+        if failed is not None:  # ENOSPC: the server has no room left, as a full device
+            code = errno.ENOSPC if failed.errnum == errno.ENOSPC else errno.EIO
+            raise BackingError(f"backing_dev {self._uri}: {failed.string}", code)
 
     def write_blocks(self, blocks: Sequence[int], pages: Sequence[BytesLike]) -> None:
         nbd = self._nbd

@@ -853,9 +853,10 @@ class ZramDevice:
 
         ENODEV without a backing device; EAGAIN while another writeback or recompression
         runs; EIO when the enabled ``writeback_limit`` runs out or the store fails; ENOSPC
-        when it is full. On an error, what was written back before it stays written back.
-        ``scans`` may be a function of the device's page count (the control file's parser),
-        called after those checks, as the kernel parses after them.
+        when it is full (no free block, or no room left on the file's filesystem). On an
+        error, what was written back before it stays written back. ``scans`` may be a
+        function of the device's page count (the control file's parser), called after those
+        checks, as the kernel parses after them.
         """
         with self._post_processing("writeback") as st:
             backing = st.backing
