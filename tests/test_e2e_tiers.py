@@ -257,3 +257,19 @@ def test_the_largest_nbd_export_attaches(tmp_path: Path) -> None:
         d.reset()
     finally:
         srv.close()
+
+
+def test_a_backing_file_in_use_by_another_server_is_refused(tmp_path: Path) -> None:
+    """Two servers on one backing file read each other's pages: the second one is refused."""
+    image = tmp_path / "shared.img"
+    with open(image, "wb") as f:
+        f.truncate(16 * MiB)
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    with serve(tmp_path / "a", f"backing_dev={image}", "size=8M"), serve(tmp_path / "b") as other:
+        r = other.echo(str(image), "backing_dev")
+        assert r.returncode != 0
+        assert "Device or resource busy" in r.stderr
+        assert other.attr("backing_dev") == "none\n"
+    with serve(tmp_path / "c") as srv:  # the first server is gone: the file is free
+        assert srv.echo(str(image), "backing_dev").returncode == 0

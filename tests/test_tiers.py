@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 import threading
 import tracemalloc
 from collections.abc import Iterator, Sequence
@@ -452,6 +453,142 @@ def test_a_block_device_as_backing_dev(tmp_path: Path, data: bytes) -> None:
 
 
 # -- the backing store: exclusive claims, cost of a big store, batch memory, a full filesystem ---
+
+
+def test_a_backing_file_is_claimed_by_one_device(tmp_path: Path, data: bytes) -> None:
+    """As the kernel opens its backing device exclusively: a second device (of the same
+    process) is refused with EBUSY naming the file, until the first one lets go."""
+    path = backing_file(tmp_path)
+    first, second = ZramDevice(), ZramDevice()
+    first.set_backing_dev(path)
+    with pytest.raises(BackingError) as e:
+        second.set_backing_dev(path)
+    assert e.value.errno == errno.EBUSY
+    assert path in str(e.value)
+    assert second.backing_dev is None
+    via_link = tmp_path / "link"
+    via_link.symlink_to(path)  # another name for the same file
+    with pytest.raises(BackingError) as e:
+        second.set_backing_dev(str(via_link))
+    assert e.value.errno == errno.EBUSY
+    # the holder may set its file again (the kernel lets a holder claim again) and keeps it
+    first.set_backing_dev(path)
+    first.set_backing_dev(str(via_link))
+    with pytest.raises(BackingError):
+        second.set_backing_dev(path)
+    first.set_disksize(PAGES * P)
+    first.write(0, data)
+    assert first.writeback([(0, 0, PAGES)]) > 0
+    assert first.read(0, len(data)) == data
+    first.reset()  # releases the file
+    second.set_backing_dev(path)
+    second.set_backing_dev("none")  # so does detaching
+    first.set_backing_dev(path)
+    first.reset()
+
+
+def test_open_store_claims_a_file_until_closed(tmp_path: Path) -> None:
+    path = backing_file(tmp_path, 4)
+    store = open_store(path)
+    with pytest.raises(BackingError) as e:
+        open_store(path)
+    assert e.value.errno == errno.EBUSY
+    store.close()
+    open_store(path).close()
+
+
+HOLD_STORE = """
+import sys
+from zramd.backing import open_store
+store = open_store(sys.argv[1])
+print("holding", flush=True)
+sys.stdin.read()
+store.close()
+"""
+
+
+def test_a_backing_file_is_claimed_across_processes(tmp_path: Path) -> None:
+    """Two servers on one backing file would read each other's pages: the second is refused."""
+    path = backing_file(tmp_path, 4)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STORE, path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "holding\n"
+        d = ZramDevice()
+        with pytest.raises(BackingError) as e:
+            d.set_backing_dev(path)
+        assert e.value.errno == errno.EBUSY
+        assert "in use" in str(e.value)
+    finally:
+        holder.communicate("", timeout=30)
+    assert holder.returncode == 0
+    d.set_backing_dev(path)  # the other process let go
+    d.set_backing_dev("none")
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[str]:
+    """A loop device over a 16 MiB file in tmp_path (root and free loop devices needed)."""
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    image = backing_file(tmp_path, blocks=4096)
+    r = subprocess.run(
+        ["losetup", "--find", "--show", image], capture_output=True, text=True, check=False
+    )
+    if r.returncode != 0:
+        pytest.skip(f"no loop device: {r.stderr.strip()}")
+    loop = r.stdout.strip()
+    try:
+        yield loop
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+
+def test_a_mounted_block_device_is_refused(loop_device: str, tmp_path: Path, data: bytes) -> None:
+    """A loop device holding a mounted ext4 is in use: EBUSY, and the filesystem untouched."""
+    subprocess.run(["mkfs.ext4", "-q", "-F", loop_device], check=True, capture_output=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", loop_device, str(mnt)], check=True)
+    try:
+        (mnt / "kept").write_bytes(b"precious")
+        d = ZramDevice()
+        with pytest.raises(BackingError) as e:
+            d.set_backing_dev(loop_device)
+        assert e.value.errno == errno.EBUSY
+        assert loop_device in str(e.value)
+        assert d.backing_dev is None
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    fsck = subprocess.run(
+        ["e2fsck", "-f", "-n", loop_device], capture_output=True, text=True, check=False
+    )
+    assert fsck.returncode == 0, fsck.stdout
+    d.set_backing_dev(loop_device)  # unmounted: free to use
+    d.set_backing_dev("none")
+
+
+def test_a_block_device_is_claimed_by_one_device(loop_device: str, data: bytes) -> None:
+    first, second = ZramDevice(), ZramDevice()
+    first.set_backing_dev(loop_device)
+    with pytest.raises(BackingError) as e:
+        second.set_backing_dev(loop_device)
+    assert e.value.errno == errno.EBUSY
+    r = subprocess.run(
+        ["mkfs.ext4", "-q", "-F", loop_device], capture_output=True, text=True, check=False
+    )
+    assert r.returncode != 0  # mkfs opens exclusively too: it is refused while zramd holds it
+    first.set_backing_dev(loop_device)  # the holder may set it again
+    first.set_disksize(PAGES * P)
+    first.write(0, data)
+    assert first.writeback([(0, 0, PAGES)]) > 0
+    assert first.read(0, len(data)) == data
+    first.reset()
+    second.set_backing_dev(loop_device)
+    second.reset()
 
 
 def test_attaching_a_huge_sparse_file_costs_nothing(tmp_path: Path, data: bytes) -> None:

@@ -8,6 +8,13 @@ The kernel's zram writes idle or incompressible pages to a block device
   NBD server, local or remote, through libnbd. This is the one edge in this module: ``nbd``
   (python3-libnbd) is imported only when such a URI is given.
 
+A store is used by one device only, as the kernel claims its backing device exclusively
+(``FMODE_EXCL``/``BLK_OPEN_EXCL`` with the zram device as holder): a block device is opened with
+``O_EXCL`` (EBUSY if it is mounted or claimed by anyone else), a regular file takes an
+exclusive open-file-description lock (``F_OFD_SETLK``). Setting the same file again on the
+device that holds it shares the claim, as the kernel lets a holder claim again. An NBD export
+cannot be claimed: the server may serve it to others, and zramd cannot know (docs/reliability.md).
+
 A store is an array of 4 KiB blocks. ``BackingDevice`` adds what zram keeps beside it: the
 map of blocks in use (block 0 is never handed out, as in the kernel, so a block index is never
 0) and the ``bd_stat`` counters. Writes come in batches (``writeback_batch_size`` pages): the
@@ -18,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
+import struct
 import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -29,6 +38,11 @@ from zramd.errors import ZramdError
 from zramd.size_class import PAGE_SHIFT, PAGE_SIZE
 
 NBD_SCHEMES = ("nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://")
+
+# struct flock for F_OFD_SETLK: a write lock on the whole file (l_len 0), l_pid 0 as OFD
+# locks require. Native packing follows the C layout (off_t is 64-bit in CPython builds); the
+# tail pads it to the struct's 8-byte alignment, so the kernel reads no stray bytes.
+_WRITE_LOCK_WHOLE_FILE = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
 
 
 class BackingError(ZramdError):
@@ -86,6 +100,58 @@ def _check_size(size: int, name: str) -> int:
     return size
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What a claim is on: a block device's number (whatever node names it), else the inode."""
+    if stat.S_ISBLK(st.st_mode):
+        return (0, st.st_rdev)
+    return (1, st.st_dev, st.st_ino)
+
+
+def _is_block_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False  # the open that follows reports it
+
+
+def _open_rw(path: str, exclusive: bool) -> int:
+    # O_EXCL without O_CREAT claims a block device exclusively (the kernel's FMODE_EXCL, with
+    # this open file as holder): EBUSY while it is mounted or claimed by another opener.
+    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_EXCL if exclusive else 0)
+    try:
+        return os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise BackingError(
+                f"backing_dev {path}: in use (mounted, or opened exclusively elsewhere)",
+                errno.EBUSY,
+            ) from None
+        raise BackingError(f"backing_dev {path}: {e.strerror}", e.errno or errno.EIO) from None
+
+
+def _lock_file(fd: int, path: str) -> None:
+    """Take an exclusive OFD lock on a regular file, without waiting; EBUSY if it is held.
+
+    An OFD lock belongs to the open file description, not to the process as a classic fcntl
+    lock does: a second open of the file conflicts even in the same process (two devices of one
+    server), closing another descriptor of the file does not drop it, and it is released when
+    the store closes. Unlike flock, it is a byte-range lock, so it is also enforced over NFS
+    (where flock is emulated with process-owned locks) and conflicts with the locks of programs
+    that use fcntl, such as qemu's image locking."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _WRITE_LOCK_WHOLE_FILE)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise BackingError(
+                f"backing_dev {path}: in use (locked by another zramd device or program)",
+                errno.EBUSY,
+            ) from None
+        raise BackingError(
+            f"backing_dev {path}: cannot be locked for exclusive use: {e.strerror}",
+            e.errno or errno.EIO,
+        ) from None
+
+
 def _write_errno(e: OSError) -> int:
     """The errno a failed store write reports: ENOSPC when the store has no room (a full
     filesystem or quota, as the kernel answers for a full backing device), else EIO."""
@@ -93,21 +159,56 @@ def _write_errno(e: OSError) -> int:
 
 
 class FileStore:
-    """A regular file or a block device, opened read-write, addressed in 4 KiB blocks."""
+    """A regular file or a block device, opened read-write and claimed exclusively, addressed
+    in 4 KiB blocks.
 
-    def __init__(self, path: str) -> None:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise BackingError(f"backing_dev {path}: {e.strerror}", e.errno or errno.EIO) from None
+    ``reuse``: the store the same device holds now. If ``path`` names the same file (or block
+    device), the new store shares its claim instead of being refused, as the kernel lets a
+    holder claim a device again. EBUSY if anything else holds the file."""
+
+    def __init__(self, path: str, reuse: BackingStore | None = None) -> None:
+        fd = reuse.share(path) if isinstance(reuse, FileStore) else -1
+        if fd < 0:
+            fd = self._open_claimed(path)
         try:
             size = _file_size(fd, path)
+            identity = _identity(os.fstat(fd))
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
+        self._fd_lock = threading.Lock()  # guards _fd against close() while share() dups it
         self._path = path
+        self._id = identity
         self._blocks = _check_size(size, path) >> PAGE_SHIFT
+
+    @staticmethod
+    def _open_claimed(path: str) -> int:
+        blk = _is_block_device(path)
+        fd = _open_rw(path, exclusive=blk)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISBLK(mode) and not blk:  # replaced by a block device since the stat
+                os.close(fd)
+                fd = _open_rw(path, exclusive=True)
+            elif stat.S_ISREG(mode):
+                _lock_file(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def share(self, path: str) -> int:
+        """A new descriptor sharing this store's claim if ``path`` names the same file, else
+        -1. Closing either descriptor keeps the claim while the other is open."""
+        try:
+            identity = _identity(os.stat(path))
+        except (OSError, ValueError):
+            return -1
+        with self._fd_lock:
+            if self._fd < 0 or identity != self._id:
+                return -1
+            return os.dup(self._fd)
 
     @property
     def name(self) -> str:
@@ -142,9 +243,11 @@ class FileStore:
         return out
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Close the file; its claim (lock or exclusive open) goes with the last descriptor."""
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class NbdStore:
@@ -237,15 +340,17 @@ class NbdStore:
             self._h = None  # libnbd closes the handle with its last reference
 
 
-def open_store(spec: str) -> BackingStore:
-    """A file path or an NBD URI; BackingError with the kernel's errno if it can't be used."""
+def open_store(spec: str, reuse: BackingStore | None = None) -> BackingStore:
+    """A file path or an NBD URI; BackingError with the kernel's errno if it can't be used
+    (EBUSY when another device or program holds the file). ``reuse``: the store the same
+    device holds now (see FileStore)."""
     if "\0" in spec:  # os.open and libnbd would raise ValueError, not an errno
         raise BackingError(f"backing_dev {spec!r}: contains a NUL byte", errno.EINVAL)
     if spec.startswith(NBD_SCHEMES):
         return NbdStore(spec)
     if not spec:
         raise BackingError("backing_dev: empty path", errno.EINVAL)
-    return FileStore(spec)
+    return FileStore(spec, reuse)
 
 
 class BackingDevice:

@@ -624,11 +624,15 @@ class ZramDevice:
 
     def set_backing_dev(self, spec: str) -> None:
         """``backing_dev``: a file (regular or block device) or an NBD URI to write cold pages
-        to; ``none`` detaches. EBUSY after init; open errors carry their errno (ENOENT, ...)."""
+        to; ``none`` detaches. EBUSY after init, or when another device or program holds the
+        file (the store is claimed exclusively; this device may set its own file again); open
+        errors carry their errno (ENOENT, ...)."""
         if self._state is not None:  # checked first, as the kernel does, before opening
             raise DeviceBusyError("backing_dev: device already initialised")
         # opened outside the lifecycle lock: connecting to an NBD server may take a while
-        new = None if spec == "none" else BackingDevice(open_store(spec))
+        held = self._backing  # the same file again shares its claim, as a kernel holder may
+        reuse = held.store if held is not None else None
+        new = None if spec == "none" else BackingDevice(open_store(spec, reuse))
         with self._lock:
             busy = self._state is not None  # disksize won a race with us
             if not busy:
