@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import signal
 import subprocess
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from reliability.relkit import wait_for
 
+from zramd import backing
 from zramd.cli import main
 from zramd.device import ZramDevice
 from zramd.errors import ZramdError
@@ -210,6 +212,84 @@ def file_server(tmp_path: Path) -> Iterator[BackingServer]:
     srv.start()
     yield srv
     srv.close()
+
+
+def test_reads_survive_a_restarted_backing_server(file_server: BackingServer) -> None:
+    """The backing server restarts with the same data: written-back pages read back (they
+    were EIO forever), through a new connection made by the first read that needs it."""
+    data = b"".join(synthetic_pages(256, seed=3))
+    d = ZramDevice()
+    d.set_backing_dev(file_server.uri)
+    d.set_disksize(len(data))
+    d.write(0, data)
+    written = d.writeback([(0, 0, 256)])
+    assert written > 200
+    file_server.kill()
+    file_server.start()
+    assert d.read(0, len(data)) == data
+    d.write(0, data[: 8 * P])  # and writeback goes on over the new connection
+    assert d.writeback([(0, 0, 8)]) > 0
+    file_server.kill()
+    with pytest.raises(ZramdError) as e:  # no server: EIO after a few attempts, not a hang
+        d.read(0, P)
+    assert e.value.errno == errno.EIO
+    assert "connection lost" in str(e.value)
+    file_server.start()
+    assert d.read(0, len(data)) == data
+    assert d.bd_stat().bd_reads >= 2 * written
+    d.reset()
+
+
+def test_a_stopped_backing_server_fails_reads_in_bounded_time(
+    file_server: BackingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped server answers nothing. The read of a written-back page gives up after
+    NBD_TIMEOUT with EIO, and the other pages of its stripe, which wait for the stripe lock it
+    holds, are served then; once the server runs again, so is that page."""
+    monkeypatch.setattr(backing, "NBD_TIMEOUT", 1.0)
+    data = b"".join(synthetic_pages(32, seed=8))  # one stripe
+    d = ZramDevice()
+    d.set_backing_dev(file_server.uri)
+    d.set_disksize(len(data))
+    d.write(0, data)
+    assert d.writeback([(0, 0, 1)]) == 1
+    results: dict[int, bytes | ZramdError] = {}
+
+    def read(page: int) -> None:
+        try:
+            results[page] = d.read(page * P, P)
+        except ZramdError as e:
+            results[page] = e
+
+    file_server.signal(signal.SIGSTOP)
+    try:
+        store = d._state.backing.store  # type: ignore[union-attr]
+        written_back = threading.Thread(target=read, args=(0,))
+        written_back.start()
+        wait_for(store._lock.locked, what="the read of the written-back page")
+        neighbour = threading.Thread(target=read, args=(1,))
+        neighbour.start()
+        written_back.join(30)  # far beyond the bound: only a hang takes this long
+        neighbour.join(10)
+        assert not written_back.is_alive(), "the read hangs on a stopped backing server"
+        assert not neighbour.is_alive()
+    finally:
+        file_server.signal(signal.SIGCONT)
+    failed = results[0]
+    assert isinstance(failed, ZramdError)
+    assert failed.errno == errno.EIO
+    assert "no answer within 1 s" in str(failed)
+    assert results[1] == data[P : 2 * P]
+    assert d.read(0, len(data)) == data
+    file_server.signal(signal.SIGSTOP)  # a reset does not wait for a stopped server either
+    try:
+        reset = threading.Thread(target=d.reset)
+        reset.start()
+        reset.join(30)
+        assert not reset.is_alive(), "reset hangs on a stopped backing server"
+    finally:
+        file_server.signal(signal.SIGCONT)
+    assert d.backing_dev is None
 
 
 def test_an_nbd_store_that_is_full_is_enospc(tmp_path: Path) -> None:

@@ -15,10 +15,13 @@ exclusive open-file-description lock (``F_OFD_SETLK``). Setting the same file ag
 device that holds it shares the claim, as the kernel lets a holder claim again. An NBD export
 cannot be claimed: the server may serve it to others, and zramd cannot know (docs/reliability.md).
 
-A store is an array of 4 KiB blocks. ``BackingDevice`` adds what zram keeps beside it: the
-map of blocks in use (block 0 is never handed out, as in the kernel, so a block index is never
-0) and the ``bd_stat`` counters. Writes come in batches (``writeback_batch_size`` pages): the
-file store issues them back to back, the NBD store keeps them all in flight at once.
+An NBD store bounds every operation (``NBD_TIMEOUT``) and reconnects with back-off when the
+server goes away, so a restarted server serves the written-back pages again.
+
+A store is an array of 4 KiB blocks. ``BackingDevice`` adds what zram keeps beside it: the map
+of blocks in use (block 0 is never handed out, as in the kernel, so a block index is never 0)
+and the ``bd_stat`` counters. Writes come in batches: the file store issues them back to back,
+the NBD store keeps them all in flight at once.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import os
 import stat
 import struct
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from zramd._types import BytesLike
@@ -38,6 +42,19 @@ from zramd.errors import ZramdError
 from zramd.size_class import PAGE_SHIFT, PAGE_SIZE
 
 NBD_SCHEMES = ("nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://")
+
+#: Seconds one read or write of an NBD store may take in all, reconnects included; then EIO.
+#: Reads of written-back pages wait under their stripe lock, so this bounds what a stopped
+#: server costs the other pages of the stripe. Also bounds connecting at ``backing_dev``.
+NBD_TIMEOUT = 10.0
+#: Connection attempts one operation makes after the connection is lost (then EIO; the next
+#: operation tries again).
+NBD_CONNECT_ATTEMPTS = 6
+#: Seconds between the first two attempts; the wait doubles up to ``NBD_BACKOFF_MAX``.
+NBD_BACKOFF = 0.05
+NBD_BACKOFF_MAX = 1.0
+#: Seconds ``close`` waits for the server to acknowledge the disconnect.
+NBD_CLOSE_TIMEOUT = 1.0
 
 # struct flock for F_OFD_SETLK: a write lock on the whole file (l_len 0), l_pid 0 as OFD
 # locks require. Native packing follows the C layout (off_t is 64-bit in CPython builds); the
@@ -250,10 +267,34 @@ class FileStore:
                 self._fd = -1
 
 
-class NbdStore:
-    """An export of an NBD server, through libnbd. A batch of writes is in flight at once."""
+class _ConnectionLostError(Exception):
+    """The NBD connection is gone or could not be made; another attempt may succeed."""
 
-    def __init__(self, uri: str) -> None:
+
+class _NoAnswerError(Exception):
+    """The deadline passed with commands (or the handshake) unanswered."""
+
+
+def _poll_ms(deadline: float) -> int:
+    """Milliseconds left until ``deadline`` (at least 1); _NoAnswerError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _NoAnswerError
+    return int(left * 1000) + 1
+
+
+class NbdStore:
+    """An export of an NBD server, through libnbd. A batch of commands is in flight at once.
+
+    Every read or write ends within ``timeout`` seconds (``NBD_TIMEOUT``): the commands are
+    issued with libnbd's aio calls and the handle is polled against a deadline. When the
+    connection is lost (the server exited or restarted), the operation reconnects, up to
+    ``NBD_CONNECT_ATTEMPTS`` times with doubling waits, and issues its commands again; a
+    reconnected export must be writable and have the same size. A handle whose commands were
+    not answered in time is dropped, never reused, so a late reply cannot land in a later
+    request. Failures are BackingError: EIO, or ENOSPC when the server answers ENOSPC."""
+
+    def __init__(self, uri: str, timeout: float | None = None) -> None:
         try:
             import nbd  # noqa: PLC0415 - python3-libnbd, needed only for NBD URIs
         except ImportError:
@@ -263,18 +304,27 @@ class NbdStore:
             ) from None
         self._nbd: Any = nbd
         self._uri = uri
-        self._lock = threading.Lock()  # one request batch at a time on the handle
-        h = nbd.NBD()
+        self._timeout = NBD_TIMEOUT if timeout is None else timeout
+        self._lock = threading.Lock()  # one request batch (or reconnect) at a time
         try:
-            h.connect_uri(uri)
+            h = self._connect(time.monotonic() + self._timeout)
             read_only = h.is_read_only()
             size = int(h.get_size())
         except nbd.Error as e:  # the handle closes when its last reference goes
             raise BackingError(f"backing_dev {uri}: {e.string}", e.errnum or errno.EIO) from None
+        except _ConnectionLostError as e:
+            raise BackingError(f"backing_dev {uri}: {e}") from None
+        except _NoAnswerError:
+            raise BackingError(
+                f"backing_dev {uri}: the server did not answer within {self._timeout:g} s",
+                errno.ETIMEDOUT,
+            ) from None
         if read_only:
             raise BackingError(f"backing_dev {uri}: the export is read-only", errno.EROFS)
+        self._size = size
         self._blocks = _check_size(size, uri) >> PAGE_SHIFT
         self._h: Any = h
+        self._closed = False
 
     @property
     def name(self) -> str:
@@ -284,60 +334,134 @@ class NbdStore:
     def nr_blocks(self) -> int:
         return self._blocks
 
-    def _run(self, submit: list[Any]) -> None:
-        """Wait for the aio commands ``submit`` (cookies) to complete; raise on any error."""
-        h = self._h
-        pending = set(submit)
+    def _connect(self, deadline: float) -> Any:
+        """A handle connected to the URI and ready for commands. nbd.Error if libnbd refuses
+        or the handshake fails, _ConnectionLostError if the connection dies, _NoAnswerError at the
+        deadline."""
+        h = self._nbd.NBD()
+        h.aio_connect_uri(self._uri)
+        while not h.aio_is_ready():
+            if h.aio_is_dead() or h.aio_is_closed():
+                raise _ConnectionLostError("the connection closed during the handshake")
+            h.poll(_poll_ms(deadline))
+        return h
+
+    def _reconnect(self, deadline: float) -> Any:
+        """A new connection to the same export; _ConnectionLostError if it cannot be made."""
+        nbd = self._nbd
+        try:
+            h = self._connect(deadline)
+            read_only = h.is_read_only()
+            size = int(h.get_size())
+        except nbd.Error as e:
+            raise _ConnectionLostError(f"reconnecting: {e.string}") from None
+        if read_only or size != self._size:
+            raise _ConnectionLostError(
+                f"reconnecting: the export is now {'read-only' if read_only else 'writable'} "
+                f"with {size} bytes, not writable with {self._size}"
+            )
+        return h
+
+    def _wait(self, h: Any, cookies: list[int], deadline: float) -> None:
+        """Wait for the aio commands ``cookies``; raises the first command's nbd.Error, or
+        _NoAnswerError at the deadline."""
+        pending = cookies
         failed = None
-        while pending:
-            for cookie in list(pending):
+        while True:
+            still = []
+            for cookie in pending:
                 try:
-                    done = h.aio_command_completed(cookie)
+                    if not h.aio_command_completed(cookie):
+                        still.append(cookie)
                 except self._nbd.Error as e:
                     failed = failed or e
-                    done = True
-                if done:
-                    pending.discard(cookie)
-            if pending:
-                h.poll(-1)
-        if failed is not None:  # ENOSPC: the server has no room left, as a full device
-            code = errno.ENOSPC if failed.errnum == errno.ENOSPC else errno.EIO
-            raise BackingError(f"backing_dev {self._uri}: {failed.string}", code)
+            pending = still
+            if not pending:
+                break
+            h.poll(_poll_ms(deadline))
+        if failed is not None:
+            raise failed
+
+    def _run(self, what: str, submit: Callable[[Any], list[int]]) -> None:
+        """Issue ``submit(handle)``'s commands and wait for them, reconnecting as the class
+        says. Caller holds ``_lock``."""
+        nbd = self._nbd
+        if self._closed:
+            raise BackingError(f"backing_dev {self._uri}: {what} failed: the store is closed")
+        deadline = time.monotonic() + self._timeout
+        delay = NBD_BACKOFF
+        attempts = 0
+        while True:
+            h = self._h
+            try:
+                if h is None:
+                    attempts += 1
+                    h = self._h = self._reconnect(deadline)
+                self._wait(h, submit(h), deadline)
+            except _NoAnswerError:
+                self._h = None  # commands may still be in flight on it
+                raise BackingError(
+                    f"backing_dev {self._uri}: {what} failed: no answer within {self._timeout:g} s"
+                ) from None
+            except _ConnectionLostError as e:
+                reason = str(e)
+            except nbd.Error as e:
+                if not (h.aio_is_dead() or h.aio_is_closed()):  # the server answered an error
+                    code = errno.ENOSPC if e.errnum == errno.ENOSPC else errno.EIO
+                    raise BackingError(
+                        f"backing_dev {self._uri}: {what} failed: {e.string}", code
+                    ) from None
+                reason = e.string
+            else:
+                return
+            self._h = None  # lost: try again on a new connection
+            late = attempts and time.monotonic() + delay >= deadline
+            if attempts >= NBD_CONNECT_ATTEMPTS or late:
+                raise BackingError(
+                    f"backing_dev {self._uri}: {what} failed: connection lost ({reason}); "
+                    f"{attempts} reconnects failed"
+                )
+            if attempts:
+                time.sleep(delay)
+                delay = min(2 * delay, NBD_BACKOFF_MAX)
 
     def write_blocks(self, blocks: Sequence[int], pages: Sequence[BytesLike]) -> None:
         nbd = self._nbd
         with self._lock:
             bufs = [nbd.Buffer.from_buffer(bytes(page)) for page in pages]  # alive until done
-            try:
-                cookies = [
-                    self._h.aio_pwrite(buf, b << PAGE_SHIFT)
-                    for buf, b in zip(bufs, blocks, strict=True)
-                ]
-                self._run(cookies)
-            except nbd.Error as e:
-                raise BackingError(f"backing_dev {self._uri}: write failed: {e.string}") from None
+            self._run(
+                "write",
+                lambda h: [
+                    h.aio_pwrite(buf, b << PAGE_SHIFT) for buf, b in zip(bufs, blocks, strict=True)
+                ],
+            )
 
     def read_blocks(self, blocks: Sequence[int]) -> list[bytes]:
         nbd = self._nbd
         with self._lock:
-            try:
-                bufs = [nbd.Buffer(PAGE_SIZE) for _ in blocks]
-                cookies = [
-                    self._h.aio_pread(buf, b << PAGE_SHIFT)
-                    for buf, b in zip(bufs, blocks, strict=True)
-                ]
-                self._run(cookies)
-            except nbd.Error as e:
-                raise BackingError(f"backing_dev {self._uri}: read failed: {e.string}") from None
+            bufs = [nbd.Buffer(PAGE_SIZE) for _ in blocks]
+            self._run(
+                "read",
+                lambda h: [
+                    h.aio_pread(buf, b << PAGE_SHIFT) for buf, b in zip(bufs, blocks, strict=True)
+                ],
+            )
             return [bytes(buf.to_buffer()) for buf in bufs]
 
     def close(self) -> None:
+        """Disconnect, waiting at most ``NBD_CLOSE_TIMEOUT`` for the server (a stopped server
+        must not hang a reset)."""
         with self._lock:
-            if self._h is None:
+            self._closed = True
+            h, self._h = self._h, None
+            if h is None:
                 return
-            with contextlib.suppress(self._nbd.Error):  # the server may be gone already
-                self._h.shutdown()
-            self._h = None  # libnbd closes the handle with its last reference
+            deadline = time.monotonic() + min(NBD_CLOSE_TIMEOUT, self._timeout)
+            with contextlib.suppress(self._nbd.Error, _NoAnswerError):  # the server may be gone
+                h.aio_disconnect(0)
+                while not (h.aio_is_closed() or h.aio_is_dead()):
+                    h.poll(_poll_ms(deadline))
+            # libnbd closes the handle with its last reference
 
 
 def open_store(spec: str, reuse: BackingStore | None = None) -> BackingStore:
