@@ -273,6 +273,9 @@ def test_a_stopped_backing_server_fails_reads_in_bounded_time(
         neighbour.join(10)
         assert not written_back.is_alive(), "the read hangs on a stopped backing server"
         assert not neighbour.is_alive()
+        with pytest.raises(ZramdError) as e:  # attaching waits no longer than that either
+            ZramDevice().set_backing_dev(file_server.uri)
+        assert e.value.errno == errno.ETIMEDOUT
     finally:
         file_server.signal(signal.SIGCONT)
     failed = results[0]
