@@ -100,6 +100,9 @@ PP_INCOMPRESSIBLE = 1 << 2
 PP_BUCKET_SHIFT = 6  # post-processing buckets of 64 bytes of object size: biggest first
 
 WB_BATCH_DEFAULT = 32  # writeback_batch_size: pages in flight at once (7.0's default)
+#: pages one writeback holds decompressed at once, whatever writeback_batch_size says (1 MiB):
+#: the knob keeps the kernel's u32 range, the memory a batch holds stays bounded
+WB_BATCH_MAX = 256
 
 
 def same_fill(page: memoryview) -> int | None:
@@ -621,11 +624,15 @@ class ZramDevice:
 
     def set_backing_dev(self, spec: str) -> None:
         """``backing_dev``: a file (regular or block device) or an NBD URI to write cold pages
-        to; ``none`` detaches. EBUSY after init; open errors carry their errno (ENOENT, ...)."""
+        to; ``none`` detaches. EBUSY after init, or when another device or program holds the
+        file (the store is claimed exclusively; this device may set its own file again); open
+        errors carry their errno (ENOENT, ...)."""
         if self._state is not None:  # checked first, as the kernel does, before opening
             raise DeviceBusyError("backing_dev: device already initialised")
         # opened outside the lifecycle lock: connecting to an NBD server may take a while
-        new = None if spec == "none" else BackingDevice(open_store(spec))
+        held = self._backing  # the same file again shares its claim, as a kernel holder may
+        reuse = held.store if held is not None else None
+        new = None if spec == "none" else BackingDevice(open_store(spec, reuse))
         with self._lock:
             busy = self._state is not None  # disksize won a race with us
             if not busy:
@@ -844,14 +851,16 @@ class ZramDevice:
         ``scans`` are (mode, lo, hi) in the order the kernel's parser issues them: slots
         [lo, hi) holding a pool object with every flag the mode asks for (PP_IDLE, PP_HUGE,
         PP_INCOMPRESSIBLE; 0 = any) are picked. Largest objects go first, in batches of
-        ``writeback_batch_size`` pages written at once. A page accessed or freed while its
-        batch is in flight stays in memory. Returns the pages written back.
+        ``writeback_batch_size`` pages (at most ``WB_BATCH_MAX``) written at once. A page
+        accessed or freed while its batch is in flight stays in memory. Returns the pages
+        written back.
 
         ENODEV without a backing device; EAGAIN while another writeback or recompression
         runs; EIO when the enabled ``writeback_limit`` runs out or the store fails; ENOSPC
-        when it is full. On an error, what was written back before it stays written back.
-        ``scans`` may be a function of the device's page count (the control file's parser),
-        called after those checks, as the kernel parses after them.
+        when it is full (no free block, or no room left on the file's filesystem). On an
+        error, what was written back before it stays written back. ``scans`` may be a
+        function of the device's page count (the control file's parser), called after those
+        checks, as the kernel parses after them.
         """
         with self._post_processing("writeback") as st:
             backing = st.backing
@@ -880,9 +889,10 @@ class ZramDevice:
     def _writeback_slots(self, st: _State, backing: BackingDevice, picked: list[int]) -> int:
         written = 0
         error: ZramdError | None = None
-        for start in range(0, len(picked), self._wb_batch):
+        batch = min(self._wb_batch, WB_BATCH_MAX)
+        for start in range(0, len(picked), batch):
             jobs: list[tuple[int, int, int, int, bytes]] = []  # index, flags, handle, block, page
-            for index in picked[start : start + self._wb_batch]:
+            for index in picked[start : start + batch]:
                 if not self._wb_budget(1):
                     error = ZramdError("writeback: writeback_limit is used up")
                     break
