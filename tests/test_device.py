@@ -15,7 +15,7 @@ from zramd.device import (
     ZramDevice,
     same_fill,
 )
-from zramd.errors import InvalidIOError
+from zramd.errors import InvalidIOError, OutOfRangeError
 from zramd.slots import ZRAM_HUGE, ZRAM_IDLE, ZRAM_SAME, ZRAM_SIZE_MASK
 from zramd.testing import check_block_device, check_pool_invariants, synthetic_pages
 
@@ -302,6 +302,32 @@ def test_mem_limit_is_page_rounded(dev: ZramDevice) -> None:
     assert dev.mem_limit == P
     with pytest.raises(InvalidValueError):
         dev.set_mem_limit(-1)
+
+
+@pytest.mark.parametrize(
+    ("nbytes", "shown"),
+    [
+        (2**64 - 1, 0),  # PAGE_ALIGN wraps in 64 bits: no limit, as the kernel shows it
+        (2**64 - 4095, 0),
+        (2**64 - 4096, 2**64 - 4096),
+        (2**64 - 4097, 2**64 - 4096),
+        (2**63 + 1, 2**63 + 4096),
+    ],
+)
+def test_mem_limit_near_the_top_wraps_like_the_kernel(
+    dev: ZramDevice, nbytes: int, shown: int
+) -> None:
+    dev.set_mem_limit(nbytes)
+    assert dev.mem_limit == shown
+    assert dev.mm_stat().mem_limit == shown
+    assert dev.mm_stat().mem_limit < 2**64  # a u64, as mm_stat prints it
+    if not shown:
+        dev.write(0, os.urandom(4 * P))  # no limit in force
+
+
+def test_mem_limit_beyond_a_u64_is_erange(dev: ZramDevice) -> None:
+    with pytest.raises(OutOfRangeError):
+        dev.set_mem_limit(2**64)
 
 
 def test_direct_compaction_makes_room_under_the_limit(dev: ZramDevice) -> None:

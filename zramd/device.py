@@ -52,11 +52,13 @@ from zramd.errors import (
     InvalidValueError,
     MemLimitError,
     NoDeviceError,
+    OutOfRangeError,
     PoolExhaustedError,
     TryAgainError,
     ZramdError,
 )
 from zramd.frames import MAX_FRAMES
+from zramd.parse import U64_MASK
 from zramd.pool import ZsPool, native_module
 from zramd.size_class import DEFAULT_CHAIN_SIZE, PAGE_SHIFT, PAGE_SIZE
 from zramd.slots import (
@@ -665,10 +667,14 @@ class ZramDevice:
         return self._limit_pages << PAGE_SHIFT
 
     def set_mem_limit(self, nbytes: int) -> None:
-        """Limit the pool (0 = none); rounded up to whole pages. Allowed any time."""
+        """Limit the pool to ``nbytes`` (0 = none), a u64, rounded up to whole pages as the
+        kernel does: ``PAGE_ALIGN`` in 64 bits, so anything above 2**64 - 4096 wraps to 0
+        (no limit). Negative -> EINVAL, above 2**64-1 -> ERANGE. Allowed any time."""
         if nbytes < 0:
             raise InvalidValueError(f"mem_limit {nbytes}: must not be negative")
-        self._limit_pages = (nbytes + PAGE_MASK) >> PAGE_SHIFT
+        if nbytes > U64_MASK:
+            raise OutOfRangeError(f"mem_limit {nbytes}: larger than 2**64-1")
+        self._limit_pages = ((nbytes + PAGE_MASK) & U64_MASK) >> PAGE_SHIFT
 
     def reset_mem_used_max(self) -> None:
         """``echo 0 > mem_used_max``: the peak becomes the current use (no-op before init)."""
