@@ -309,6 +309,10 @@ class _Ops(pyfuse3.Operations):
         f = self.open_files[fh]
         if f.attr.store is None:  # opened for writing after a chmod: dev_attr_store's EIO
             raise pyfuse3.FUSEError(errno.EIO)
+        # The count is the store's (at most 4096): a synchronous write(2) larger than one
+        # FUSE request stops at the short count, so it is one store as in sysfs.
+        # XXX: an asynchronous O_DIRECT write (AIO, io_uring) larger than one FUSE request may
+        # be sent as several requests at once, and each would be stored.
         async with f.lock:
             return await self._call(control.store, self.device, f.attr.name, bytes(buf))
 
