@@ -15,7 +15,7 @@ from zramd.device import (
     ZramDevice,
     same_fill,
 )
-from zramd.errors import InvalidIOError
+from zramd.errors import InvalidIOError, OutOfRangeError
 from zramd.slots import ZRAM_HUGE, ZRAM_IDLE, ZRAM_SAME, ZRAM_SIZE_MASK
 from zramd.testing import check_block_device, check_pool_invariants, synthetic_pages
 
@@ -205,12 +205,13 @@ def test_unaligned_writes_read_modify_write(dev: ZramDevice, off: int, length: i
     assert dev.read(0, 8 * P) == expected
 
 
-def test_discard_frees_pages_and_zeroes_partial_edges(dev: ZramDevice) -> None:
+def test_discard_frees_whole_pages_and_keeps_partial_edges(dev: ZramDevice) -> None:
     base = b"".join(text_page(i) for i in range(8))
     dev.write(0, base)
     used = dev.mm_stat().orig_data_size
     dev.discard(P // 2, 3 * P)  # half page, two whole pages, half page
-    expected = base[: P // 2] + bytes(3 * P) + base[P // 2 + 3 * P :]
+    # zram_bio_discard: partial pages are skipped, whole ones freed
+    expected = base[:P] + bytes(2 * P) + base[3 * P :]
     assert dev.read(0, 8 * P) == expected
     s = dev.mm_stat()
     assert s.orig_data_size == used - 2 * P
@@ -302,6 +303,80 @@ def test_mem_limit_is_page_rounded(dev: ZramDevice) -> None:
     assert dev.mem_limit == P
     with pytest.raises(InvalidValueError):
         dev.set_mem_limit(-1)
+
+
+@pytest.mark.parametrize(
+    ("nbytes", "shown"),
+    [
+        (2**64 - 1, 0),  # PAGE_ALIGN wraps in 64 bits: no limit, as the kernel shows it
+        (2**64 - 4095, 0),
+        (2**64 - 4096, 2**64 - 4096),
+        (2**64 - 4097, 2**64 - 4096),
+        (2**63 + 1, 2**63 + 4096),
+    ],
+)
+def test_mem_limit_near_the_top_wraps_like_the_kernel(
+    dev: ZramDevice, nbytes: int, shown: int
+) -> None:
+    dev.set_mem_limit(nbytes)
+    assert dev.mem_limit == shown
+    assert dev.mm_stat().mem_limit == shown
+    assert dev.mm_stat().mem_limit < 2**64  # a u64, as mm_stat prints it
+    if not shown:
+        dev.write(0, os.urandom(4 * P))  # no limit in force
+
+
+def test_mem_limit_beyond_a_u64_is_erange(dev: ZramDevice) -> None:
+    with pytest.raises(OutOfRangeError):
+        dev.set_mem_limit(2**64)
+
+
+def _at_the_limit(dev: ZramDevice, pages: int) -> bytes:
+    """Fill ``pages`` pages with huge (raw) objects and set mem_limit to exactly what the
+    pool holds, so that any new object is over the limit; returns what was written."""
+    noise = os.urandom(pages * P)
+    dev.write(0, noise)
+    dev.set_mem_limit(dev.mm_stat().mem_used_total)
+    with pytest.raises(MemLimitError):
+        dev.write(pages * P, text_page(0))  # it really is full
+    return noise
+
+
+def test_discard_at_mem_limit_never_fails(dev: ZramDevice) -> None:
+    noise = _at_the_limit(dev, 16)
+    used = dev.mm_stat().mem_used_total
+    failed = dev.io_stat().failed_writes
+    # 512-aligned but not page-aligned: half a page, nine whole pages, half a page; the
+    # partial pages would need new objects if they were rewritten, and they are not
+    dev.discard(P // 2, 10 * P)
+    assert dev.read(0, 16 * P) == noise[:P] + bytes(9 * P) + noise[10 * P :]
+    s = dev.mm_stat()
+    assert s.mem_used_total == used - 9 * P
+    assert s.orig_data_size == 7 * P
+    assert dev.io_stat().notify_free == 9
+    assert dev.io_stat().failed_writes == failed
+    dev.discard(11 * P + 512, 1024)  # inside one page: nothing to free, nothing changes
+    assert dev.read(11 * P, P) == noise[11 * P : 12 * P]
+    assert dev.io_stat().notify_free == 9
+    pool = dev.pool
+    assert pool is not None
+    check_pool_invariants(pool)
+
+
+def test_write_zeroes_of_a_partial_page_at_mem_limit_is_all_or_nothing(
+    dev: ZramDevice,
+) -> None:
+    noise = _at_the_limit(dev, 16)
+    # its bytes must read back as zeros, so a partial page is rewritten, which needs a new
+    # object: refused like any write at the limit, with nothing changed
+    with pytest.raises(MemLimitError):
+        dev.write_zeroes(P // 2, 2 * P)
+    assert dev.read(0, 16 * P) == noise
+    dev.write_zeroes(4 * P, 4 * P)  # whole pages need no memory, with or without trim
+    dev.write_zeroes(8 * P, 4 * P, may_trim=False)
+    assert dev.read(4 * P, 8 * P) == bytes(8 * P)
+    dev.write_zeroes(P // 2, 2 * P)  # the freed frames make room for the edges now
+    assert dev.read(0, 4 * P) == noise[: P // 2] + bytes(2 * P) + noise[P // 2 + 2 * P : 4 * P]
 
 
 def test_direct_compaction_makes_room_under_the_limit(dev: ZramDevice) -> None:

@@ -14,7 +14,7 @@ from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice, same_f
 from zramd.errors import ZramdError
 from zramd.shrinker import Shrinker
 from zramd.slots import ZRAM_HUGE, ZRAM_PP_SLOT, ZRAM_SAME, ZRAM_SIZE_MASK, ZRAM_WB
-from zramd.testing import check_pool_invariants, synthetic_pages
+from zramd.testing import check_pool_invariants, discard_span, synthetic_pages
 
 from loops import PythonLoops
 
@@ -99,11 +99,13 @@ class DeviceMachine(RuleBasedStateMachine):
     @rule(data=st.data(), trim=st.booleans(), discard=st.booleans())
     def zero(self, data: st.DataObject, trim: bool, discard: bool) -> None:
         off, length = self._range(data, 10 * P)
+        if discard:  # frees whole pages only, and never needs memory
+            self.dev.discard(off, length)
+            start, end = discard_span(off, length)
+            self.model[start:end] = bytes(end - start)
+            return
         try:
-            if discard:
-                self.dev.discard(off, length)
-            else:
-                self.dev.write_zeroes(off, length, may_trim=trim)
+            self.dev.write_zeroes(off, length, may_trim=trim)
         except MemLimitError:  # zeroing partial edges writes, and may hit the limit
             return
         self.model[off : off + length] = bytes(length)

@@ -12,9 +12,13 @@ slot locked, its old object freed and the new one installed, so a failed write l
 data in place. Reads copy the object out under the slot lock and decompress after releasing it.
 
 Sub-page I/O (NBD allows 512-byte granularity) is read-modify-write under the slot lock.
-Discard and write-zeroes free whole pages (never-written and discarded slots read as zeros
-without touching the pool); partial pages at the edges are zeroed by writing, so a client never
-reads stale bytes back.
+Discard frees the whole pages it covers and leaves partial pages at its edges as they are, as
+the kernel's ``zram_bio_discard`` does: a discard is there to give memory back, so it never
+allocates and never fails for lack of memory (NBD leaves trimmed bytes unspecified until they
+are written again). Write-zeroes frees (or same-fills) whole pages too, but zeroes partial edge
+pages by read-modify-write, because its bytes must read back as zeros; at ``mem_limit`` that
+write may be refused (ENOSPC, nothing changed) like any other. Never-written and freed slots
+read as zeros without touching the pool.
 
 Locking
 =======
@@ -52,11 +56,13 @@ from zramd.errors import (
     InvalidValueError,
     MemLimitError,
     NoDeviceError,
+    OutOfRangeError,
     PoolExhaustedError,
     TryAgainError,
     ZramdError,
 )
 from zramd.frames import MAX_FRAMES
+from zramd.parse import U64_MASK
 from zramd.pool import ZsPool, native_module
 from zramd.size_class import DEFAULT_CHAIN_SIZE, PAGE_SHIFT, PAGE_SIZE
 from zramd.slots import (
@@ -672,10 +678,14 @@ class ZramDevice:
         return self._limit_pages << PAGE_SHIFT
 
     def set_mem_limit(self, nbytes: int) -> None:
-        """Limit the pool (0 = none); rounded up to whole pages. Allowed any time."""
+        """Limit the pool to ``nbytes`` (0 = none), a u64, rounded up to whole pages as the
+        kernel does: ``PAGE_ALIGN`` in 64 bits, so anything above 2**64 - 4096 wraps to 0
+        (no limit). Negative -> EINVAL, above 2**64-1 -> ERANGE. Allowed any time."""
         if nbytes < 0:
             raise InvalidValueError(f"mem_limit {nbytes}: must not be negative")
-        self._limit_pages = (nbytes + PAGE_MASK) >> PAGE_SHIFT
+        if nbytes > U64_MASK:
+            raise OutOfRangeError(f"mem_limit {nbytes}: larger than 2**64-1")
+        self._limit_pages = ((nbytes + PAGE_MASK) & U64_MASK) >> PAGE_SHIFT
 
     def reset_mem_used_max(self) -> None:
         """``echo 0 > mem_used_max``: the peak becomes the current use (no-op before init)."""
@@ -1205,22 +1215,34 @@ class ZramDevice:
         self._update(offset, len(mv), mv, "write", hole=False)
 
     def discard(self, offset: int, length: int) -> None:
-        """Free the whole pages in the range; partial pages at its edges are zeroed by writing
-        (a page that becomes all zeros is freed too)."""
-        self._update(offset, length, None, "discard", hole=True)
+        """Free the whole pages in the range and leave partial pages at its edges untouched
+        (``zram_bio_discard``), so it never needs memory and fails only for a range outside
+        the device (EINVAL). The freed pages read as zeros; the untouched edge bytes keep
+        their contents, which NBD allows (trimmed bytes are unspecified until rewritten)."""
+        self._update(offset, length, None, "discard", hole=True, edges=False)
 
     def write_zeroes(self, offset: int, length: int, *, may_trim: bool = True) -> None:
         """Make the range read as zeros. With ``may_trim`` whole pages are freed (holes);
-        without, they become allocated same-filled zero pages (no pool memory either)."""
+        without, they become allocated same-filled zero pages (no pool memory either).
+        Partial pages at the edges are rewritten with their bytes zeroed; a page that becomes
+        same-filled needs no memory, any other needs a new object, so at mem_limit the
+        request can fail with ENOSPC, all or nothing, as a write does."""
         self._update(offset, length, None, "write_zeroes", hole=may_trim)
 
     def _update(
-        self, offset: int, length: int, src: memoryview | None, what: str, *, hole: bool
+        self,
+        offset: int,
+        length: int,
+        src: memoryview | None,
+        what: str,
+        *,
+        hole: bool,
+        edges: bool = True,
     ) -> None:
         st = self._begin(offset, length, what)
         try:
             if length:
-                self._apply(st, offset, offset + length, src, hole=hole)
+                self._apply(st, offset, offset + length, src, hole=hole, edges=edges)
         except ZramdError:
             with self._stat_lock:
                 self._failed_writes += 1
@@ -1229,7 +1251,14 @@ class ZramDevice:
             self._gate.leave()
 
     def _apply(
-        self, st: _State, offset: int, end: int, src: memoryview | None, *, hole: bool
+        self,
+        st: _State,
+        offset: int,
+        end: int,
+        src: memoryview | None,
+        *,
+        hole: bool,
+        edges: bool = True,
     ) -> None:
         """Set bytes [offset, end) from ``src``, or to zero when ``src`` is None.
 
@@ -1237,19 +1266,24 @@ class ZramDevice:
            slot lock is taken, as the kernel allocates before locking the slot.
         2. Every stripe lock the request touches is taken, in ascending order (the only place
            that holds more than one; ordering makes it deadlock-free).
-        3. Partial pages at the edges are read, patched and encoded under those locks.
+        3. Partial pages at the edges are read, patched and encoded under those locks, unless
+           ``edges`` is False (discard: only whole pages change, nothing is allocated).
         4. Only when everything is allocated are the slots switched over and old objects freed;
            a failure in 1 or 3 frees what was allocated and leaves every slot untouched.
         """
-        first = offset >> PAGE_SHIFT
-        last = (end - 1) >> PAGE_SHIFT
         full_lo = (offset + PAGE_MASK) >> PAGE_SHIFT
         full_hi = max(end >> PAGE_SHIFT, full_lo)
         n_full = full_hi - full_lo
+        if edges:
+            first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        elif n_full:
+            first, last = full_lo, full_hi - 1
+        else:
+            return  # a discard inside one page changes nothing
         values: list[int | None] = []
         flags: list[int] = []
         locks: list[threading.Lock] = []
-        edges: list[tuple[int, int | None, int]] = []
+        edits: list[tuple[int, int | None, int]] = []
         try:
             if src is not None:
                 values, flags = self._encode_pages(
@@ -1266,17 +1300,17 @@ class ZramDevice:
                 if p < full_lo or p >= full_hi:
                     edit = self._edit_locked(st, p, offset, end, src, hole=hole)
                     if edit is not None:
-                        edges.append(edit)
+                        edits.append(edit)
         except BaseException:
             for lock in reversed(locks):
                 lock.release()
             self._free_encoded(st, values, flags)
-            self._free_encoded(st, [v for _, v, _ in edges], [f for _, _, f in edges])
+            self._free_encoded(st, [v for _, v, _ in edits], [f for _, _, f in edits])
             raise
         try:
             now = int(self._clock())
             self._install(st, full_lo, values, flags, now)
-            for page, value, f in edges:
+            for page, value, f in edits:
                 self._install(st, page, [value], [f], now)
             if src is None:  # the kernel counts every whole page a discard visits
                 for page in range(full_lo, full_hi):
