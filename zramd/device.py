@@ -40,12 +40,13 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zramd._types import BytesLike
 from zramd.backing import BackingDevice, BackingError, BackingFullError, open_store
 from zramd.compress import DEFAULT, Compressor, create, lookup
 from zramd.compress.base import raw_decompressor
+from zramd.compress.dictionary import read_dictionary
 from zramd.errors import (
     DeviceBusyError,
     InvalidIOError,
@@ -310,17 +311,25 @@ def _name(comp: Compressor | None) -> str | None:
     return comp.name if comp is not None else None
 
 
-def _make_compressor(name: str, level: int | None, winbits: int | None) -> Compressor:
-    return create(name, level, **({} if winbits is None else {"winbits": winbits}))
-
-
 @dataclass(frozen=True, slots=True)
-class _Algorithm:
-    """A configured secondary algorithm and its parameters (None: the backend's default)."""
+class AlgorithmConfig:
+    """A configured algorithm and what ``algorithm_params`` stored for it (the kernel's
+    ``comp_algs[prio]`` and ``params[prio]``). None or empty: the backend's default."""
 
     name: str
     level: int | None = None
-    winbits: int | None = None
+    winbits: int | None = None  #: deflate.winbits
+    dictionary: bytes = field(default=b"", repr=False)  #: the dict= file's bytes
+
+    def compressor(self) -> Compressor:
+        """The algorithm set up with these parameters: what disksize builds. EINVAL for a
+        value the backend cannot use (a backend ignores those it has no use for)."""
+        try:
+            return create(self.name, self.level, winbits=self.winbits, dictionary=self.dictionary)
+        except InvalidValueError as e:
+            raise InvalidValueError(
+                f"disksize: cannot set up {self.name} with its algorithm_params: {e}"
+            ) from e
 
 
 class AutoCompact:
@@ -477,10 +486,8 @@ class ZramDevice:
         self._gate = _IoGate()
         self._chain = chain
         self._clock = clock
-        self._algorithm = comp_algorithm
-        self._level: int | None = None
-        self._winbits: int | None = None
-        self._recomp: dict[int, _Algorithm] = {}  #: secondary algorithms by priority (1..3)
+        self._primary = AlgorithmConfig(comp_algorithm)  #: comp_algorithm and its parameters
+        self._recomp: dict[int, AlgorithmConfig] = {}  #: secondary algorithms by priority (1..3)
         self._backing: BackingDevice | None = None
         self._state: _State | None = None
         self._limit_pages = 0
@@ -516,11 +523,17 @@ class ZramDevice:
 
     @property
     def comp_algorithm(self) -> str:
-        return self._algorithm
+        return self._primary.name
 
     @property
     def algorithm_level(self) -> int | None:
-        return self._level
+        """The level ``algorithm_params`` stored for comp_algorithm (None: the default)."""
+        return self._primary.level
+
+    def algorithm_params(self, priority: int = 0) -> AlgorithmConfig | None:
+        """The algorithm configured at ``priority`` (0 = comp_algorithm, 1..3 =
+        recomp_algorithm) with its stored parameters, or None."""
+        return self._primary if priority == 0 else self._recomp.get(priority)
 
     def set_disksize(self, nbytes: int) -> None:
         """Initialise the device: EINVAL for 0, EBUSY when already initialised."""
@@ -534,9 +547,9 @@ class ZramDevice:
             if self._state is not None:
                 raise DeviceBusyError("disksize: device already initialised; reset it first")
             comps: list[Compressor | None] = [None] * ZRAM_MAX_COMPS
-            comps[0] = _make_compressor(self._algorithm, self._level, self._winbits)
+            comps[0] = self._primary.compressor()
             for prio, a in self._recomp.items():
-                comps[prio] = _make_compressor(a.name, a.level, a.winbits)
+                comps[prio] = a.compressor()
             self._state = _State(nbytes, comps, self._chain, self._backing)
 
     def set_comp_algorithm(self, name: str) -> None:
@@ -547,9 +560,8 @@ class ZramDevice:
                 raise DeviceBusyError(
                     "comp_algorithm: can't change the algorithm of an initialised device"
                 )
-            if name != self._algorithm:
-                self._level = self._winbits = None
-            self._algorithm = name
+            if name != self._primary.name:
+                self._primary = AlgorithmConfig(name)
 
     def set_algorithm_params(
         self,
@@ -558,40 +570,55 @@ class ZramDevice:
         algo: str | None = None,
         level: int | None = None,
         winbits: int | None = None,
-        dict_path: str | None = None,
+        dict_path: bytes | str | None = None,
     ) -> None:
         """``algorithm_params``: replace the parameters of one configured algorithm.
 
-        ``algo=`` picks the algorithm by name (primary or a secondary), else ``priority``
-        (0 = primary, 1..3 = a configured ``recomp_algorithm``). As in 7.0.y: EBUSY after init.
-        Unset values return to the backend's default.
+        ``algo`` picks the algorithm by name (comp_algorithm or a secondary; it wins over
+        ``priority``), else ``priority`` does (0 = comp_algorithm, 1..3 = a configured
+        recomp_algorithm). Errors in the kernel's order: EBUSY after init (as 7.0.y), EINVAL
+        for an ``algo`` or ``priority`` naming nothing configured, EINVAL for a dictionary
+        file that cannot be read (``read_dictionary``; read outside the device lock, as
+        backing_dev opens its store). Nothing changes on error.
+
+        Values are stored as given and used when disksize builds the compressor, as the
+        kernel does: a backend ignores what it has no use for (a level for lzo,
+        deflate.winbits for zstd, a dictionary for deflate), and disksize fails with EINVAL
+        for a value a backend cannot use (deflate level 10). Unset values mean the backend's
+        default.
         """
         with self._lock:
-            if self._state is not None:
-                raise DeviceBusyError("algorithm_params: device already initialised")
-            if algo is not None:
-                names = {0: self._algorithm} | {p: a.name for p, a in self._recomp.items()}
-                found = [p for p, n in names.items() if n == algo]
-                if not found:
-                    raise InvalidValueError(
-                        f"algorithm_params: algo={algo} is neither comp_algorithm nor a "
-                        "configured recomp_algorithm"
-                    )
-                priority = found[0]
-            elif priority != 0 and priority not in self._recomp:
-                raise InvalidValueError(
-                    f"algorithm_params: priority={priority}: no recomp_algorithm is configured "
-                    "with that priority (0 = comp_algorithm, 1..3 = recomp_algorithm)"
-                )
-            if dict_path is not None:
-                raise InvalidValueError("algorithm_params: dict= is not supported")
-            name = self._algorithm if priority == 0 else self._recomp[priority].name
-            _make_compressor(name, level, winbits)  # validate now, not at disksize
-            if priority == 0:
-                self._level = level
-                self._winbits = winbits
+            self._params_priority(priority, algo)
+        dictionary = b"" if dict_path is None else read_dictionary(os.fsencode(dict_path))
+        with self._lock:  # again: comp_algorithm or disksize may have changed meanwhile
+            prio = self._params_priority(priority, algo)
+            current = self.algorithm_params(prio)
+            assert current is not None
+            new = AlgorithmConfig(current.name, level, winbits, dictionary)
+            if prio == 0:
+                self._primary = new
             else:
-                self._recomp[priority] = _Algorithm(name, level, winbits)
+                self._recomp[prio] = new
+
+    def _params_priority(self, priority: int, algo: str | None) -> int:
+        """The priority an algorithm_params write goes to (``self._lock`` held)."""
+        if self._state is not None:
+            raise DeviceBusyError("algorithm_params: device already initialised")
+        if algo is not None:
+            configured = {0: self._primary} | dict(sorted(self._recomp.items()))
+            for prio, a in configured.items():
+                if a.name == algo:
+                    return prio
+            raise InvalidValueError(
+                f"algorithm_params: algo={algo} is neither comp_algorithm nor a "
+                "configured recomp_algorithm"
+            )
+        if priority != 0 and priority not in self._recomp:
+            raise InvalidValueError(
+                f"algorithm_params: priority={priority}: no recomp_algorithm is configured "
+                "with that priority (0 = comp_algorithm, 1..3 = recomp_algorithm)"
+            )
+        return priority
 
     @property
     def recomp_algorithms(self) -> dict[int, str]:
@@ -611,7 +638,7 @@ class ZramDevice:
             if self._state is not None:
                 raise DeviceBusyError("recomp_algorithm: device already initialised")
             if priority not in self._recomp or self._recomp[priority].name != name:
-                self._recomp[priority] = _Algorithm(name)
+                self._recomp[priority] = AlgorithmConfig(name)
 
     @property
     def backing_dev(self) -> str | None:
@@ -718,8 +745,7 @@ class ZramDevice:
             self._direct_runs = self._direct_freed = 0
             ac = self.auto_compact
             ac.runs = ac.pages_freed = ac.max_pause_ns = 0
-            self._algorithm = DEFAULT
-            self._level = self._winbits = None
+            self._primary = AlgorithmConfig(DEFAULT)
             self._recomp.clear()
 
     def open(self) -> None:

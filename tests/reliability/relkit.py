@@ -172,7 +172,7 @@ def snapshot(dev: ZramDevice) -> dict[str, object]:
         except ZramdError as e:
             text = f"errno {e.errno}"
         out[attr.name] = text.split()[1:] if attr.name == "mem_stat" else text
-    out["level"] = dev.algorithm_level
+    out["params"] = [dev.algorithm_params(p) for p in range(4)]
     out["openers"] = dev.openers
     if dev.initstate:
         out["data"] = dev.read(0, dev.disksize)
