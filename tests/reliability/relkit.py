@@ -18,7 +18,6 @@ import os
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -102,16 +101,6 @@ def poke_control(control: Path, interval: float = 0.1) -> Iterator[Poker]:
         stop.set()
         thread.join(30)
         assert not thread.is_alive(), "control writer stuck"
-
-
-def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") -> float:
-    """Poll ``predicate()`` until true; the seconds it took (AssertionError on timeout)."""
-    start = time.monotonic()
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 # -- a raw NBD client, for requests no well-behaved client sends ------------------------------
