@@ -21,10 +21,18 @@ Locking
 
 ::
 
-    ZramDevice._lock        lifecycle: disksize, comp_algorithm, reset, limits (short)
-    _IoGate                 I/O requests share it; reset/disksize take it exclusively
-      -> slot stripe lock   pages i with the same (i >> 5) % 1024 share one lock
-        -> pool locks       (see pool.py)
+    ZramDevice._lock        the configuration disksize builds from (comp_algorithm and
+                            recomp_algorithm with their algorithm_params, backing_dev), the
+                            switch of the state at disksize and reset, and the opener count;
+                            I/O never takes it
+      -> _IoGate            I/O requests share it; reset/disksize take it exclusively
+        -> slot stripe lock pages i with the same (i >> 5) % 1024 share one lock
+          -> pool locks     (see pool.py)
+    ZramDevice._stat_lock   leaf: mem_used_max, the failure and direct-compaction counters,
+                            the writeback budget, the frames batches reserved under mem_limit
+
+mem_limit, writeback_limit_enable, writeback_batch_size and the auto_compact policy are
+single values, stored and read without a lock.
 
 A stripe covers 32 consecutive pages (128 KiB), so a typical request takes one lock; requests
 to different regions proceed in parallel. Per-stripe counters (pages stored, compressed bytes,
@@ -59,7 +67,7 @@ from zramd.errors import (
 )
 from zramd.frames import MAX_FRAMES
 from zramd.pool import ZsPool, native_module
-from zramd.size_class import DEFAULT_CHAIN_SIZE, PAGE_SHIFT, PAGE_SIZE
+from zramd.size_class import DEFAULT_CHAIN_SIZE, PAGE_SHIFT, PAGE_SIZE, ClassSpec
 from zramd.slots import (
     ZRAM_COMP_PRIORITY_MASK,
     ZRAM_COMP_PRIORITY_SHIFT,
@@ -298,6 +306,17 @@ def fill_page(word: int) -> bytes:
     return ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * WORDS_PER_PAGE
 
 
+def _frames_bound(pool: ZsPool, objs: Sequence[BytesLike]) -> int:
+    """The most frames storing ``objs`` can add to ``pool``: a new zspage for every
+    ``objs_per_zspage`` objects of each class (a frame per huge object)."""
+    counts: dict[ClassSpec, int] = {}
+    class_for = pool.class_for_size
+    for obj in objs:
+        spec = class_for(len(obj))
+        counts[spec] = counts.get(spec, 0) + 1
+    return sum(-(-n // s.objs_per_zspage) * s.pages_per_zspage for s, n in counts.items())
+
+
 def _pp_flags(mode: int) -> int:
     """Slot flags a writeback / recompress mode requires."""
     return (
@@ -491,6 +510,7 @@ class ZramDevice:
         self._backing: BackingDevice | None = None
         self._state: _State | None = None
         self._limit_pages = 0
+        self._reserved_pages = 0  #: frames batches in flight may still add (_stat_lock)
         self._max_pages = 0
         self._failed_reads = 0
         self._failed_writes = 0
@@ -699,10 +719,11 @@ class ZramDevice:
 
     def reset_mem_used_max(self) -> None:
         """``echo 0 > mem_used_max``: the peak becomes the current use (no-op before init)."""
-        with self._lock:
+        with self._lock:  # the state stays while it is read
             st = self._state
             if st is not None:
-                self._max_pages = st.pool.total_pages
+                with self._stat_lock:
+                    self._max_pages = st.pool.total_pages
 
     def set_auto_compact(
         self,
@@ -740,9 +761,10 @@ class ZramDevice:
             if backing is not None:
                 backing.close()
             self._limit_pages = 0
-            self._max_pages = 0
-            self._failed_reads = self._failed_writes = self._miss_free = 0
-            self._direct_runs = self._direct_freed = 0
+            with self._stat_lock:
+                self._max_pages = 0
+                self._failed_reads = self._failed_writes = self._miss_free = 0
+                self._direct_runs = self._direct_freed = 0
             ac = self.auto_compact
             ac.runs = ac.pages_freed = ac.max_pause_ns = 0
             self._primary = AlgorithmConfig(DEFAULT)
@@ -1366,8 +1388,7 @@ class ZramDevice:
     ) -> tuple[list[int | None], list[int]]:
         """Slot contents for ``count`` whole pages of ``src`` from byte ``base``: a fill word
         (ZRAM_SAME) or a new pool object (compressed, or raw if HUGE). Allocates in batches of
-        one stripe (128 KiB) and checks mem_limit after each, so a big request can overshoot
-        the limit by at most one batch before it is refused."""
+        one stripe (128 KiB) under mem_limit (``_store_many``)."""
         compress = st.comp.compress
         encode = st.encode_pages
         huge_size = st.pool.huge_class_size
@@ -1399,24 +1420,73 @@ class ZramDevice:
         return values, flags
 
     def _store_many(self, st: _State, objs: list[BytesLike]) -> list[int]:
-        """Allocate and fill objects, enforcing mem_limit with one direct compaction."""
+        """Allocate and fill objects, enforcing mem_limit with one direct compaction.
+
+        The pool is checked after an allocation, as the kernel checks after ``zs_malloc``,
+        so an allocation may overshoot the limit before it is undone. A batch adds at most
+        a new zspage per ``objs_per_zspage`` objects of each class it touches (32 objects
+        in 32 empty classes: 241 frames). So a batch is allocated at once only when that
+        many frames fit under the limit beside those reserved by other batches in flight,
+        and it reserves them until its allocation is done; otherwise its objects go one at
+        a time. Every request thus overshoots the limit by at most one zspage (``chain``
+        frames) before it is refused."""
+        limit = self._limit_pages
+        if not limit or len(objs) == 1:
+            return self._store_checked(st, objs)
+        pool = st.pool
+        bound = len(objs) * self._chain  # every object a new zspage of the longest chain
+        if bound > limit - pool.total_pages - self._reserved_pages:
+            bound = _frames_bound(pool, objs)
+        with self._stat_lock:
+            fits = bound <= limit - pool.total_pages - self._reserved_pages
+            if fits:
+                self._reserved_pages += bound
+        if not fits:
+            return self._store_each(st, objs)
+        return self._store_checked(st, objs, bound)
+
+    def _store_each(self, st: _State, objs: list[BytesLike]) -> list[int]:
+        """``_store_checked`` one object at a time (near the limit); all or nothing."""
+        handles: list[int] = []
+        try:
+            for obj in objs:
+                handles += self._store_checked(st, [obj])
+        except BaseException:
+            st.pool.free_many(handles)
+            raise
+        return handles
+
+    def _store_checked(self, st: _State, objs: list[BytesLike], reserved: int = 0) -> list[int]:
+        """Allocate and fill objects, giving back the ``reserved`` frames once allocated;
+        then check mem_limit (frames other batches reserved count as used): over it, free
+        them, compact once and try again (object by object) before refusing
+        (MemLimitError)."""
         pool = st.pool
         try:
-            handles = pool.store_many(objs)
-        except PoolExhaustedError:
-            self._direct_compact(pool)
-            handles = pool.store_many(objs)
+            try:
+                handles = pool.store_many(objs)
+            except PoolExhaustedError:
+                self._direct_compact(pool)
+                handles = pool.store_many(objs)
+        finally:
+            if reserved:
+                with self._stat_lock:
+                    self._reserved_pages -= reserved
         limit = self._limit_pages
         total = pool.total_pages
-        if limit and total > limit:
+        if limit and total + self._reserved_pages > limit:
             pool.free_many(handles)
             self._direct_compact(pool)  # the "direct compaction" the 2014 review asked for
+            if len(objs) > 1:  # what room there is, it takes object by object
+                return self._store_each(st, objs)
             handles = pool.store_many(objs)
             total = pool.total_pages
-            if total > limit:
+            others = self._reserved_pages
+            if total + others > limit:
                 pool.free_many(handles)
+                also = f" (and {others} reserved by other writes)" if others else ""
                 raise MemLimitError(
-                    f"write refused: the pool would hold {total} pages, over mem_limit "
+                    f"write refused: the pool would hold {total} pages{also}, over mem_limit "
                     f"({limit} pages) even after compaction"
                 )
         self._note_peak(total)
