@@ -101,9 +101,10 @@ def main() -> None:
     ap.add_argument("--lz4", action="store_true", help="also lz4 with and without the dict")
     ap.add_argument("--runs", type=int, default=1, help="timings: median of N")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-results", help="image and dict")
     args = ap.parse_args()
 
-    path = ROOT / "bench-results" / f"swap-{args.size >> 20}M-seed1.img"
+    path = args.out / f"swap-{args.size >> 20}M-seed1.img"
     manifest = ensure_image(path, args.size, 1)
     image = path.read_bytes()
     pages = pages_of(image)
@@ -111,7 +112,7 @@ def main() -> None:
     picked = [rng.random() < args.sample for _ in pages]
     samples = [p for p, k in zip(pages, picked, strict=True) if k and not same_filled(p)]
     unseen = b"".join(p for p, k in zip(pages, picked, strict=True) if not k)
-    dict_path = ROOT / "bench-results" / f"swap-{args.size >> 20}M-seed1.zdict"
+    dict_path = args.out / f"swap-{args.size >> 20}M-seed1.zdict"
     t = time.perf_counter()
     train(samples, args.dict_size, args.trainer, dict_path)
     train_s = time.perf_counter() - t
