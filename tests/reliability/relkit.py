@@ -27,6 +27,8 @@ from zramd import control
 from zramd.device import ZramDevice
 from zramd.errors import ZramdError
 
+import waiting
+
 MiB = 1 << 20
 
 
@@ -101,6 +103,9 @@ def poke_control(control: Path, interval: float = 0.1) -> Iterator[Poker]:
         stop.set()
         thread.join(30)
         assert not thread.is_alive(), "control writer stuck"
+
+
+wait_for = waiting.wait_for  # tests of this suite import it from here too
 
 
 # -- a raw NBD client, for requests no well-behaved client sends ------------------------------
