@@ -69,8 +69,7 @@ KERNEL_TABLE: list[tuple[bytes, int | tuple[int | None, int | None]]] = [
     (b"level=1 level=x", errno.EINVAL),
     (b"level=x level=1", errno.EINVAL),
     (b"level=1 level=2", (2, None)),
-    (b"", UNSET),
-    (b"\n", UNSET),
+    (b"\n", UNSET),  # no words: every parameter back to its default
     (b" ", UNSET),
     (b"\tlevel=3\t", (3, None)),
     (b"level=3\x0b", (3, None)),
