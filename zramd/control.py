@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from zramd.compress import BACKENDS
 from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice
 from zramd.errors import InvalidValueError, OutOfRangeError, ValueTooLongError, ZramdError
-from zramd.parse import kstrtoint, kstrtoull, memparse, next_args, sysfs_streq
+from zramd.parse import (
+    kstrtoint,
+    kstrtoull,
+    memparse,
+    next_arg,
+    next_args,
+    skip_spaces,
+    sysfs_streq,
+)
 from zramd.stats import BdStat, CompactStat, DebugStat, IoStat, MemStat, MmStat, PoolStats
 
 ZRAM_MAX_ALGO_NAME_SZ = 128
@@ -207,26 +215,72 @@ def comp_algorithm_store(dev: ZramDevice, data: bytes) -> None:
     dev.set_comp_algorithm(_text(data).removesuffix("\n").removesuffix("\n"))
 
 
-def algorithm_params_store(dev: ZramDevice, data: bytes) -> None:
-    priority = 0
+#: what the kernel stores for a level or deflate.winbits it was not given (zcomp.h INT_MIN):
+#: writing this value means "the backend's default" too
+ZCOMP_PARAM_NOT_SET = -(1 << 31)
+
+
+@dataclass(frozen=True, slots=True)
+class AlgorithmParams:
+    """One ``algorithm_params`` write, parsed (None: not given)."""
+
+    priority: int = 0
+    algo: str | None = None
     level: int | None = None
     winbits: int | None = None
+    dict_path: bytes | None = None
+
+
+def _params_int(value: str, key: str) -> int:
+    """``kstrtoint(value, 10)`` as the kernel has it: kstrtoll reads one sign, so ``-+1`` is
+    not a number (EINVAL)."""
+    if value[:2] == "-+":
+        raise InvalidValueError(f"algorithm_params: {key}={value} is not a number")
+    return kstrtoint(value, what=f"algorithm_params {key}")
+
+
+def _params_setting(value: str, key: str) -> int | None:
+    """A level or deflate.winbits: ZCOMP_PARAM_NOT_SET reads as not given."""
+    n = _params_int(value, key)
+    return None if n == ZCOMP_PARAM_NOT_SET else n
+
+
+def parse_algorithm_params(data: bytes) -> AlgorithmParams:
+    """``algorithm_params_store``'s parse loop (7.0), errors in its order.
+
+    The write is a C string: it ends at its first NUL. Bytes are Latin-1 (a byte >= 0x80 is a
+    character, 0xA0 a space, as the kernel's ctype has them). Words are split by ``next_arg``;
+    a word without a value is EINVAL; ``priority``, ``level`` and ``deflate.winbits`` are
+    decimal ``kstrtoint`` (EINVAL, ERANGE beyond s32); ``algo`` and ``dict`` are taken as
+    written; unknown keys are ignored; a repeated key keeps its last value.
+    """
+    text = data.split(b"\0", 1)[0].decode("latin-1")
+    priority = 0
     algo: str | None = None
-    dict_path: str | None = None
-    for key, value in _params(data, "algorithm_params"):
+    level = winbits = None
+    dict_path: bytes | None = None
+    args = skip_spaces(text)
+    while args:
+        key, value, args = next_arg(args)
+        if not value:
+            raise InvalidValueError(f"algorithm_params: {key} needs a value ({key}=...)")
         if key == "priority":
-            priority = kstrtoint(value, what="algorithm_params priority")
+            priority = _params_int(value, key)
         elif key == "level":
-            level = kstrtoint(value, what="algorithm_params level")
+            level = _params_setting(value, key)
         elif key == "algo":
             algo = value
         elif key == "dict":
-            dict_path = value
+            dict_path = value.encode("latin-1")
         elif key == "deflate.winbits":
-            winbits = kstrtoint(value, what="algorithm_params deflate.winbits")
-        # unknown keys are ignored, as the kernel does
+            winbits = _params_setting(value, key)
+    return AlgorithmParams(priority, algo, level, winbits, dict_path)
+
+
+def algorithm_params_store(dev: ZramDevice, data: bytes) -> None:
+    p = parse_algorithm_params(data)
     dev.set_algorithm_params(
-        priority=priority, algo=algo, level=level, winbits=winbits, dict_path=dict_path
+        priority=p.priority, algo=p.algo, level=p.level, winbits=p.winbits, dict_path=p.dict_path
     )
 
 
@@ -476,7 +530,7 @@ ATTRIBUTES: tuple[Attribute, ...] = (
         WO,
         None,
         algorithm_params_store,
-        "key=value: priority, algo, level, deflate.winbits",
+        "key=value: priority, algo, level, deflate.winbits, dict",
     ),
     Attribute(
         "backing_dev",

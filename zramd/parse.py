@@ -139,6 +139,60 @@ def sysfs_streq(text: str | bytes, word: str | bytes) -> bool:
     return a == b or a.removesuffix(b"\n") == b or a == b.removesuffix(b"\n")
 
 
+#: ``isspace()`` of the kernel's ctype table (lib/ctype.c) for text decoded as Latin-1: the C
+#: whitespace plus 0xA0; unlike Python's str.isspace, not 0x1C..0x1F or 0x85.
+KERNEL_SPACE = frozenset(" \t\n\v\f\r\xa0")
+
+
+def skip_spaces(text: str) -> str:
+    """``skip_spaces``: ``text`` without its leading kernel whitespace."""
+    i = 0
+    while i < len(text) and text[i] in KERNEL_SPACE:
+        i += 1
+    return text[i:]
+
+
+def next_arg(args: str) -> tuple[str, str | None, str]:
+    """``next_arg`` (lib/cmdline.c), one word at a time: ``(param, value, rest)``.
+
+    ``args`` starts at a word (leading whitespace already skipped). A word ends at whitespace
+    outside double quotes. ``value`` is None when the word has no ``=`` after its first
+    character (so ``=5`` is a parameter named ``=5`` with no value). One pair of quotes is
+    taken off: a leading quote of the word and a leading quote of the value, each with the
+    word's last character if that is a quote; quotes elsewhere stay. ``rest`` has its leading
+    whitespace skipped.
+    """
+    quoted = args[:1] == '"'
+    if quoted:
+        args = args[1:]
+    in_quote = quoted
+    equals = 0
+    i = 0
+    while i < len(args):
+        ch = args[i]
+        if ch in KERNEL_SPACE and not in_quote:
+            break
+        if not equals and ch == "=":
+            equals = i
+        if ch == '"':
+            in_quote = not in_quote
+        i += 1
+    word, rest = args[:i], skip_spaces(args[i + 1 :])
+    # the C code cuts the word with NULs: at the '=' and at a closing quote
+    last_quote = i > 0 and word[-1] == '"'
+    if not equals:
+        param = word[:-1] if quoted and last_quote else word
+        return param, None, rest
+    param, value = word[:equals], word[equals + 1 :]
+    if value[:1] == '"':
+        value = value[1:]
+        if last_quote:
+            value = value[:-1]
+    elif quoted and last_quote:
+        value = value[:-1]
+    return param, value, rest
+
+
 def next_args(text: str) -> list[tuple[str, str | None]]:
     """``next_arg`` over a whole buffer: whitespace-separated ``key[=value]`` words, double
     quotes allowed around a word or a value."""

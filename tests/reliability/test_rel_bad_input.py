@@ -97,10 +97,12 @@ MATRIX = [
     ("fresh", "algorithm_params", b"level=abc", EINVAL),
     ("fresh", "algorithm_params", b"level=99999999999", ERANGE),
     ("fresh", "algorithm_params", b"level=-99999999999", ERANGE),
-    ("fresh", "algorithm_params", b"level=99", EINVAL),  # lz4hc: 1..12
+    ("fresh", "algorithm_params", b"=5", EINVAL),  # no value: next_arg names it "=5"
+    ("fresh", "algorithm_params", b"priority=-+0", EINVAL),
     ("fresh", "algorithm_params", b"priority=1 level=3", EINVAL),
     ("fresh", "algorithm_params", b"algo=zstd level=3", EINVAL),
-    ("fresh", "algorithm_params", b"dict=/etc/passwd", EINVAL),
+    ("fresh", "algorithm_params", b"dict=/nonexistent/zramd.dict", EINVAL),
+    ("fresh", "algorithm_params", b"dict=/dev/null", EINVAL),  # not a regular file
     ("fresh", "algorithm_params", b"level=3x", EINVAL),
     ("fresh", "algorithm_params", NOT_ASCII, EINVAL),
     ("live", "algorithm_params", b"level=3", EBUSY),

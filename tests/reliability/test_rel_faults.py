@@ -35,9 +35,9 @@ from relkit import (
     raw_connect,
     raw_reply,
     raw_request,
-    wait_for,
 )
 from servers import ZRAMD, Server, serve, zramd_stop
+from waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 P = 4096
@@ -124,17 +124,18 @@ def test_sigkilled_fio_leaves_the_server_serving(tmp_path: Path) -> None:
         # setsid and survive their parent)
         fio.send_signal(signal.SIGKILL)
         fio.wait()
-        time.sleep(0.5)  # requests already in the socket buffer may still be served
-        stored = srv.mm_stat()[0]
-        time.sleep(0.5)
-        assert srv.mm_stat()[0] == stored  # then nothing writes any more
+        # requests already in the socket buffer may still be served; once reset succeeds the
+        # killed connections are closed, and nothing can write any more
+        wait_for(lambda: reset_succeeds(srv), what="reset after fio was killed")
+        assert srv.attr("initstate") == "0\n"
+        assert srv.echo("64M", "disksize").returncode == 0
         h = srv.connect()
         data = os.urandom(64 * 1024)
         h.pwrite(data, 0)
         assert h.pread(len(data), 0) == data
         h.shutdown()
-        wait_for(lambda: reset_succeeds(srv), what="reset after fio was killed")
-        assert srv.attr("initstate") == "0\n"
+        assert srv.mm_stat()[0] == len(data)  # ours alone: no request of fio's came after
+        wait_for(lambda: reset_succeeds(srv), what="reset after the check")
 
 
 def test_disconnect_mid_write_request(tmp_path: Path) -> None:
@@ -311,18 +312,23 @@ def test_repeated_fio_kills(tmp_path: Path) -> None:
     for trial in range(trials):
         d = tmp_path / str(trial)
         d.mkdir()
-        with serve(d, "size=64M", control=False, nbdkit_args=SERVE_ARGS) as srv:
+        with serve(d, "size=64M", nbdkit_args=SERVE_ARGS) as srv:
             fio = subprocess.Popen(
                 ["fio", "--name=k", "--ioengine=nbd", f"--uri={srv.uri}", "--rw=randrw",
                  "--bs=4k", "--iodepth=32", "--numjobs=2", "--thread", "--time_based",
                  "--runtime=60", "--output=/dev/null"],
                 cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            time.sleep(0.7)
+            wait_for(lambda: srv.mm_stat()[0] > 4 * MiB, what="fio to write")  # mid-run
             fio.send_signal(signal.SIGKILL)
             fio.wait()
-            time.sleep(0.3)
+            # nbdkit has dropped both connections (and survived doing so) once reset succeeds
+            wait_for(
+                lambda: srv.proc.poll() is not None or reset_succeeds(srv),
+                what="the killed connections to close",
+            )
             assert srv.proc.poll() is None, f"trial {trial}: nbdkit died:\n{srv.log.read_text()}"
+            assert srv.echo("64M", "disksize").returncode == 0
             h = srv.connect()
             h.pread(P, 0)
             h.shutdown()
