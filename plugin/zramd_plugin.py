@@ -94,10 +94,16 @@ def get_size(h: ZramDevice) -> int:
     return h.size
 
 
+# nbdkit refuses a READ or WRITE over 64 MiB (MAX_REQUEST_SIZE) with ENOMEM before we see it
+MAX_DATA_REQUEST = 64 * 1024 * 1024
+
+
 def block_size(h: ZramDevice) -> tuple[int, int, int]:
     # Any 512-byte-aligned request works (sub-page writes are read-modify-write); 4096 is
-    # the page the device compresses, so it is the size that costs least.
-    return (512, 4096, 0xFFFFFFFF)
+    # the page the device compresses, so it is the size that costs least. The maximum
+    # bounds data requests (the NBD spec's maximum payload): what nbdkit serves. Trim and
+    # zero carry no payload and may still be larger.
+    return (512, 4096, MAX_DATA_REQUEST)
 
 
 def is_rotational(h: ZramDevice) -> bool:

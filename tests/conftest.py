@@ -28,13 +28,12 @@ def _unmount_stale_test_mounts(request: pytest.FixtureRequest) -> None:
     pytest's cleanup of old temp dirs would then trip over them. Detach the stale ones (their
     server is gone) lazily first. Live ones belong to a test run going on at the same time and
     are left alone: detaching them broke that run's control directory mid-test."""
-    from zramd.fusefs import mount_state  # noqa: PLC0415 - pyfuse3 only when tests start
+    from zramd.runstate import mount_state, mounts  # noqa: PLC0415 - only when tests start
 
     roots = [f"/tmp/pytest-of-{getpass.getuser()}/"]
     if request.config.option.basetemp:  # --basetemp DIR: pytest empties it first
         roots.append(os.path.abspath(request.config.option.basetemp) + "/")
-    with open("/proc/self/mountinfo") as f:
-        mounted = [line.split()[4] for line in f if line.split()[4].startswith(tuple(roots))]
+    mounted = [m.point for m in mounts() if m.point.startswith(tuple(roots))]
     for path in mounted:
         try:
             state = mount_state(Path(path))

@@ -33,3 +33,17 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert ours["mem_used_after_compact"]["median"] < ours["mem_used_after_fill"]["median"]
     assert (tmp_path / "bench-throughput.png").stat().st_size > 1000
     assert "| seq write 128K" in r.stdout
+
+
+def test_bench_dict_smoke(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_dict.py"), "--size", str(8 << 20),
+         "--sample", "0.3", "--levels", "3", "--out", str(tmp_path),
+         "--json", str(tmp_path / "dict.json")],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "dict.json").read_text())["rows"]
+    assert [(row["algorithm"], row["dict"]) for row in rows] == [("zstd", False), ("zstd", True)]
+    assert all(0 < row["compr_data_size"] < row["orig_data_size"] for row in rows)
+    assert "zstd level=3 +dict" in r.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -233,6 +234,49 @@ def test_writes_act_before_returning(dev: ZramDevice) -> None:
     assert dev.mm_stat().mem_used_max == after.mem_used_total
     store(dev, "idle", b"all\n")
     store(dev, "idle", b"60\n")
+
+
+def test_a_store_sees_one_page_as_a_c_string(dev: ZramDevice) -> None:
+    """kernfs gives a store the first 4096 bytes of a write and reports that many written;
+    the store reads them as a C string (NUL ends the value)."""
+    # the number fills the first 4096 bytes; the junk after it is never parsed
+    assert store(dev, "writeback_limit", b"0" * 4095 + b"7" + b"junk") == 4096
+    assert dev.writeback_limit == 7
+    assert store(dev, "writeback_limit", b"9\0junk") == 6
+    assert dev.writeback_limit == 9
+    assert store(dev, "mem_limit", b"1M" + b" " * 10_000) == 4096
+    assert dev.mem_limit == 1 << 20
+    assert store(dev, "compact", b"") == 0  # an empty write runs no store (not EINVAL)
+    assert errno_of(dev, "compact", b"\0") == errno.EINVAL  # a store that runs: not init
+    # junk after a number is the kernel's business, not refused up front
+    assert store(dev, "mem_limit", b"64M\xff\xfe") == 5
+    assert dev.mem_limit == 64 << 20
+    assert errno_of(dev, "writeback_limit", b"99999999999999999999\xff") == errno.ERANGE
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        (b"18446744073709551615", 0),  # PAGE_ALIGN wraps in 64 bits: no limit
+        (b"0xffffffffffffffff", 0),
+        (b"16E", 0),  # memparse's shift wraps first
+        (b"18446744073709547520", 18446744073709547520),
+    ],
+)
+def test_mem_limit_at_the_top_shows_a_u64(dev: ZramDevice, written: bytes, shown: int) -> None:
+    store(dev, "mem_limit", written)
+    assert show(dev, "mm_stat").split()[3] == str(shown).encode()
+
+
+def test_backing_dev_path_is_bytes(dev: ZramDevice, tmp_path: Path) -> None:
+    """The kernel opens the path as the bytes written; a name that is not UTF-8 works and
+    shows as written."""
+    name = os.fsencode(tmp_path) + b"/back\xff.img"
+    with open(name, "wb") as f:
+        f.truncate(1 << 20)
+    store(dev, "backing_dev", name + b"\n")
+    assert show(dev, "backing_dev") == name + b"\n"
+    store(dev, "backing_dev", b"none")
 
 
 def test_algorithm_params_ignores_unknown_keys(dev: ZramDevice) -> None:

@@ -13,7 +13,7 @@ import pytest
 from zramd.device import PP_IDLE, ZramDevice
 from zramd.shrinker import Shrinker
 from zramd.slots import ZRAM_WB
-from zramd.testing import check_pool_invariants, synthetic_pages
+from zramd.testing import check_pool_invariants, discard_span, synthetic_pages
 
 pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
 
@@ -77,7 +77,8 @@ def region_client(
                 model[off : off + length] = data
             elif op < 0.5 + discards:
                 dev.discard(base + off, length)
-                model[off : off + length] = bytes(length)
+                start, end = discard_span(off, length)  # the region starts on a page
+                model[start:end] = bytes(end - start)
             else:
                 assert dev.read(base + off, length) == model[off : off + length]
         if done is not None:

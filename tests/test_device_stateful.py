@@ -6,15 +6,24 @@ import errno
 import os
 import tempfile
 
+import pytest
+from hypothesis import Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from zramd import MemLimitError
 from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice, same_fill
 from zramd.errors import ZramdError
 from zramd.shrinker import Shrinker
 from zramd.slots import ZRAM_HUGE, ZRAM_PP_SLOT, ZRAM_SAME, ZRAM_SIZE_MASK, ZRAM_WB
-from zramd.testing import check_pool_invariants, synthetic_pages
+from zramd.testing import check_pool_invariants, discard_span, synthetic_pages
 
 from loops import PythonLoops
 
@@ -34,6 +43,8 @@ class DeviceMachine(RuleBasedStateMachine):
         self.dev = ZramDevice(clock=self.clock)
         self.now = 0.0
         self.model = bytearray()
+        self.unlimited_writes = 0  #: writes of pages tried while no mem_limit was set
+        self.landed = 0  #: writes of pages the device accepted
         fd, self.backing = tempfile.mkstemp(prefix="zramd-backing-")
         os.ftruncate(fd, BACKING_BLOCKS * P)
         os.close(fd)
@@ -67,27 +78,30 @@ class DeviceMachine(RuleBasedStateMachine):
         )
         return off, length
 
+    def _write(self, off: int, payload: bytes) -> None:
+        if payload and not self.dev.mem_limit:
+            self.unlimited_writes += 1
+        try:
+            self.dev.write(off, payload)
+        except MemLimitError:
+            if not self.dev.mem_limit:
+                raise  # no limit: nothing may refuse a write
+            return  # refused writes change nothing; the model stays as it was
+        if payload:
+            self.landed += 1
+        self.model[off : off + len(payload)] = payload
+
     @precondition(lambda self: self.dev.initstate)
     @rule(data=st.data(), src=st.integers(0, len(SOURCES) - 1), shift=st.integers(0, P - 1))
     def write(self, data: st.DataObject, src: int, shift: int) -> None:
         off, length = self._range(data)
-        payload = ((SOURCES[src] * 7)[shift:])[:length]
-        try:
-            self.dev.write(off, payload)
-        except MemLimitError:
-            return  # refused writes change nothing; the model stays as it was
-        self.model[off : off + length] = payload
+        self._write(off, ((SOURCES[src] * 7)[shift:])[:length])
 
     @precondition(lambda self: self.dev.initstate)
     @rule(data=st.data(), fill=st.sampled_from([b"\0", b"\xff", b"ab", b"abcdefgh"]))
     def write_pattern(self, data: st.DataObject, fill: bytes) -> None:
         off, length = self._range(data)
-        payload = (fill * (length // len(fill) + 1))[:length]
-        try:
-            self.dev.write(off, payload)
-        except MemLimitError:
-            return
-        self.model[off : off + length] = payload
+        self._write(off, (fill * (length // len(fill) + 1))[:length])
 
     @precondition(lambda self: self.dev.initstate)
     @rule(data=st.data())
@@ -99,12 +113,16 @@ class DeviceMachine(RuleBasedStateMachine):
     @rule(data=st.data(), trim=st.booleans(), discard=st.booleans())
     def zero(self, data: st.DataObject, trim: bool, discard: bool) -> None:
         off, length = self._range(data, 10 * P)
+        if discard:  # frees whole pages only, and never needs memory
+            self.dev.discard(off, length)
+            start, end = discard_span(off, length)
+            self.model[start:end] = bytes(end - start)
+            return
         try:
-            if discard:
-                self.dev.discard(off, length)
-            else:
-                self.dev.write_zeroes(off, length, may_trim=trim)
+            self.dev.write_zeroes(off, length, may_trim=trim)
         except MemLimitError:  # zeroing partial edges writes, and may hit the limit
+            if not self.dev.mem_limit:
+                raise
             return
         self.model[off : off + length] = bytes(length)
 
@@ -191,6 +209,8 @@ class DeviceMachine(RuleBasedStateMachine):
         check_pool_invariants(pool)
 
     def teardown(self) -> None:
+        # a machine whose every write was refused would pass everything else unharmed
+        assert self.landed or not self.unlimited_writes, "no write landed, none was limited"
         if self.dev.initstate:
             assert self.dev.read(0, SIZE) == self.model
             self.dev.reset()
@@ -202,3 +222,24 @@ TestDevice = DeviceMachine.TestCase
 
 class TestDevicePython(PythonLoops, DeviceMachine.TestCase):  # type: ignore[misc]
     """The same machine on the pool's Python object loops (the C ones run above)."""
+
+
+@pytest.mark.parametrize("loops", ["native", "python"])
+def test_the_machine_fails_when_every_write_is_refused(
+    monkeypatch: pytest.MonkeyPatch, loops: str
+) -> None:
+    """A device refusing every write with MemLimitError, limit or not, must not pass: the
+    machine may excuse a refusal only while a mem_limit is set."""
+
+    def refuse(self: ZramDevice, st: object, objs: object) -> list[int]:
+        raise MemLimitError("every write refused (test)")
+
+    monkeypatch.setattr(ZramDevice, "_store_many", refuse)
+    monkeypatch.setenv("ZRAMD_NATIVE", "1" if loops == "native" else "0")
+    with pytest.raises((MemLimitError, AssertionError)):
+        run_state_machine_as_test(
+            DeviceMachine,
+            settings=settings(
+                max_examples=30, deadline=None, database=None, phases=[Phase.generate]
+            ),
+        )

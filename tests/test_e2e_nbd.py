@@ -34,6 +34,22 @@ def test_capabilities() -> None:
     assert not h.is_rotational()
     assert h.get_block_size(nbd.SIZE_MINIMUM) == 512
     assert h.get_block_size(nbd.SIZE_PREFERRED) == 4096
+    assert h.get_block_size(nbd.SIZE_MAXIMUM) == 64 * MiB  # what nbdkit 1.32 serves
+    h.shutdown()
+
+
+def test_the_advertised_maximum_is_served() -> None:
+    """A data request of the advertised maximum works (nbdkit refuses anything larger with
+    ENOMEM); trim and zero carry no payload, so the maximum does not bound them."""
+    h = connect_stdio("size=160M")
+    biggest = h.get_block_size(nbd.SIZE_MAXIMUM)
+    assert biggest == 64 * MiB  # before building a buffer that large
+    data = (b"zramd " * (biggest // 6 + 1))[:biggest]
+    h.pwrite(data, P)
+    assert h.pread(biggest, P) == data
+    h.trim(2 * biggest, 0)
+    h.zero(2 * biggest + P, 0)
+    assert h.pread(P, biggest) == bytes(P)
     h.shutdown()
 
 

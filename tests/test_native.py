@@ -9,13 +9,19 @@ from __future__ import annotations
 import random
 import sys
 import threading
-import time
 import types
 from collections.abc import Iterator
 
 import pytest
 
-from zramd import CompressionError, CorruptionError, InvalidHandleError, PoolExhaustedError, ZsPool
+from zramd import (
+    CompressionError,
+    CorruptionError,
+    InvalidHandleError,
+    PoolExhaustedError,
+    ZsPool,
+    size_class,
+)
 from zramd import pool as pool_module
 from zramd.size_class import PAGE_SIZE, ZS_HANDLE_SIZE
 from zramd.testing import check_pool_invariants
@@ -416,17 +422,50 @@ def test_closing_the_pool_while_iterating_the_argument_is_refused(native: bool) 
             getattr(pool, op)(arg())
 
 
-def test_a_list_changed_while_load_many_waits_for_a_lock_is_not_followed() -> None:
+class WatchedLock:
+    """A class lock that says when a caller starts waiting for it (the C loops take class
+    locks through their ``acquire`` method)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waiting = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        self.waiting.set()
+        return self._lock.acquire(True, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_list_changed_while_load_many_waits_for_a_lock_is_not_followed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """load_many works on its own copy of the handles: another thread may clear the caller's
     list while the call waits for a class lock (that wait releases the GIL)."""
+    monkeypatch.setattr(size_class, "threading", types.SimpleNamespace(Lock=WatchedLock))
     pool = ZsPool(1 << 22, native=True)
     hs = pool.store_many([b"x" * 100] * 200)
     lock = pool._class_of(hs[0]).lock
+    assert isinstance(lock, WatchedLock)
     handles = [int(str(h)) for h in hs]  # ints owned by the list alone
     lock.acquire()
 
     def other() -> None:
-        time.sleep(0.2)
+        assert lock.waiting.wait(30), "load_many never waited for the lock"
         handles.clear()
         handles.extend(range(10**6, 10**6 + 5))
         lock.release()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import time
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from zramd import compaction, shrinker
 from zramd.device import ZramDevice
 from zramd.shrinker import Shrinker, memory_pressure
 from zramd.testing import synthetic_pages
+
+from waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
 
@@ -75,22 +81,51 @@ def test_thresholds_follow_the_policy() -> None:
     dev.reset()
 
 
-def test_thread_runs_and_stops() -> None:
+class CountingEvent(threading.Event):
+    """The shrinker's stop event, counting the thread's waits: one per look at the policy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_thread_runs_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the pass's clock reads the source zspages migrated so far, as µs: a slice that holds
+    # the class lock for one source zspage lasts exactly 1
+    migrated = 0
+    real_migrate = compaction.migrate_zspage
+
+    def migrate(*args: Any) -> None:
+        nonlocal migrated
+        migrated += 1
+        real_migrate(*args)
+
+    monkeypatch.setattr(compaction, "migrate_zspage", migrate)
+    monkeypatch.setattr(
+        compaction,
+        "time",
+        types.SimpleNamespace(perf_counter_ns=lambda: migrated * 1000, sleep=time.sleep),
+    )
+    monkeypatch.setattr(shrinker, "IDLE_POLL", 0.01)
     dev = sparse_device(8192)
     dev.set_auto_compact(interval=0)  # off: the thread only watches the policy
     s = Shrinker(dev, pressure=lambda: False)
+    stop = s._stop = CountingEvent()
     s.start()
-    time.sleep(0.3)
+    wait_for(lambda: stop.waits >= 3, what="the thread to look at the policy twice")
     assert dev.compact_stat().auto_runs == 0
     dev.set_auto_compact(interval=0.05)  # switched on while the thread runs
-    deadline = time.monotonic() + 10
-    while not dev.compact_stat().auto_runs and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: dev.compact_stat().auto_runs, what="a background compaction")
     s.stop()
     cs = dev.compact_stat()
     assert cs.auto_runs == 1
     assert dev.mm_stat().pages_compacted == cs.auto_pages_freed > 0
-    assert 0 < cs.max_pause_us < 50_000  # one slice: a single source zspage
+    assert migrated > 1
+    assert cs.max_pause_us == 1  # one slice: a single source zspage
     dev.reset()
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from zramd.backing import BackingError, FileStore, open_store
-from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice
+from zramd._types import BytesLike
+from zramd.backing import BackingDevice, BackingError, FileStore, open_store
+from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, WB_BATCH_MAX, ZramDevice
 from zramd.errors import (
     DeviceBusyError,
     InvalidValueError,
@@ -447,3 +450,289 @@ def test_a_block_device_as_backing_dev(tmp_path: Path, data: bytes) -> None:
         d.reset()  # closes the device, so the loop can go
     finally:
         subprocess.run(["losetup", "-d", loop], check=True)
+
+
+# -- the backing store: exclusive claims, cost of a big store, batch memory, a full filesystem ---
+
+
+def test_a_backing_file_is_claimed_by_one_device(tmp_path: Path, data: bytes) -> None:
+    """As the kernel opens its backing device exclusively: a second device (of the same
+    process) is refused with EBUSY naming the file, until the first one lets go."""
+    path = backing_file(tmp_path)
+    first, second = ZramDevice(), ZramDevice()
+    first.set_backing_dev(path)
+    with pytest.raises(BackingError) as e:
+        second.set_backing_dev(path)
+    assert e.value.errno == errno.EBUSY
+    assert path in str(e.value)
+    assert second.backing_dev is None
+    via_link = tmp_path / "link"
+    via_link.symlink_to(path)  # another name for the same file
+    with pytest.raises(BackingError) as e:
+        second.set_backing_dev(str(via_link))
+    assert e.value.errno == errno.EBUSY
+    # the holder may set its file again (the kernel lets a holder claim again) and keeps it
+    first.set_backing_dev(path)
+    first.set_backing_dev(str(via_link))
+    with pytest.raises(BackingError):
+        second.set_backing_dev(path)
+    first.set_disksize(PAGES * P)
+    first.write(0, data)
+    assert first.writeback([(0, 0, PAGES)]) > 0
+    assert first.read(0, len(data)) == data
+    first.reset()  # releases the file
+    second.set_backing_dev(path)
+    second.set_backing_dev("none")  # so does detaching
+    first.set_backing_dev(path)
+    first.reset()
+
+
+def test_open_store_claims_a_file_until_closed(tmp_path: Path) -> None:
+    path = backing_file(tmp_path, 4)
+    store = open_store(path)
+    with pytest.raises(BackingError) as e:
+        open_store(path)
+    assert e.value.errno == errno.EBUSY
+    store.close()
+    open_store(path).close()
+
+
+HOLD_STORE = """
+import sys
+from zramd.backing import open_store
+store = open_store(sys.argv[1])
+print("holding", flush=True)
+sys.stdin.read()
+store.close()
+"""
+
+
+def test_a_backing_file_is_claimed_across_processes(tmp_path: Path) -> None:
+    """Two servers on one backing file would read each other's pages: the second is refused."""
+    path = backing_file(tmp_path, 4)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STORE, path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "holding\n"
+        d = ZramDevice()
+        with pytest.raises(BackingError) as e:
+            d.set_backing_dev(path)
+        assert e.value.errno == errno.EBUSY
+        assert "in use" in str(e.value)
+    finally:
+        holder.communicate("", timeout=30)
+    assert holder.returncode == 0
+    d.set_backing_dev(path)  # the other process let go
+    d.set_backing_dev("none")
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[str]:
+    """A loop device over a 16 MiB file in tmp_path (root and free loop devices needed)."""
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    image = backing_file(tmp_path, blocks=4096)
+    r = subprocess.run(
+        ["losetup", "--find", "--show", image], capture_output=True, text=True, check=False
+    )
+    if r.returncode != 0:
+        pytest.skip(f"no loop device: {r.stderr.strip()}")
+    loop = r.stdout.strip()
+    try:
+        yield loop
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+
+def test_a_mounted_block_device_is_refused(loop_device: str, tmp_path: Path, data: bytes) -> None:
+    """A loop device holding a mounted ext4 is in use: EBUSY, and the filesystem untouched."""
+    subprocess.run(["mkfs.ext4", "-q", "-F", loop_device], check=True, capture_output=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", loop_device, str(mnt)], check=True)
+    try:
+        (mnt / "kept").write_bytes(b"precious")
+        d = ZramDevice()
+        with pytest.raises(BackingError) as e:
+            d.set_backing_dev(loop_device)
+        assert e.value.errno == errno.EBUSY
+        assert loop_device in str(e.value)
+        assert d.backing_dev is None
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    fsck = subprocess.run(
+        ["e2fsck", "-f", "-n", loop_device], capture_output=True, text=True, check=False
+    )
+    assert fsck.returncode == 0, fsck.stdout
+    d.set_backing_dev(loop_device)  # unmounted: free to use
+    d.set_backing_dev("none")
+
+
+def test_a_block_device_is_claimed_by_one_device(loop_device: str, data: bytes) -> None:
+    first, second = ZramDevice(), ZramDevice()
+    first.set_backing_dev(loop_device)
+    with pytest.raises(BackingError) as e:
+        second.set_backing_dev(loop_device)
+    assert e.value.errno == errno.EBUSY
+    r = subprocess.run(
+        ["mkfs.ext4", "-q", "-F", loop_device], capture_output=True, text=True, check=False
+    )
+    assert r.returncode != 0  # mkfs opens exclusively too: it is refused while zramd holds it
+    first.set_backing_dev(loop_device)  # the holder may set it again
+    first.set_disksize(PAGES * P)
+    first.write(0, data)
+    assert first.writeback([(0, 0, PAGES)]) > 0
+    assert first.read(0, len(data)) == data
+    first.reset()
+    second.set_backing_dev(loop_device)
+    second.reset()
+
+
+def test_attaching_a_huge_sparse_file_costs_nothing(tmp_path: Path, data: bytes) -> None:
+    """The block map grows with the blocks in use, not with the store: a 1 TiB file costs
+    nothing to attach (it cost 256 MiB, one byte per block)."""
+    path = tmp_path / "huge.img"
+    try:
+        with open(path, "wb") as f:
+            f.truncate(1 << 40)
+    except OSError as e:
+        pytest.skip(f"no 1 TiB sparse file here: {e.strerror}")
+    d = ZramDevice()
+    tracemalloc.start()
+    try:
+        d.set_backing_dev(str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 10, peak
+    d.set_disksize(PAGES * P)
+    d.write(0, data)
+    n = d.writeback([(0, 0, PAGES)])
+    backing = d._state.backing  # type: ignore[union-attr]
+    assert backing is not None
+    assert backing.nr_blocks == 1 << 28
+    assert backing.map_bytes() == n + 1  # lowest blocks first: the map covers just those
+    assert d.read(0, len(data)) == data
+    d.reset()
+
+
+class HugeStore:
+    """A store of 2**63 - 1 bytes (the largest a file or an NBD export can be) that keeps
+    what is written in a dict."""
+
+    name = "huge"
+    nr_blocks = ((1 << 63) - 1) >> 12
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, bytes] = {}
+
+    def write_blocks(self, blocks: Sequence[int], pages: Sequence[BytesLike]) -> None:
+        self.blocks.update(zip(blocks, map(bytes, pages), strict=True))
+
+    def read_blocks(self, blocks: Sequence[int]) -> list[bytes]:
+        return [self.blocks[b] for b in blocks]
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_block_map_of_the_largest_store() -> None:
+    bd = BackingDevice(HugeStore())
+    assert bd.map_bytes() == 1
+    blocks = [bd.alloc() for _ in range(5)]
+    assert blocks == [1, 2, 3, 4, 5]  # lowest first, as alloc_block_bdev
+    bd.free([2, 4])
+    assert bd.alloc() == 2
+    assert bd.alloc() == 4
+    assert bd.alloc() == 6
+    assert (bd.count, bd.map_bytes()) == (6, 7)
+    with pytest.raises(BackingError, match="freed twice"):
+        bd.free([7])
+    with pytest.raises(BackingError, match="freed twice"):
+        bd.free([0])
+    bd.free([1, 2, 3, 4, 5, 6])
+    assert bd.count == 0
+    with pytest.raises(BackingError, match="freed twice"):
+        bd.free([3])
+
+
+def test_a_huge_writeback_batch_holds_a_bounded_number_of_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """writeback_batch_size keeps the kernel's range (up to 2**32 - 1), but one writeback holds
+    at most WB_BATCH_MAX decompressed pages at a time (it held the whole batch)."""
+    pages = 4 * WB_BATCH_MAX
+    data = b"".join(synthetic_pages(pages, seed=11))
+    d = ZramDevice()
+    d.set_backing_dev(backing_file(tmp_path, blocks=pages + 1))
+    d.set_disksize(pages * P)
+    d.write(0, data)
+    d.set_writeback_batch_size((1 << 32) - 1)
+    assert d.writeback_batch_size == (1 << 32) - 1
+    backing = d._state.backing  # type: ignore[union-attr]
+    assert backing is not None
+    held = [0, 0]  # now, peak: pages taken out of the pool and not yet written
+    take, write = d._take_picked, backing.write
+
+    def counting_take(st: object, index: int) -> tuple[int, int, bytes] | None:
+        taken = take(st, index)  # type: ignore[arg-type]
+        if taken is not None:
+            held[0] += 1
+            held[1] = max(held)
+        return taken
+
+    def counting_write(blocks: Sequence[int], batch: Sequence[BytesLike]) -> None:
+        write(blocks, batch)
+        held[0] -= len(batch)
+
+    monkeypatch.setattr(d, "_take_picked", counting_take)
+    monkeypatch.setattr(backing, "write", counting_write)
+    n = d.writeback([(0, 0, pages)])
+    assert n == d.bd_stat().bd_count > 2 * WB_BATCH_MAX
+    assert held == [0, WB_BATCH_MAX]
+    assert d.read(0, len(data)) == data
+    d.reset()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs mounted in tmp_path (root needed)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "zramd-test", str(mnt)], check=False
+    )
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_writeback_to_a_full_filesystem_is_enospc(small_fs: Path, data: bytes) -> None:
+    """A sparse backing file bigger than its filesystem: writeback fails with ENOSPC (as
+    docs/control-abi.md promises for a full backing device), not EIO, and loses nothing."""
+    path = small_fs / "backing.img"
+    with open(path, "wb") as f:
+        f.truncate(4 << 20)  # 1024 blocks, where 16 fit
+    d = ZramDevice()
+    d.set_backing_dev(str(path))
+    try:
+        d.set_disksize(PAGES * P)
+        d.write(0, data)
+        d.set_writeback_batch_size(4)
+        with pytest.raises(ZramdError) as e:
+            d.writeback([(0, 0, PAGES)])
+        assert e.value.errno == errno.ENOSPC
+        assert "No space left on device" in str(e.value)
+        written = d.bd_stat().bd_count
+        assert 0 < written <= 16  # the batches that fit stay written back
+        assert d.read(0, len(data)) == data
+    finally:
+        d.reset()  # closes the file, so the filesystem can go

@@ -10,9 +10,11 @@ import errno
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -27,6 +29,25 @@ import zramd
 from zramd.compress import DEFAULT, available
 from zramd.parse import parse_size
 from zramd.pool import native_default, native_module
+from zramd.runstate import (
+    SUPERVISOR_NAME,
+    Cleanup,
+    RunStateError,
+    Server,
+    check_socket_path,
+    claim_pidfile,
+    clean_up,
+    exit_text,
+    find_server,
+    mount_state,
+    open_log,
+    pidfd,
+    private_dir,
+    read_pid,
+    runtime_dir,
+    usable_dir,
+    wait_exit,
+)
 
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READY_TIMEOUT = 60.0
@@ -40,16 +61,6 @@ DEFAULT_THREADS = 1
 MALLOC_ARENA_MAX = "2"
 
 
-def runtime_dir() -> Path:
-    """/run/zramd for root, $XDG_RUNTIME_DIR/zramd otherwise."""
-    if os.geteuid() == 0:
-        return Path("/run/zramd")
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return Path(xdg) / "zramd"
-    return Path(f"/tmp/zramd-{os.getuid()}")  # noqa: S108 - per-user, created 0700
-
-
 def default_socket() -> Path:
     return runtime_dir() / "zramd.sock"
 
@@ -60,6 +71,18 @@ def default_control() -> Path:
 
 def default_pidfile() -> Path:
     return runtime_dir() / "zramd.pid"
+
+
+def control_dir(control: Path | None) -> Path:
+    """``--control``, or the default one once its runtime directory has passed the ownership
+    checks (a directory another user planted could redirect writes through symlinks)."""
+    if control is not None:
+        return control
+    try:
+        private_dir(runtime_dir(), create=False)
+    except RunStateError as e:
+        raise click.ClickException(str(e)) from None
+    return default_control()
 
 
 def plugin_path() -> Path:
@@ -266,29 +289,28 @@ def check_nbdkit() -> str:
     return nbdkit
 
 
-def check_socket(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # left behind by a server that is gone
-        return
-    finally:
-        probe.close()
-    raise click.ClickException(f"socket {path} is in use by a running server")
-
-
 def check_control(path: Path) -> None:
-    from zramd.fusefs import mount_state  # noqa: PLC0415 - FUSE only for serve
-
+    """The control directory can be mounted: FUSE present, no live mount there, and (unless a
+    stale mount is there, which the plugin removes) missing or an empty directory."""
     if not os.path.exists("/dev/fuse"):
         raise click.ClickException(
             f"control directory {path} cannot be mounted: /dev/fuse is missing"
         )
-    if mount_state(path) == "live":
+    state = mount_state(path)
+    if state == "live":
         raise click.ClickException(f"control directory {path} is in use by a running server")
+    if state == "stale":
+        return
+    try:
+        entries = os.listdir(path)
+    except FileNotFoundError:
+        return  # created by the plugin
+    except OSError as e:
+        raise click.ClickException(f"control directory {path}: {e.strerror}") from None
+    if entries:
+        raise click.ClickException(
+            f"control directory {path} is not empty (zramd mounts on an empty directory)"
+        )
 
 
 def parse_tcp(value: str) -> tuple[str, int]:
@@ -404,15 +426,17 @@ def plugin_env() -> dict[str, str]:
 
 
 def wait_ready(proc: subprocess.Popen[bytes], pidfile: Path, control: Path | None) -> bool:
-    """nbdkit writes its pidfile once the socket listens; the control directory is mounted
-    right after (in after_fork). Ready when both are there; False if the server died."""
-    from zramd.fusefs import mount_state  # noqa: PLC0415
-
+    """nbdkit writes its pid into the (empty, pre-created) pidfile once the socket listens;
+    the control directory is mounted right after (in after_fork). Ready when both are there;
+    False if the server died or did not get ready within READY_TIMEOUT."""
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
-        listening = pidfile.exists() and pidfile.read_text().strip()
+        try:
+            listening = read_pid(pidfile) is not None
+        except (FileNotFoundError, RunStateError):
+            listening = False
         if listening and (control is None or mount_state(control) == "live"):
             return True
         time.sleep(0.05)
@@ -421,26 +445,85 @@ def wait_ready(proc: subprocess.Popen[bytes], pidfile: Path, control: Path | Non
 
 # Background servers run under a tiny shell: nbdkit 1.32 sets PR_SET_PDEATHSIG even with -f,
 # so its parent must outlive it, and the shell tidies up after it (nbdkit leaves its socket
-# and pidfile behind; a control mount is only left if nbdkit was killed).
+# and pidfile behind; a control mount is only left if nbdkit was killed). The trap keeps the
+# shell alive through a SIGTERM to the whole group (a failed start, a service manager) until
+# nbdkit has exited. The cleanup itself is Python (zramd.runstate): it removes only a stale
+# socket, a pidfile no live server holds and zramd's own stale mount, and decodes the mount
+# table instead of comparing its escaped text.
 SUPERVISOR = """
+trap : INT TERM HUP
 "$@"
 rc=$?
-rm -f "$ZRAMD_SOCKET" "$ZRAMD_PIDFILE"
-if [ -n "$ZRAMD_CONTROL" ] && grep -qs " $ZRAMD_CONTROL fuse" /proc/mounts; then
-    fusermount3 -u -z "$ZRAMD_CONTROL" 2>/dev/null || umount -l "$ZRAMD_CONTROL"
-fi
-echo "zramd: nbdkit exited with status $rc" >&2
+"$ZRAMD_PYTHON" -m zramd.runstate exited "$rc" ||
+    echo "zramd: nbdkit exited with status $rc (cleanup did not run: see above)" >&2
 exit $rc
 """
 
+# Messages nbdkit and the plugin write, reduced to their reason: a Python exception's last
+# line ("zramd.fusefs.ControlDirError: control directory ... is not empty") and nbdkit's own
+# errors ("nbdkit: python[1]: error: ...").
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception): (.+)$")
+_NBDKIT_LINE = re.compile(r"^nbdkit: (?:\w+\[\d+\]: )?(?:error: )?(.+)$")
 
-def last_error(log: Path) -> str:
+
+def failure_reason(text: str) -> str:
+    """One line saying why nbdkit failed, from what it wrote to its log in this run (the
+    supervisor's own ``zramd:`` lines are skipped)."""
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    lines = [x for x in lines if not x.startswith("zramd:")]
+    for line in reversed(lines):
+        m = _EXCEPTION_LINE.match(line)
+        if m:
+            return m[1]
+    for line in reversed(lines):
+        m = _NBDKIT_LINE.match(line)
+        if m and not m[1].startswith("Traceback"):
+            return m[1]
+    return lines[-1] if lines else "nbdkit exited without a message"
+
+
+def read_log_from(log: Path, offset: int) -> str:
     try:
-        lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip()]
+        with open(log, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
     except OSError:
-        return "no log"
-    errors = [x for x in lines if "rror" in x]
-    return (errors or lines or ["no output"])[-1]
+        return ""
+
+
+def stop_failed_start(proc: subprocess.Popen[bytes], *, foreground: bool) -> None:
+    """End a start that failed: SIGTERM to nbdkit (and its supervisor, which traps it and
+    cleans up after nbdkit), SIGKILL after 10 s."""
+    if proc.poll() is None:
+        if foreground:
+            proc.terminate()
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            if foreground:
+                proc.kill()
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def prepare_paths(
+    run: Path, sock: Path | None, pidfile: Path, logfile: Path | None, control: Path | None
+) -> None:
+    """Directories checked (the runtime directory only if a default path lies in it) and the
+    socket path free; nothing is created but missing directories. Raises RunStateError."""
+    inside = [p for p in (sock, pidfile, logfile, control) if p is not None and p.parent == run]
+    if inside:
+        private_dir(run)
+    if sock is not None:
+        if sock.parent != run:
+            usable_dir(sock.parent, "--socket")
+        check_socket_path(sock)
+    for path, what in ((pidfile, "--pidfile"), (logfile, "--log")):
+        if path is not None and path.parent != run:
+            usable_dir(path.parent, what)
 
 
 @main.command()
@@ -529,14 +612,15 @@ def serve(
     if tcp is not None and sock is not None:
         raise click.ClickException("--tcp and --socket: nbdkit serves one or the other")
     run = runtime_dir()
-    sock = (sock or default_socket()).absolute()
+    sock = None if tcp is not None else (sock or default_socket()).absolute()
     control = None if no_control else (control or default_control()).absolute()
     pidfile = (pidfile or default_pidfile()).absolute()
-    logfile = (logfile or run / "zramd.log").absolute()
-    for d in {run, sock.parent, pidfile.parent, logfile.parent}:
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    logfile = None if foreground else (logfile or run / "zramd.log").absolute()
+    try:
+        prepare_paths(run, sock, pidfile, logfile, control)
+    except RunStateError as e:
+        raise click.ClickException(str(e)) from None
     if tcp is None:
-        check_socket(sock)
         listen = ["-U", str(sock)]
     else:
         check_tcp(*tcp)
@@ -564,35 +648,58 @@ def serve(
     if control is not None:
         args.append(f"control={control}")
 
-    pidfile.unlink(missing_ok=True)
+    log_fd = None
+    try:
+        if logfile is not None:
+            log_fd = open_log(logfile)
+        claim_pidfile(pidfile)  # last: from here on, a failure cleans up
+    except RunStateError as e:
+        if log_fd is not None:
+            os.close(log_fd)
+        raise click.ClickException(str(e)) from None
     env = plugin_env()
-    if foreground:
+    if log_fd is None:
         proc = subprocess.Popen(args, env=env)
+        log_offset = 0
     else:
         env.update(
-            ZRAMD_SOCKET=str(sock) if tcp is None else "",
+            ZRAMD_PYTHON=sys.executable,
+            ZRAMD_SOCKET=str(sock or ""),
             ZRAMD_PIDFILE=str(pidfile),
             ZRAMD_CONTROL=str(control or ""),
         )
-        with open(logfile, "ab") as log:
+        log_offset = os.fstat(log_fd).st_size
+        try:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", SUPERVISOR, "zramd-serve", *args],
+                ["/bin/sh", "-c", SUPERVISOR, SUPERVISOR_NAME, *args],
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
+                stdout=log_fd,
+                stderr=log_fd,
                 start_new_session=True,
             )
+        finally:
+            os.close(log_fd)
     if not wait_ready(proc, pidfile, control):
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
-        where = "above" if foreground else f"log: {logfile}"
-        reason = "" if foreground else f": {last_error(logfile)}"
-        raise click.ClickException(f"nbdkit did not start{reason} ({where})")
-    pid = int(pidfile.read_text())
-    if tcp is None:
-        sock.chmod(0o600)  # nbdkit forces umask 022; only the owner may attach
+        timed_out = proc.poll() is None
+        stop_failed_start(proc, foreground=foreground)
+        left = clean_up(pidfile, sock, control)
+        if timed_out:
+            why = f"not ready within {READY_TIMEOUT:g} s"
+        elif logfile is None:
+            why = "see above"
+        else:
+            why = failure_reason(read_log_from(logfile, log_offset))
+        if logfile is not None:
+            why += f" (log: {logfile})"
+        raise click.ClickException(
+            "\n".join([f"nbdkit did not start: {why}", *(f"zramd: {x}" for x in left.problems())])
+        )
+    pid = read_pid(pidfile)
+    if sock is not None:
+        st = os.lstat(sock)
+        if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.geteuid():
+            os.chmod(sock, 0o600)  # nbdkit forces umask 022; only the owner may attach
         info = [
             f"zramd: serving {human_size(size)} ({algorithm}) on {sock} (pid {pid})",
             f"  nbd-client:  nbd-client -unix {sock} /dev/nbd0 -N zramd -b 4096",
@@ -600,6 +707,7 @@ def serve(
             f"  nbdfuse:     nbdfuse DIR/disk --unix {sock}   (then losetup -f --show DIR/disk)",
         ]
     else:
+        assert tcp is not None
         host = f"[{tcp[0]}]" if ":" in tcp[0] else tcp[0]
         scheme = "nbd" if not tls_opts else "nbds"
         info = [
@@ -611,49 +719,138 @@ def serve(
     if control is not None:
         info.append(f"  control:     {control}   (cat mm_stat; echo 1 > compact)")
     info.append(f"  data path:   {data_path()}")
-    if not foreground:
+    if logfile is not None:
         info.append(f"  log:         {logfile}      stop: zramd stop")
     click.echo("\n".join(info))
     if foreground:
-        try:
-            sys.exit(proc.wait())
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-            sys.exit(proc.wait())
+        sys.exit(serve_foreground(proc, pidfile, sock, control))
+
+
+def serve_foreground(
+    proc: subprocess.Popen[bytes], pidfile: Path, sock: Path | None, control: Path | None
+) -> int:
+    """Wait for a foreground nbdkit (Ctrl-C stops it), clean up after it like the supervisor
+    does, and return its exit status as a shell would report it."""
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait()
+    status = 128 - rc if rc < 0 else rc
+    for line in clean_up(pidfile, sock, control).lines():
+        click.echo(f"zramd: {line}", err=True)
+    if status:
+        click.echo(f"zramd: {exit_text(status)}", err=True)
+    return status
+
+
+def kill_after(timeout: float) -> float:
+    """Seconds ``zramd stop`` waits for a clean exit before SIGKILL: the timeout less a
+    reserve for the kill and the supervisor's cleanup (2 s, or half of a short timeout)."""
+    return max(0.0, timeout - min(2.0, timeout / 2))
+
+
+@dataclass
+class Stopped:
+    pid: int
+    killed: bool
+    grace: float
+    cleanup: Cleanup
+
+
+def stop_server(server: Server, fd: int, timeout: float) -> Stopped:
+    """SIGTERM through the pidfd; after ``kill_after(timeout)`` s without an exit, SIGKILL
+    (nbdkit 1.32 waits at exit for every connected client, even one that never finished its
+    handshake, so a clean exit is not in the server's hands). Then wait for the supervising
+    shell to clean up, and clean up after it (idempotent). RunStateError if the process
+    survives even SIGKILL within the timeout."""
+    deadline = time.monotonic() + timeout
+    supervisor = server.supervisor()
+    sup_fd = pidfd(supervisor.pid) if supervisor is not None else None
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGTERM)
+        grace = kill_after(timeout)
+        killed = not wait_exit(fd, grace)
+        if killed:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            if not wait_exit(fd, max(deadline - time.monotonic(), 1.0)):
+                raise RunStateError(
+                    f"server {server.pid} did not die even after SIGKILL (stuck in the kernel?)"
+                )
+        if sup_fd is not None:
+            wait_exit(sup_fd, max(deadline - time.monotonic(), 0.5))
+    finally:
+        if sup_fd is not None:
+            os.close(sup_fd)
+    done = clean_up(server.pidfile, server.socket, server.control)
+    return Stopped(server.pid, killed, grace, done)
 
 
 @main.command()
 @click.option("--pidfile", type=click.Path(path_type=Path), help="The server's pidfile.")
-@click.option("--socket", "sock", type=click.Path(path_type=Path), help="The server's socket.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for exit.")
+@click.option(
+    "--socket", "sock", type=click.Path(path_type=Path), help="Its socket, if it is stale."
+)
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds until stop returns: SIGTERM, then SIGKILL 2 s before the end.",
+)
 def stop(pidfile: Path | None, sock: Path | None, timeout: float) -> None:
-    """Stop a server started by `zramd serve`."""
-    pidfile = pidfile or default_pidfile()
-    sock = sock or default_socket()
+    """Stop a server started by `zramd serve` within TIMEOUT, whatever its clients do.
+
+    The pid is signalled only if /proc shows the nbdkit serving this pidfile. A server still
+    there 2 s before the timeout (nbdkit waits for connected clients) is killed; its socket,
+    pidfile and control mount are removed either way. A stale pidfile is removed and reported,
+    and so is --socket if it is a stale socket; nothing else is ever deleted.
+    """
     try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        raise click.ClickException(f"no server: cannot read a pid from {pidfile}") from None
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pidfile.unlink(missing_ok=True)
-        raise click.ClickException(f"no server: process {pid} is gone") from None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+        if (pidfile is None or sock is None) and not private_dir(runtime_dir(), create=False):
+            raise click.ClickException(f"no server: {runtime_dir()} does not exist")
+        pidfile = (pidfile or default_pidfile()).absolute()
+        given = sock is not None
+        sock = (sock or default_socket()).absolute()
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        raise click.ClickException(
-            f"server {pid} did not exit within {timeout:g} s "
-            "(nbdkit waits for connected clients to disconnect)"
+            pid = read_pid(pidfile)
+        except FileNotFoundError:
+            raise click.ClickException(f"no server: no pidfile at {pidfile}") from None
+        if pid is None:  # serve creates it empty; nbdkit fills it in once it listens
+            raise click.ClickException(
+                f"no server: {pidfile} holds no pid (a server may be starting); left alone"
+            )
+        fd = pidfd(pid)
+        if fd is None:
+            server, why = None, f"process {pid} is gone"
+        else:
+            server, why = find_server(pid, pidfile)
+        if server is None or fd is None:
+            if fd is not None:
+                os.close(fd)
+            done = clean_up(pidfile, sock, None)
+            raise click.ClickException(
+                "\n".join([f"no server: {pidfile} is stale ({why})", *done.lines()])
+            )
+        try:
+            stopped = stop_server(server, fd, timeout)
+        finally:
+            os.close(fd)
+    except RunStateError as e:
+        raise click.ClickException(str(e)) from None
+    if stopped.killed:
+        click.echo(
+            f"zramd: server {stopped.pid} did not exit within {stopped.grace:g} s of SIGTERM "
+            "(nbdkit waits for every connected client); killed it (SIGKILL)",
+            err=True,
         )
-    pidfile.unlink(missing_ok=True)
-    sock.unlink(missing_ok=True)
-    click.echo(f"zramd: stopped server {pid}")
+    for line in stopped.cleanup.lines():
+        click.echo(f"zramd: {line}", err=True)
+    if given and sock != server.socket:
+        click.echo(f"zramd: --socket {sock} is not this server's socket: left alone", err=True)
+    if stopped.cleanup.failed:
+        raise click.ClickException(f"server {stopped.pid} stopped, but its state is left behind")
+    click.echo(f"zramd: stopped server {stopped.pid}" + (" (killed)" if stopped.killed else ""))
 
 
 control_option = click.option(
@@ -685,7 +882,7 @@ def status(
     MIGRATED COMP-RATIO HUGE-PAGES RSS.
     """
     columns = [COLUMNS[c] for c in parse_columns(output)]
-    values = device_values(control or default_control())
+    values = device_values(control_dir(control))
     if as_json:
         row = {}
         for c in columns:
@@ -722,7 +919,7 @@ def status(
 @control_option
 def compact(control: Path | None) -> None:
     """Compact the pool now (echo 1 > compact) and say what it freed."""
-    files = ControlFiles(control or default_control())
+    files = ControlFiles(control_dir(control))
     files.check()
     before = files.mm_stat()
     files.write("compact", "1\n")
@@ -740,7 +937,7 @@ def compact(control: Path | None) -> None:
 @click.argument("value")
 def set_(control: Path | None, attr: str, value: str) -> None:
     """Write VALUE to a control attribute (echo VALUE > ATTR)."""
-    files = ControlFiles(control or default_control())
+    files = ControlFiles(control_dir(control))
     files.check()
     files.write(attr, value + "\n")
 
@@ -749,7 +946,7 @@ def set_(control: Path | None, attr: str, value: str) -> None:
 @control_option
 def reset(control: Path | None) -> None:
     """Free everything and uninitialise the device (echo 1 > reset)."""
-    files = ControlFiles(control or default_control())
+    files = ControlFiles(control_dir(control))
     files.check()
     files.write("reset", "1\n")
 
@@ -769,7 +966,7 @@ def writeback(control: Path | None, mark: str | None, what: tuple[str, ...]) -> 
     page_indexes=LO-HI (several indexes may be given). With --idle, pages are marked idle
     first (echo all > idle), so `zramd writeback --idle all idle` writes back everything.
     """
-    files = ControlFiles(control or default_control())
+    files = ControlFiles(control_dir(control))
     files.check()
     if mark is not None:
         files.write("idle", mark + "\n")
@@ -799,7 +996,7 @@ def recompress(
     priority: int | None,
 ) -> None:
     """Recompress stored pages with the secondary algorithms (echo ... > recompress)."""
-    files = ControlFiles(control or default_control())
+    files = ControlFiles(control_dir(control))
     files.check()
     args = {
         "type": kind,

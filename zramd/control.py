@@ -1,9 +1,11 @@
 """The control attributes of a zram device, declared in one table (``/sys/block/zramN/``).
 
 Each attribute has the kernel's mode and an ``<attr>_show`` / ``<attr>_store`` pair. Shows
-return the exact text the kernel prints; stores take the raw bytes written and act before they
+return the exact text the kernel prints; stores take the bytes written and act before they
 return, raising a ZramdError whose ``errno`` is the kernel's answer for that attribute (and
-changing nothing). The FUSE filesystem (``fusefs.py``) and the CLI only call ``show``/``store``.
+changing nothing). As in sysfs, a store sees at most the first 4096 bytes of one write and
+reads them as a C string (up to the first NUL byte). The FUSE filesystem (``fusefs.py``) and
+the CLI only call ``show``/``store``.
 
 Writeback (CONFIG_ZRAM_WRITEBACK, with 7.0's ``writeback_batch_size``) and recompression
 (CONFIG_ZRAM_MULTI_COMP) are built in; ``max_comp_streams`` (removed in 6.15) and
@@ -14,16 +16,26 @@ Writeback (CONFIG_ZRAM_WRITEBACK, with 7.0's ``writeback_batch_size``) and recom
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from zramd.compress import BACKENDS
 from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice
 from zramd.errors import InvalidValueError, OutOfRangeError, ValueTooLongError, ZramdError
-from zramd.parse import kstrtoint, kstrtoull, memparse, next_args, sysfs_streq
+from zramd.parse import (
+    kstrtoint,
+    kstrtoull,
+    memparse,
+    next_arg,
+    next_args,
+    skip_spaces,
+    sysfs_streq,
+)
 from zramd.stats import BdStat, CompactStat, DebugStat, IoStat, MemStat, MmStat, PoolStats
 
 ZRAM_MAX_ALGO_NAME_SZ = 128
+STORE_MAX = 4096  #: PAGE_SIZE: kernfs hands a store at most this many bytes of one write
 
 RO, WO, RW = 0o444, 0o200, 0o644
 
@@ -118,18 +130,19 @@ def format_classes(s: PoolStats) -> str:
 # -- handlers ---------------------------------------------------------------------------------
 
 
-def _text(data: bytes, attr: str) -> str:
-    try:
-        return data.decode("ascii")
-    except UnicodeDecodeError:
-        raise InvalidValueError(f"{attr}: value is not ASCII text") from None
+def _text(data: bytes) -> str:
+    """The written bytes as text for the word-based parsers. Bytes that are not UTF-8 come
+    through as surrogates (``surrogateescape``): they match no keyword and no digit, so each
+    parser refuses or ignores them where the kernel's does, instead of all being refused
+    up front."""
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _params(data: bytes, attr: str) -> list[tuple[str, str]]:
     """The ``key=value`` words of a write (kernel ``next_arg`` rules); a key without a value
     is EINVAL, as every zram handler of this syntax answers."""
     out = []
-    for key, value in next_args(_text(data, attr)):
+    for key, value in next_args(_text(data)):
         if not value:
             raise InvalidValueError(f"{attr}: {key} needs a value ({key}=...)")
         out.append((key, value))
@@ -141,7 +154,7 @@ def disksize_show(dev: ZramDevice) -> str:
 
 
 def disksize_store(dev: ZramDevice, data: bytes) -> None:
-    value, _ = memparse(_text(data, "disksize"))
+    value, _ = memparse(data)
     if not value:
         raise InvalidValueError(f"disksize: {data.strip()!r} is not a size (e.g. 1G, 512M)")
     dev.set_disksize(value)
@@ -152,14 +165,14 @@ def initstate_show(dev: ZramDevice) -> str:
 
 
 def reset_store(dev: ZramDevice, data: bytes) -> None:
-    value = kstrtoull(_text(data, "reset"), 10, what="reset", limit=0xFFFF)
+    value = kstrtoull(data, 10, what="reset", limit=0xFFFF)
     if not value:
         raise InvalidValueError("reset: write a non-zero number (echo 1 > reset)")
     dev.reset()
 
 
 def mem_limit_store(dev: ZramDevice, data: bytes) -> None:
-    value, consumed = memparse(_text(data, "mem_limit"))
+    value, consumed = memparse(data)
     if not consumed:
         raise InvalidValueError(f"mem_limit: {data.strip()!r} is not a size (e.g. 512M; 0 = none)")
     dev.set_mem_limit(value)
@@ -167,7 +180,7 @@ def mem_limit_store(dev: ZramDevice, data: bytes) -> None:
 
 def mem_used_max_store(dev: ZramDevice, data: bytes) -> None:
     try:
-        value = kstrtoull(_text(data, "mem_used_max"), 10, what="mem_used_max")
+        value = kstrtoull(data, 10, what="mem_used_max")
     except ZramdError:
         value = -1
     if value != 0:
@@ -180,12 +193,11 @@ def compact_store(dev: ZramDevice, data: bytes) -> None:
 
 
 def idle_store(dev: ZramDevice, data: bytes) -> None:
-    text = _text(data, "idle")
-    if sysfs_streq(text, "all"):
+    if sysfs_streq(data, "all"):
         dev.mark_idle()
         return
     try:
-        seconds = kstrtoull(text, 0, what="idle", limit=0xFFFFFFFF)
+        seconds = kstrtoull(data, 0, what="idle", limit=0xFFFFFFFF)
     except ZramdError:
         raise InvalidValueError("idle: write 'all' or an age in seconds") from None
     dev.mark_idle(seconds)
@@ -198,29 +210,77 @@ def comp_algorithm_show(dev: ZramDevice) -> str:
 def comp_algorithm_store(dev: ZramDevice, data: bytes) -> None:
     if len(data) >= ZRAM_MAX_ALGO_NAME_SZ:
         raise ValueTooLongError(f"comp_algorithm: name of {len(data)} bytes is too long")
-    dev.set_comp_algorithm(_text(data, "comp_algorithm").removesuffix("\n"))
+    # the handler drops one trailing newline and zcomp_available_algorithm compares with
+    # sysfs_streq, which forgives one more: "lz4\n\n" selects lz4 in the kernel too
+    dev.set_comp_algorithm(_text(data).removesuffix("\n").removesuffix("\n"))
 
 
-def algorithm_params_store(dev: ZramDevice, data: bytes) -> None:
-    priority = 0
+#: what the kernel stores for a level or deflate.winbits it was not given (zcomp.h INT_MIN):
+#: writing this value means "the backend's default" too
+ZCOMP_PARAM_NOT_SET = -(1 << 31)
+
+
+@dataclass(frozen=True, slots=True)
+class AlgorithmParams:
+    """One ``algorithm_params`` write, parsed (None: not given)."""
+
+    priority: int = 0
+    algo: str | None = None
     level: int | None = None
     winbits: int | None = None
+    dict_path: bytes | None = None
+
+
+def _params_int(value: str, key: str) -> int:
+    """``kstrtoint(value, 10)`` as the kernel has it: kstrtoll reads one sign, so ``-+1`` is
+    not a number (EINVAL)."""
+    if value[:2] == "-+":
+        raise InvalidValueError(f"algorithm_params: {key}={value} is not a number")
+    return kstrtoint(value, what=f"algorithm_params {key}")
+
+
+def _params_setting(value: str, key: str) -> int | None:
+    """A level or deflate.winbits: ZCOMP_PARAM_NOT_SET reads as not given."""
+    n = _params_int(value, key)
+    return None if n == ZCOMP_PARAM_NOT_SET else n
+
+
+def parse_algorithm_params(data: bytes) -> AlgorithmParams:
+    """``algorithm_params_store``'s parse loop (7.0), errors in its order.
+
+    The write is a C string: it ends at its first NUL. Bytes are Latin-1 (a byte >= 0x80 is a
+    character, 0xA0 a space, as the kernel's ctype has them). Words are split by ``next_arg``;
+    a word without a value is EINVAL; ``priority``, ``level`` and ``deflate.winbits`` are
+    decimal ``kstrtoint`` (EINVAL, ERANGE beyond s32); ``algo`` and ``dict`` are taken as
+    written; unknown keys are ignored; a repeated key keeps its last value.
+    """
+    text = data.split(b"\0", 1)[0].decode("latin-1")
+    priority = 0
     algo: str | None = None
-    dict_path: str | None = None
-    for key, value in _params(data, "algorithm_params"):
+    level = winbits = None
+    dict_path: bytes | None = None
+    args = skip_spaces(text)
+    while args:
+        key, value, args = next_arg(args)
+        if not value:
+            raise InvalidValueError(f"algorithm_params: {key} needs a value ({key}=...)")
         if key == "priority":
-            priority = kstrtoint(value, what="algorithm_params priority")
+            priority = _params_int(value, key)
         elif key == "level":
-            level = kstrtoint(value, what="algorithm_params level")
+            level = _params_setting(value, key)
         elif key == "algo":
             algo = value
         elif key == "dict":
-            dict_path = value
+            dict_path = value.encode("latin-1")
         elif key == "deflate.winbits":
-            winbits = kstrtoint(value, what="algorithm_params deflate.winbits")
-        # unknown keys are ignored, as the kernel does
+            winbits = _params_setting(value, key)
+    return AlgorithmParams(priority, algo, level, winbits, dict_path)
+
+
+def algorithm_params_store(dev: ZramDevice, data: bytes) -> None:
+    p = parse_algorithm_params(data)
     dev.set_algorithm_params(
-        priority=priority, algo=algo, level=level, winbits=winbits, dict_path=dict_path
+        priority=p.priority, algo=p.algo, level=p.level, winbits=p.winbits, dict_path=p.dict_path
     )
 
 
@@ -229,7 +289,15 @@ def backing_dev_show(dev: ZramDevice) -> str:
 
 
 def backing_dev_store(dev: ZramDevice, data: bytes) -> None:
-    spec = _text(data, "backing_dev").removesuffix("\n")
+    # strscpy into a PATH_MAX buffer: a path is at most 4095 bytes; the kernel opens the
+    # bytes as they are, so they reach open() unchanged (os.fsdecode round-trips them)
+    raw = data[: STORE_MAX - 1].removesuffix(b"\n")
+    spec = os.fsdecode(raw)
+    if "://" in spec and not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidValueError("backing_dev: an NBD URI must be UTF-8 text") from None
     if not spec:
         raise InvalidValueError("backing_dev: write a file path, an NBD URI, or none")
     dev.set_backing_dev(spec)
@@ -295,7 +363,7 @@ def writeback_plan(text: str) -> Callable[[int], list[tuple[int, int, int]]]:
 
 
 def writeback_store(dev: ZramDevice, data: bytes) -> None:
-    dev.writeback(writeback_plan(_text(data, "writeback")))
+    dev.writeback(writeback_plan(_text(data)))
 
 
 def writeback_limit_show(dev: ZramDevice) -> str:
@@ -303,7 +371,7 @@ def writeback_limit_show(dev: ZramDevice) -> str:
 
 
 def writeback_limit_store(dev: ZramDevice, data: bytes) -> None:
-    dev.set_writeback_limit(kstrtoull(_text(data, "writeback_limit"), what="writeback_limit"))
+    dev.set_writeback_limit(kstrtoull(data, what="writeback_limit"))
 
 
 def writeback_limit_enable_show(dev: ZramDevice) -> str:
@@ -311,8 +379,7 @@ def writeback_limit_enable_show(dev: ZramDevice) -> str:
 
 
 def writeback_limit_enable_store(dev: ZramDevice, data: bytes) -> None:
-    text = _text(data, "writeback_limit_enable")
-    dev.set_writeback_limit_enable(bool(kstrtoull(text, what="writeback_limit_enable")))
+    dev.set_writeback_limit_enable(bool(kstrtoull(data, what="writeback_limit_enable")))
 
 
 def writeback_batch_size_show(dev: ZramDevice) -> str:
@@ -320,8 +387,7 @@ def writeback_batch_size_show(dev: ZramDevice) -> str:
 
 
 def writeback_batch_size_store(dev: ZramDevice, data: bytes) -> None:
-    text = _text(data, "writeback_batch_size")
-    value = kstrtoull(text, what="writeback_batch_size", limit=0xFFFFFFFF)
+    value = kstrtoull(data, what="writeback_batch_size", limit=0xFFFFFFFF)
     if not value:
         raise InvalidValueError("writeback_batch_size: must be at least 1")
     dev.set_writeback_batch_size(value)
@@ -464,7 +530,7 @@ ATTRIBUTES: tuple[Attribute, ...] = (
         WO,
         None,
         algorithm_params_store,
-        "key=value: priority, algo, level, deflate.winbits",
+        "key=value: priority, algo, level, deflate.winbits, dict",
     ),
     Attribute(
         "backing_dev",
@@ -545,13 +611,22 @@ def show(dev: ZramDevice, name: str) -> bytes:
     attr = lookup(name)
     if attr.show is None:
         raise PermissionDeniedError(f"{name} is write-only")
-    return attr.show(dev).encode("ascii")
+    return os.fsencode(attr.show(dev))  # a backing_dev path shows as the bytes it was given
 
 
-def store(dev: ZramDevice, name: str, data: bytes) -> None:
-    """Write ``data`` to the attribute. EACCES for a read-only attribute; otherwise the
-    attribute's own errno on a bad value, with nothing changed."""
+def store(dev: ZramDevice, name: str, data: bytes) -> int:
+    """Write ``data`` to the attribute as one sysfs write does; returns the byte count the
+    write reports: ``min(len(data), 4096)``.
+
+    kernfs passes a store only the first 4096 bytes (PAGE_SIZE) of a write, and reports that
+    many as written; every zram store reads them as a C string, so a NUL byte ends the value.
+    An empty write reports 0 without running the store. EACCES for a read-only attribute;
+    otherwise the attribute's own errno on a bad value, with nothing changed."""
     attr = lookup(name)
     if attr.store is None:
         raise PermissionDeniedError(f"{name} is read-only")
-    attr.store(dev, data)
+    data = bytes(data[:STORE_MAX])
+    if not data:
+        return 0
+    attr.store(dev, data.split(b"\0", 1)[0])
+    return len(data)

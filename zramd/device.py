@@ -12,19 +12,31 @@ slot locked, its old object freed and the new one installed, so a failed write l
 data in place. Reads copy the object out under the slot lock and decompress after releasing it.
 
 Sub-page I/O (NBD allows 512-byte granularity) is read-modify-write under the slot lock.
-Discard and write-zeroes free whole pages (never-written and discarded slots read as zeros
-without touching the pool); partial pages at the edges are zeroed by writing, so a client never
-reads stale bytes back.
+Discard frees the whole pages it covers and leaves partial pages at its edges as they are, as
+the kernel's ``zram_bio_discard`` does: a discard is there to give memory back, so it never
+allocates and never fails for lack of memory (NBD leaves trimmed bytes unspecified until they
+are written again). Write-zeroes frees (or same-fills) whole pages too, but zeroes partial edge
+pages by read-modify-write, because its bytes must read back as zeros; at ``mem_limit`` that
+write may be refused (ENOSPC, nothing changed) like any other. Never-written and freed slots
+read as zeros without touching the pool.
 
 Locking
 =======
 
 ::
 
-    ZramDevice._lock        lifecycle: disksize, comp_algorithm, reset, limits (short)
-    _IoGate                 I/O requests share it; reset/disksize take it exclusively
-      -> slot stripe lock   pages i with the same (i >> 5) % 1024 share one lock
-        -> pool locks       (see pool.py)
+    ZramDevice._lock        the configuration disksize builds from (comp_algorithm and
+                            recomp_algorithm with their algorithm_params, backing_dev), the
+                            switch of the state at disksize and reset, and the opener count;
+                            I/O never takes it
+      -> _IoGate            I/O requests share it; reset/disksize take it exclusively
+        -> slot stripe lock pages i with the same (i >> 5) % 1024 share one lock
+          -> pool locks     (see pool.py)
+    ZramDevice._stat_lock   leaf: mem_used_max, the failure and direct-compaction counters,
+                            the writeback budget, the frames batches reserved under mem_limit
+
+mem_limit, writeback_limit_enable, writeback_batch_size and the auto_compact policy are
+single values, stored and read without a lock.
 
 A stripe covers 32 consecutive pages (128 KiB), so a typical request takes one lock; requests
 to different regions proceed in parallel. Per-stripe counters (pages stored, compressed bytes,
@@ -40,25 +52,28 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zramd._types import BytesLike
 from zramd.backing import BackingDevice, BackingError, BackingFullError, open_store
 from zramd.compress import DEFAULT, Compressor, create, lookup
 from zramd.compress.base import raw_decompressor
+from zramd.compress.dictionary import read_dictionary
 from zramd.errors import (
     DeviceBusyError,
     InvalidIOError,
     InvalidValueError,
     MemLimitError,
     NoDeviceError,
+    OutOfRangeError,
     PoolExhaustedError,
     TryAgainError,
     ZramdError,
 )
 from zramd.frames import MAX_FRAMES
+from zramd.parse import U64_MASK
 from zramd.pool import ZsPool, native_module
-from zramd.size_class import DEFAULT_CHAIN_SIZE, PAGE_SHIFT, PAGE_SIZE
+from zramd.size_class import DEFAULT_CHAIN_SIZE, PAGE_SHIFT, PAGE_SIZE, ClassSpec
 from zramd.slots import (
     ZRAM_COMP_PRIORITY_MASK,
     ZRAM_COMP_PRIORITY_SHIFT,
@@ -100,6 +115,9 @@ PP_INCOMPRESSIBLE = 1 << 2
 PP_BUCKET_SHIFT = 6  # post-processing buckets of 64 bytes of object size: biggest first
 
 WB_BATCH_DEFAULT = 32  # writeback_batch_size: pages in flight at once (7.0's default)
+#: pages one writeback holds decompressed at once, whatever writeback_batch_size says (1 MiB):
+#: the knob keeps the kernel's u32 range, the memory a batch holds stays bounded
+WB_BATCH_MAX = 256
 
 
 def same_fill(page: memoryview) -> int | None:
@@ -297,6 +315,17 @@ def fill_page(word: int) -> bytes:
     return ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * WORDS_PER_PAGE
 
 
+def _frames_bound(pool: ZsPool, objs: Sequence[BytesLike]) -> int:
+    """The most frames storing ``objs`` can add to ``pool``: a new zspage for every
+    ``objs_per_zspage`` objects of each class (a frame per huge object)."""
+    counts: dict[ClassSpec, int] = {}
+    class_for = pool.class_for_size
+    for obj in objs:
+        spec = class_for(len(obj))
+        counts[spec] = counts.get(spec, 0) + 1
+    return sum(-(-n // s.objs_per_zspage) * s.pages_per_zspage for s, n in counts.items())
+
+
 def _pp_flags(mode: int) -> int:
     """Slot flags a writeback / recompress mode requires."""
     return (
@@ -310,17 +339,25 @@ def _name(comp: Compressor | None) -> str | None:
     return comp.name if comp is not None else None
 
 
-def _make_compressor(name: str, level: int | None, winbits: int | None) -> Compressor:
-    return create(name, level, **({} if winbits is None else {"winbits": winbits}))
-
-
 @dataclass(frozen=True, slots=True)
-class _Algorithm:
-    """A configured secondary algorithm and its parameters (None: the backend's default)."""
+class AlgorithmConfig:
+    """A configured algorithm and what ``algorithm_params`` stored for it (the kernel's
+    ``comp_algs[prio]`` and ``params[prio]``). None or empty: the backend's default."""
 
     name: str
     level: int | None = None
-    winbits: int | None = None
+    winbits: int | None = None  #: deflate.winbits
+    dictionary: bytes = field(default=b"", repr=False)  #: the dict= file's bytes
+
+    def compressor(self) -> Compressor:
+        """The algorithm set up with these parameters: what disksize builds. EINVAL for a
+        value the backend cannot use (a backend ignores those it has no use for)."""
+        try:
+            return create(self.name, self.level, winbits=self.winbits, dictionary=self.dictionary)
+        except InvalidValueError as e:
+            raise InvalidValueError(
+                f"disksize: cannot set up {self.name} with its algorithm_params: {e}"
+            ) from e
 
 
 class AutoCompact:
@@ -477,13 +514,12 @@ class ZramDevice:
         self._gate = _IoGate()
         self._chain = chain
         self._clock = clock
-        self._algorithm = comp_algorithm
-        self._level: int | None = None
-        self._winbits: int | None = None
-        self._recomp: dict[int, _Algorithm] = {}  #: secondary algorithms by priority (1..3)
+        self._primary = AlgorithmConfig(comp_algorithm)  #: comp_algorithm and its parameters
+        self._recomp: dict[int, AlgorithmConfig] = {}  #: secondary algorithms by priority (1..3)
         self._backing: BackingDevice | None = None
         self._state: _State | None = None
         self._limit_pages = 0
+        self._reserved_pages = 0  #: frames batches in flight may still add (_stat_lock)
         self._max_pages = 0
         self._failed_reads = 0
         self._failed_writes = 0
@@ -516,11 +552,17 @@ class ZramDevice:
 
     @property
     def comp_algorithm(self) -> str:
-        return self._algorithm
+        return self._primary.name
 
     @property
     def algorithm_level(self) -> int | None:
-        return self._level
+        """The level ``algorithm_params`` stored for comp_algorithm (None: the default)."""
+        return self._primary.level
+
+    def algorithm_params(self, priority: int = 0) -> AlgorithmConfig | None:
+        """The algorithm configured at ``priority`` (0 = comp_algorithm, 1..3 =
+        recomp_algorithm) with its stored parameters, or None."""
+        return self._primary if priority == 0 else self._recomp.get(priority)
 
     def set_disksize(self, nbytes: int) -> None:
         """Initialise the device: EINVAL for 0, EBUSY when already initialised."""
@@ -534,9 +576,9 @@ class ZramDevice:
             if self._state is not None:
                 raise DeviceBusyError("disksize: device already initialised; reset it first")
             comps: list[Compressor | None] = [None] * ZRAM_MAX_COMPS
-            comps[0] = _make_compressor(self._algorithm, self._level, self._winbits)
+            comps[0] = self._primary.compressor()
             for prio, a in self._recomp.items():
-                comps[prio] = _make_compressor(a.name, a.level, a.winbits)
+                comps[prio] = a.compressor()
             self._state = _State(nbytes, comps, self._chain, self._backing)
 
     def set_comp_algorithm(self, name: str) -> None:
@@ -547,9 +589,8 @@ class ZramDevice:
                 raise DeviceBusyError(
                     "comp_algorithm: can't change the algorithm of an initialised device"
                 )
-            if name != self._algorithm:
-                self._level = self._winbits = None
-            self._algorithm = name
+            if name != self._primary.name:
+                self._primary = AlgorithmConfig(name)
 
     def set_algorithm_params(
         self,
@@ -558,40 +599,55 @@ class ZramDevice:
         algo: str | None = None,
         level: int | None = None,
         winbits: int | None = None,
-        dict_path: str | None = None,
+        dict_path: bytes | str | None = None,
     ) -> None:
         """``algorithm_params``: replace the parameters of one configured algorithm.
 
-        ``algo=`` picks the algorithm by name (primary or a secondary), else ``priority``
-        (0 = primary, 1..3 = a configured ``recomp_algorithm``). As in 7.0.y: EBUSY after init.
-        Unset values return to the backend's default.
+        ``algo`` picks the algorithm by name (comp_algorithm or a secondary; it wins over
+        ``priority``), else ``priority`` does (0 = comp_algorithm, 1..3 = a configured
+        recomp_algorithm). Errors in the kernel's order: EBUSY after init (as 7.0.y), EINVAL
+        for an ``algo`` or ``priority`` naming nothing configured, EINVAL for a dictionary
+        file that cannot be read (``read_dictionary``; read outside the device lock, as
+        backing_dev opens its store). Nothing changes on error.
+
+        Values are stored as given and used when disksize builds the compressor, as the
+        kernel does: a backend ignores what it has no use for (a level for lzo,
+        deflate.winbits for zstd, a dictionary for deflate), and disksize fails with EINVAL
+        for a value a backend cannot use (deflate level 10). Unset values mean the backend's
+        default.
         """
         with self._lock:
-            if self._state is not None:
-                raise DeviceBusyError("algorithm_params: device already initialised")
-            if algo is not None:
-                names = {0: self._algorithm} | {p: a.name for p, a in self._recomp.items()}
-                found = [p for p, n in names.items() if n == algo]
-                if not found:
-                    raise InvalidValueError(
-                        f"algorithm_params: algo={algo} is neither comp_algorithm nor a "
-                        "configured recomp_algorithm"
-                    )
-                priority = found[0]
-            elif priority != 0 and priority not in self._recomp:
-                raise InvalidValueError(
-                    f"algorithm_params: priority={priority}: no recomp_algorithm is configured "
-                    "with that priority (0 = comp_algorithm, 1..3 = recomp_algorithm)"
-                )
-            if dict_path is not None:
-                raise InvalidValueError("algorithm_params: dict= is not supported")
-            name = self._algorithm if priority == 0 else self._recomp[priority].name
-            _make_compressor(name, level, winbits)  # validate now, not at disksize
-            if priority == 0:
-                self._level = level
-                self._winbits = winbits
+            self._params_priority(priority, algo)
+        dictionary = b"" if dict_path is None else read_dictionary(os.fsencode(dict_path))
+        with self._lock:  # again: comp_algorithm or disksize may have changed meanwhile
+            prio = self._params_priority(priority, algo)
+            current = self.algorithm_params(prio)
+            assert current is not None
+            new = AlgorithmConfig(current.name, level, winbits, dictionary)
+            if prio == 0:
+                self._primary = new
             else:
-                self._recomp[priority] = _Algorithm(name, level, winbits)
+                self._recomp[prio] = new
+
+    def _params_priority(self, priority: int, algo: str | None) -> int:
+        """The priority an algorithm_params write goes to (``self._lock`` held)."""
+        if self._state is not None:
+            raise DeviceBusyError("algorithm_params: device already initialised")
+        if algo is not None:
+            configured = {0: self._primary} | dict(sorted(self._recomp.items()))
+            for prio, a in configured.items():
+                if a.name == algo:
+                    return prio
+            raise InvalidValueError(
+                f"algorithm_params: algo={algo} is neither comp_algorithm nor a "
+                "configured recomp_algorithm"
+            )
+        if priority != 0 and priority not in self._recomp:
+            raise InvalidValueError(
+                f"algorithm_params: priority={priority}: no recomp_algorithm is configured "
+                "with that priority (0 = comp_algorithm, 1..3 = recomp_algorithm)"
+            )
+        return priority
 
     @property
     def recomp_algorithms(self) -> dict[int, str]:
@@ -611,7 +667,7 @@ class ZramDevice:
             if self._state is not None:
                 raise DeviceBusyError("recomp_algorithm: device already initialised")
             if priority not in self._recomp or self._recomp[priority].name != name:
-                self._recomp[priority] = _Algorithm(name)
+                self._recomp[priority] = AlgorithmConfig(name)
 
     @property
     def backing_dev(self) -> str | None:
@@ -621,11 +677,15 @@ class ZramDevice:
 
     def set_backing_dev(self, spec: str) -> None:
         """``backing_dev``: a file (regular or block device) or an NBD URI to write cold pages
-        to; ``none`` detaches. EBUSY after init; open errors carry their errno (ENOENT, ...)."""
+        to; ``none`` detaches. EBUSY after init, or when another device or program holds the
+        file (the store is claimed exclusively; this device may set its own file again); open
+        errors carry their errno (ENOENT, ...)."""
         if self._state is not None:  # checked first, as the kernel does, before opening
             raise DeviceBusyError("backing_dev: device already initialised")
         # opened outside the lifecycle lock: connecting to an NBD server may take a while
-        new = None if spec == "none" else BackingDevice(open_store(spec))
+        held = self._backing  # the same file again shares its claim, as a kernel holder may
+        reuse = held.store if held is not None else None
+        new = None if spec == "none" else BackingDevice(open_store(spec, reuse))
         with self._lock:
             busy = self._state is not None  # disksize won a race with us
             if not busy:
@@ -665,17 +725,22 @@ class ZramDevice:
         return self._limit_pages << PAGE_SHIFT
 
     def set_mem_limit(self, nbytes: int) -> None:
-        """Limit the pool (0 = none); rounded up to whole pages. Allowed any time."""
+        """Limit the pool to ``nbytes`` (0 = none), a u64, rounded up to whole pages as the
+        kernel does: ``PAGE_ALIGN`` in 64 bits, so anything above 2**64 - 4096 wraps to 0
+        (no limit). Negative -> EINVAL, above 2**64-1 -> ERANGE. Allowed any time."""
         if nbytes < 0:
             raise InvalidValueError(f"mem_limit {nbytes}: must not be negative")
-        self._limit_pages = (nbytes + PAGE_MASK) >> PAGE_SHIFT
+        if nbytes > U64_MASK:
+            raise OutOfRangeError(f"mem_limit {nbytes}: larger than 2**64-1")
+        self._limit_pages = ((nbytes + PAGE_MASK) & U64_MASK) >> PAGE_SHIFT
 
     def reset_mem_used_max(self) -> None:
         """``echo 0 > mem_used_max``: the peak becomes the current use (no-op before init)."""
-        with self._lock:
+        with self._lock:  # the state stays while it is read
             st = self._state
             if st is not None:
-                self._max_pages = st.pool.total_pages
+                with self._stat_lock:
+                    self._max_pages = st.pool.total_pages
 
     def set_auto_compact(
         self,
@@ -713,13 +778,13 @@ class ZramDevice:
             if backing is not None:
                 backing.close()
             self._limit_pages = 0
-            self._max_pages = 0
-            self._failed_reads = self._failed_writes = self._miss_free = 0
-            self._direct_runs = self._direct_freed = 0
+            with self._stat_lock:
+                self._max_pages = 0
+                self._failed_reads = self._failed_writes = self._miss_free = 0
+                self._direct_runs = self._direct_freed = 0
             ac = self.auto_compact
             ac.runs = ac.pages_freed = ac.max_pause_ns = 0
-            self._algorithm = DEFAULT
-            self._level = self._winbits = None
+            self._primary = AlgorithmConfig(DEFAULT)
             self._recomp.clear()
 
     def open(self) -> None:
@@ -844,14 +909,16 @@ class ZramDevice:
         ``scans`` are (mode, lo, hi) in the order the kernel's parser issues them: slots
         [lo, hi) holding a pool object with every flag the mode asks for (PP_IDLE, PP_HUGE,
         PP_INCOMPRESSIBLE; 0 = any) are picked. Largest objects go first, in batches of
-        ``writeback_batch_size`` pages written at once. A page accessed or freed while its
-        batch is in flight stays in memory. Returns the pages written back.
+        ``writeback_batch_size`` pages (at most ``WB_BATCH_MAX``) written at once. A page
+        accessed or freed while its batch is in flight stays in memory. Returns the pages
+        written back.
 
         ENODEV without a backing device; EAGAIN while another writeback or recompression
         runs; EIO when the enabled ``writeback_limit`` runs out or the store fails; ENOSPC
-        when it is full. On an error, what was written back before it stays written back.
-        ``scans`` may be a function of the device's page count (the control file's parser),
-        called after those checks, as the kernel parses after them.
+        when it is full (no free block, or no room left on the file's filesystem). On an
+        error, what was written back before it stays written back. ``scans`` may be a
+        function of the device's page count (the control file's parser), called after those
+        checks, as the kernel parses after them.
         """
         with self._post_processing("writeback") as st:
             backing = st.backing
@@ -880,9 +947,10 @@ class ZramDevice:
     def _writeback_slots(self, st: _State, backing: BackingDevice, picked: list[int]) -> int:
         written = 0
         error: ZramdError | None = None
-        for start in range(0, len(picked), self._wb_batch):
+        batch = min(self._wb_batch, WB_BATCH_MAX)
+        for start in range(0, len(picked), batch):
             jobs: list[tuple[int, int, int, int, bytes]] = []  # index, flags, handle, block, page
-            for index in picked[start : start + self._wb_batch]:
+            for index in picked[start : start + batch]:
                 if not self._wb_budget(1):
                     error = ZramdError("writeback: writeback_limit is used up")
                     break
@@ -1195,22 +1263,34 @@ class ZramDevice:
         self._update(offset, len(mv), mv, "write", hole=False)
 
     def discard(self, offset: int, length: int) -> None:
-        """Free the whole pages in the range; partial pages at its edges are zeroed by writing
-        (a page that becomes all zeros is freed too)."""
-        self._update(offset, length, None, "discard", hole=True)
+        """Free the whole pages in the range and leave partial pages at its edges untouched
+        (``zram_bio_discard``), so it never needs memory and fails only for a range outside
+        the device (EINVAL). The freed pages read as zeros; the untouched edge bytes keep
+        their contents, which NBD allows (trimmed bytes are unspecified until rewritten)."""
+        self._update(offset, length, None, "discard", hole=True, edges=False)
 
     def write_zeroes(self, offset: int, length: int, *, may_trim: bool = True) -> None:
         """Make the range read as zeros. With ``may_trim`` whole pages are freed (holes);
-        without, they become allocated same-filled zero pages (no pool memory either)."""
+        without, they become allocated same-filled zero pages (no pool memory either).
+        Partial pages at the edges are rewritten with their bytes zeroed; a page that becomes
+        same-filled needs no memory, any other needs a new object, so at mem_limit the
+        request can fail with ENOSPC, all or nothing, as a write does."""
         self._update(offset, length, None, "write_zeroes", hole=may_trim)
 
     def _update(
-        self, offset: int, length: int, src: memoryview | None, what: str, *, hole: bool
+        self,
+        offset: int,
+        length: int,
+        src: memoryview | None,
+        what: str,
+        *,
+        hole: bool,
+        edges: bool = True,
     ) -> None:
         st = self._begin(offset, length, what)
         try:
             if length:
-                self._apply(st, offset, offset + length, src, hole=hole)
+                self._apply(st, offset, offset + length, src, hole=hole, edges=edges)
         except ZramdError:
             with self._stat_lock:
                 self._failed_writes += 1
@@ -1219,7 +1299,14 @@ class ZramDevice:
             self._gate.leave()
 
     def _apply(
-        self, st: _State, offset: int, end: int, src: memoryview | None, *, hole: bool
+        self,
+        st: _State,
+        offset: int,
+        end: int,
+        src: memoryview | None,
+        *,
+        hole: bool,
+        edges: bool = True,
     ) -> None:
         """Set bytes [offset, end) from ``src``, or to zero when ``src`` is None.
 
@@ -1227,19 +1314,24 @@ class ZramDevice:
            slot lock is taken, as the kernel allocates before locking the slot.
         2. Every stripe lock the request touches is taken, in ascending order (the only place
            that holds more than one; ordering makes it deadlock-free).
-        3. Partial pages at the edges are read, patched and encoded under those locks.
+        3. Partial pages at the edges are read, patched and encoded under those locks, unless
+           ``edges`` is False (discard: only whole pages change, nothing is allocated).
         4. Only when everything is allocated are the slots switched over and old objects freed;
            a failure in 1 or 3 frees what was allocated and leaves every slot untouched.
         """
-        first = offset >> PAGE_SHIFT
-        last = (end - 1) >> PAGE_SHIFT
         full_lo = (offset + PAGE_MASK) >> PAGE_SHIFT
         full_hi = max(end >> PAGE_SHIFT, full_lo)
         n_full = full_hi - full_lo
+        if edges:
+            first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        elif n_full:
+            first, last = full_lo, full_hi - 1
+        else:
+            return  # a discard inside one page changes nothing
         values: list[int | None] = []
         flags: list[int] = []
         locks: list[threading.Lock] = []
-        edges: list[tuple[int, int | None, int]] = []
+        edits: list[tuple[int, int | None, int]] = []
         try:
             if src is not None:
                 values, flags = self._encode_pages(
@@ -1256,17 +1348,17 @@ class ZramDevice:
                 if p < full_lo or p >= full_hi:
                     edit = self._edit_locked(st, p, offset, end, src, hole=hole)
                     if edit is not None:
-                        edges.append(edit)
+                        edits.append(edit)
         except BaseException:
             for lock in reversed(locks):
                 lock.release()
             self._free_encoded(st, values, flags)
-            self._free_encoded(st, [v for _, v, _ in edges], [f for _, _, f in edges])
+            self._free_encoded(st, [v for _, v, _ in edits], [f for _, _, f in edits])
             raise
         try:
             now = int(self._clock())
             self._install(st, full_lo, values, flags, now)
-            for page, value, f in edges:
+            for page, value, f in edits:
                 self._install(st, page, [value], [f], now)
             if src is None:  # the kernel counts every whole page a discard visits
                 for page in range(full_lo, full_hi):
@@ -1340,8 +1432,7 @@ class ZramDevice:
     ) -> tuple[list[int | None], list[int]]:
         """Slot contents for ``count`` whole pages of ``src`` from byte ``base``: a fill word
         (ZRAM_SAME) or a new pool object (compressed, or raw if HUGE). Allocates in batches of
-        one stripe (128 KiB) and checks mem_limit after each, so a big request can overshoot
-        the limit by at most one batch before it is refused."""
+        one stripe (128 KiB) under mem_limit (``_store_many``)."""
         compress = st.comp.compress
         encode = st.encode_pages
         huge_size = st.pool.huge_class_size
@@ -1373,24 +1464,73 @@ class ZramDevice:
         return values, flags
 
     def _store_many(self, st: _State, objs: list[BytesLike]) -> list[int]:
-        """Allocate and fill objects, enforcing mem_limit with one direct compaction."""
+        """Allocate and fill objects, enforcing mem_limit with one direct compaction.
+
+        The pool is checked after an allocation, as the kernel checks after ``zs_malloc``,
+        so an allocation may overshoot the limit before it is undone. A batch adds at most
+        a new zspage per ``objs_per_zspage`` objects of each class it touches (32 objects
+        in 32 empty classes: 241 frames). So a batch is allocated at once only when that
+        many frames fit under the limit beside those reserved by other batches in flight,
+        and it reserves them until its allocation is done; otherwise its objects go one at
+        a time. Every request thus overshoots the limit by at most one zspage (``chain``
+        frames) before it is refused."""
+        limit = self._limit_pages
+        if not limit or len(objs) == 1:
+            return self._store_checked(st, objs)
+        pool = st.pool
+        bound = len(objs) * self._chain  # every object a new zspage of the longest chain
+        if bound > limit - pool.total_pages - self._reserved_pages:
+            bound = _frames_bound(pool, objs)
+        with self._stat_lock:
+            fits = bound <= limit - pool.total_pages - self._reserved_pages
+            if fits:
+                self._reserved_pages += bound
+        if not fits:
+            return self._store_each(st, objs)
+        return self._store_checked(st, objs, bound)
+
+    def _store_each(self, st: _State, objs: list[BytesLike]) -> list[int]:
+        """``_store_checked`` one object at a time (near the limit); all or nothing."""
+        handles: list[int] = []
+        try:
+            for obj in objs:
+                handles += self._store_checked(st, [obj])
+        except BaseException:
+            st.pool.free_many(handles)
+            raise
+        return handles
+
+    def _store_checked(self, st: _State, objs: list[BytesLike], reserved: int = 0) -> list[int]:
+        """Allocate and fill objects, giving back the ``reserved`` frames once allocated;
+        then check mem_limit (frames other batches reserved count as used): over it, free
+        them, compact once and try again (object by object) before refusing
+        (MemLimitError)."""
         pool = st.pool
         try:
-            handles = pool.store_many(objs)
-        except PoolExhaustedError:
-            self._direct_compact(pool)
-            handles = pool.store_many(objs)
+            try:
+                handles = pool.store_many(objs)
+            except PoolExhaustedError:
+                self._direct_compact(pool)
+                handles = pool.store_many(objs)
+        finally:
+            if reserved:
+                with self._stat_lock:
+                    self._reserved_pages -= reserved
         limit = self._limit_pages
         total = pool.total_pages
-        if limit and total > limit:
+        if limit and total + self._reserved_pages > limit:
             pool.free_many(handles)
             self._direct_compact(pool)  # the "direct compaction" the 2014 review asked for
+            if len(objs) > 1:  # what room there is, it takes object by object
+                return self._store_each(st, objs)
             handles = pool.store_many(objs)
             total = pool.total_pages
-            if total > limit:
+            others = self._reserved_pages
+            if total + others > limit:
                 pool.free_many(handles)
+                also = f" (and {others} reserved by other writes)" if others else ""
                 raise MemLimitError(
-                    f"write refused: the pool would hold {total} pages, over mem_limit "
+                    f"write refused: the pool would hold {total} pages{also}, over mem_limit "
                     f"({limit} pages) even after compaction"
                 )
         self._note_peak(total)

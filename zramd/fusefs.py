@@ -1,11 +1,26 @@
 """The live control directory: the device's attributes as files, over FUSE (pyfuse3 + trio).
 
-Mirrors ``/sys/block/zramN/`` for scripts: one file per entry of ``control.ATTRIBUTES`` with the
-sysfs mode, 4096 bytes long as sysfs reports. A read returns the attribute's text generated when
-the file was opened (sysfs does the same per open); each ``write()`` call is one store, acting
-before it returns; a refused store fails the write with the attribute's errno and changes
-nothing. Reading a write-only file or writing a read-only one fails with EACCES, even for root,
-as kernfs does. The mount is owner-only (no ``allow_other`` unless asked for).
+Mirrors ``/sys/block/zramN/`` for scripts, answering as kernfs/sysfs do:
+
+* One file per entry of ``control.ATTRIBUTES`` with the sysfs mode, 4096 bytes long. The files
+  are opened with ``direct_io``, so every read and write reaches this process.
+* A read at offset 0 generates the attribute's text afresh (seq_file's rule), so a monitor may
+  keep ``mm_stat`` open and ``pread`` it at 0 again and again; a read that continues where the
+  previous one ended is served from that same text, and a read anywhere else generates it
+  again.
+* Each ``write()`` is one store of at most its first 4096 bytes, acting before it returns; the
+  write reports that count (a longer one is short, and the kernel's FUSE stops there instead
+  of sending the rest as a second store). A refused store fails the write with the
+  attribute's errno and changes nothing.
+* Opening needs the matching permission bit in the file's mode, even for root (EACCES), as
+  kernfs checks; chmod, chown and utimes are kept (the kernel's FUSE checks who may), and a
+  truncate is accepted and ignored. Reading an attribute without a show, or writing one
+  without a store, after a chmod allowed the open, fails with EIO, as for a device attribute.
+* The namespace is fixed: creating a file fails with EACCES; mkdir, mknod, symlink, link,
+  unlink, rmdir and rename fail with EPERM (the kernel's VFS answers EEXIST, ENOENT, ENOTDIR
+  ... first, as for sysfs). No extended attributes: getxattr ENODATA, setxattr ENOTSUP.
+
+The mount is owner-only (no ``allow_other`` unless asked for).
 
 The filesystem runs in its own thread with its own trio loop; stores and shows run in trio's
 worker threads, so a long ``compact`` does not stall reads of other files.
@@ -24,7 +39,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pyfuse3
 import trio
@@ -32,6 +50,7 @@ import trio
 from zramd import control
 from zramd.device import ZramDevice
 from zramd.errors import ZramdError
+from zramd.runstate import mount_state  # re-exported: decodes the mount table's escapes
 
 FSNAME = "zramd"
 ATTR_SIZE = 4096  # what sysfs reports for every attribute
@@ -41,24 +60,11 @@ _INODES = {i + FIRST_INODE: a for i, a in enumerate(control.ATTRIBUTES)}
 _BY_NAME = {a.name.encode(): ino for ino, a in _INODES.items()}
 
 
+T = TypeVar("T")
+
+
 class ControlDirError(ZramdError):
     """The control directory cannot be mounted (missing FUSE, busy path, ...)."""
-
-
-def mount_state(path: Path) -> str:
-    """'none', 'live' (a working mount) or 'stale' (its server died) for ``path``."""
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        mounted = any(line.split()[4] == target for line in f)
-    if not mounted:
-        return "none"
-    try:
-        os.statvfs(target)  # always a round trip: stat() may be answered from the attr cache
-    except OSError as e:
-        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-            return "stale"
-        raise
-    return "live"
 
 
 def clean_stale(path: Path) -> bool:
@@ -74,28 +80,61 @@ def clean_stale(path: Path) -> bool:
     raise ControlDirError(f"control directory {path}: a stale mount is left and cannot be removed")
 
 
+@dataclass(slots=True)
+class _Node:
+    """What kernfs keeps per node and lets root change: mode, owner, times (ns)."""
+
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+@dataclass(slots=True)
+class _OpenFile:
+    """One open attribute file: the text of its last generation and where the last read
+    ended (seq_file's buffer and read position); ``lock`` serialises the file's reads and
+    writes, as kernfs's per-open mutex does."""
+
+    attr: control.Attribute
+    text: bytes | None = None
+    pos: int = 0
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
 class _Ops(pyfuse3.Operations):
     def __init__(self, device: ZramDevice, uid: int, gid: int) -> None:
         super().__init__()
         self.device = device
         self.uid, self.gid = uid, gid
-        self.stamp = time.time_ns()
-        self.open_files: dict[int, tuple[control.Attribute, bytes | None]] = {}
+        stamp = time.time_ns()
+        self.nodes = {ROOT: _Node(stat.S_IFDIR | 0o755, uid, gid, stamp, stamp, stamp)}
+        for inode, attr in _INODES.items():
+            self.nodes[inode] = _Node(stat.S_IFREG | attr.mode, uid, gid, stamp, stamp, stamp)
+        self.open_files: dict[int, _OpenFile] = {}
         self.next_fh = 1
 
+    def _node(self, inode: int) -> _Node:
+        try:
+            return self.nodes[inode]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
     def _entry(self, inode: int) -> pyfuse3.EntryAttributes:
+        n = self._node(inode)
         e = pyfuse3.EntryAttributes()
         e.st_ino = inode
+        e.st_mode = n.mode
         if inode == ROOT:
-            e.st_mode = stat.S_IFDIR | 0o755
             e.st_nlink = 2
             e.st_size = 0
         else:
-            e.st_mode = stat.S_IFREG | _INODES[inode].mode
             e.st_nlink = 1
             e.st_size = ATTR_SIZE
-        e.st_uid, e.st_gid = self.uid, self.gid
-        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = self.stamp
+        e.st_uid, e.st_gid = n.uid, n.gid
+        e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns = n.atime_ns, n.mtime_ns, n.ctime_ns
         e.st_blksize = 4096
         e.attr_timeout = e.entry_timeout = 1.0
         return e
@@ -110,8 +149,6 @@ class _Ops(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOENT)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if inode != ROOT and inode not in _INODES:
-            raise pyfuse3.FUSEError(errno.ENOENT)
         return self._entry(inode)
 
     async def setattr(
@@ -122,10 +159,95 @@ class _Ops(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        # `echo x > file` opens with O_TRUNC: accept truncation (sysfs ignores it), nothing else
-        if fields.update_mode or fields.update_uid or fields.update_gid:
-            raise pyfuse3.FUSEError(errno.EPERM)
+        # kernfs_iop_setattr: mode, owner and times are kept, a size change is ignored (so
+        # `echo x > file`, which may truncate first, works). Who may change what was checked
+        # by the kernel (default_permissions), as setattr_prepare does for sysfs.
+        n = self._node(inode)
+        changed = False
+        if fields.update_mode:
+            n.mode = stat.S_IFMT(n.mode) | stat.S_IMODE(attr.st_mode)
+            changed = True
+        if fields.update_uid:
+            n.uid = attr.st_uid
+            changed = True
+        if fields.update_gid:
+            n.gid = attr.st_gid
+            changed = True
+        if fields.update_atime:
+            n.atime_ns = attr.st_atime_ns
+            changed = True
+        if fields.update_mtime:
+            n.mtime_ns = attr.st_mtime_ns
+            changed = True
+        if fields.update_ctime:
+            n.ctime_ns = attr.st_ctime_ns
+        elif changed:
+            n.ctime_ns = time.time_ns()
         return self._entry(inode)
+
+    # The directory is fixed, as a sysfs device directory is: the kernel's VFS answers
+    # "exists", "no such file" and the like first; what reaches these is refused as sysfs
+    # refuses it (no ->create in kernfs: EACCES; the other operations: EPERM).
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    # sysfs keeps no user extended attributes
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        self._node(inode)
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        self._node(inode)
+        return []
+
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if inode != ROOT:
@@ -143,30 +265,41 @@ class _Ops(pyfuse3.Operations):
         attr = _INODES.get(inode)
         if attr is None:
             raise pyfuse3.FUSEError(errno.EISDIR if inode == ROOT else errno.ENOENT)
+        # kernfs's extra open check for sysfs: the mode must allow it, even for root
         mode = flags & os.O_ACCMODE
-        reading = mode in (os.O_RDONLY, os.O_RDWR)
-        writing = mode in (os.O_WRONLY, os.O_RDWR)
-        if (reading and attr.show is None) or (writing and attr.store is None):
+        perm = self.nodes[inode].mode
+        if mode in (os.O_WRONLY, os.O_RDWR) and not perm & 0o222:
             raise pyfuse3.FUSEError(errno.EACCES)
-        content = None
-        if reading:
-            content = await self._call(control.show, self.device, attr.name)
+        if mode in (os.O_RDONLY, os.O_RDWR) and not perm & 0o444:
+            raise pyfuse3.FUSEError(errno.EACCES)
         fh = self.next_fh
         self.next_fh += 1
-        self.open_files[fh] = (attr, content)
+        self.open_files[fh] = _OpenFile(attr)
+        # direct_io: no page cache, so each read regenerates as sysfs does and each write(2)
+        # arrives as it was made
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        _, content = self.open_files[fh]
-        if content is None:
-            raise pyfuse3.FUSEError(errno.EACCES)
-        return content[off : off + size]
+        f = self.open_files[fh]
+        if f.attr.show is None:  # opened for reading after a chmod: dev_attr_show's EIO
+            raise pyfuse3.FUSEError(errno.EIO)
+        async with f.lock:
+            if off == 0 or f.text is None or off != f.pos:
+                f.text = await self._call(control.show, self.device, f.attr.name)
+            chunk = f.text[off : off + size]
+            f.pos = off + len(chunk)
+            return chunk
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        attr, _ = self.open_files[fh]
-        if buf:
-            await self._call(control.store, self.device, attr.name, bytes(buf))
-        return len(buf)
+        f = self.open_files[fh]
+        if f.attr.store is None:  # opened for writing after a chmod: dev_attr_store's EIO
+            raise pyfuse3.FUSEError(errno.EIO)
+        # The count is the store's (at most 4096): a synchronous write(2) larger than one
+        # FUSE request stops at the short count, so it is one store as in sysfs.
+        # XXX: an asynchronous O_DIRECT write (AIO, io_uring) larger than one FUSE request may
+        # be sent as several requests at once, and each would be stored.
+        async with f.lock:
+            return await self._call(control.store, self.device, f.attr.name, bytes(buf))
 
     async def release(self, fh: int) -> None:
         self.open_files.pop(fh, None)
@@ -178,19 +311,18 @@ class _Ops(pyfuse3.Operations):
         s.f_namemax = 255
         return s
 
-    async def _call(self, fn: object, *args: object) -> bytes:
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
         try:
-            result: bytes = await trio.to_thread.run_sync(fn, *args)  # type: ignore[arg-type]
+            return await trio.to_thread.run_sync(fn, *args)
         except ZramdError as e:
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception:
             # A bug in one attribute must not take the whole directory down: pyfuse3 ends its
             # main loop on any exception but FUSEError, and the mount goes with it (a NUL byte
-            # written to backing_dev did that). The writer gets EIO; the log gets the trace.
+            # written to backing_dev did that). The caller gets EIO; the log gets the trace.
             print(f"zramd: control: {args[1:2]}: unexpected error", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        return result
 
 
 class ControlDir:

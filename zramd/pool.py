@@ -34,7 +34,7 @@ emptiest zspage into the fullest until ``can_compact`` is zero.
 
 Metadata per live object: 8 bytes of handle table plus the zspage's descriptor (32 bytes) and
 its frames' link words (4 bytes each) shared by all objects of the zspage; the test suite holds
-the total to at most 16 bytes per object (14.85 for realistic compressed pages).
+the total to at most 16 bytes per object (measured figures: docs/performance.md).
 
 Locking
 =======

@@ -150,7 +150,10 @@ class Service:
                 dev.set_algorithm_params(level=s.level)
             except ZramdError as e:
                 raise ConfigError(f"level={s.level}: {e}") from None
-        dev.set_mem_limit(s.mem_limit)
+        try:
+            dev.set_mem_limit(s.mem_limit)
+        except ZramdError as e:
+            raise ConfigError(f"mem_limit={s.mem_limit}: {e}") from None
         for prio, name in enumerate(s.recomp_algorithm, 1):
             dev.set_recomp_algorithm(name, prio)
         dev.set_auto_compact(

@@ -18,7 +18,6 @@ import os
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from pathlib import Path
 from zramd import control
 from zramd.device import ZramDevice
 from zramd.errors import ZramdError
+
+import waiting
 
 MiB = 1 << 20
 
@@ -104,14 +105,7 @@ def poke_control(control: Path, interval: float = 0.1) -> Iterator[Poker]:
         assert not thread.is_alive(), "control writer stuck"
 
 
-def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") -> float:
-    """Poll ``predicate()`` until true; the seconds it took (AssertionError on timeout)."""
-    start = time.monotonic()
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
-    return time.monotonic() - start
+wait_for = waiting.wait_for  # tests of this suite import it from here too
 
 
 # -- a raw NBD client, for requests no well-behaved client sends ------------------------------
@@ -172,7 +166,7 @@ def snapshot(dev: ZramDevice) -> dict[str, object]:
         except ZramdError as e:
             text = f"errno {e.errno}"
         out[attr.name] = text.split()[1:] if attr.name == "mem_stat" else text
-    out["level"] = dev.algorithm_level
+    out["params"] = [dev.algorithm_params(p) for p in range(4)]
     out["openers"] = dev.openers
     if dev.initstate:
         out["data"] = dev.read(0, dev.disksize)

@@ -25,8 +25,9 @@ from servers import serve
 P = 4096
 MiB = 1 << 20
 BIG = b"9" * 40  # overflows u64 many times over
-HUGE = b"1" * 8192  # more than a page: sysfs would cut it at PAGE_SIZE - 1
+HUGE = b"1" * 8192  # more than a page: the store sees its first 4096 bytes, as in sysfs
 NOT_ASCII = "héllo".encode() + b"\xff\xfe"
+NUL = b"\0"  # an empty C string: the store runs and sees nothing (an empty write runs none)
 EINVAL, ERANGE, EBUSY, E2BIG, EACCES = (
     errno.EINVAL, errno.ERANGE, errno.EBUSY, errno.E2BIG, errno.EACCES
 )  # fmt: skip
@@ -35,7 +36,7 @@ EINVAL, ERANGE, EBUSY, E2BIG, EACCES = (
 #: data stored, mem_limit and lz4hc level 4 set before init; "open": live with a client
 MATRIX = [
     # disksize
-    ("fresh", "disksize", b"", EINVAL),
+    ("fresh", "disksize", NUL, EINVAL),
     ("fresh", "disksize", b"\n", EINVAL),
     ("fresh", "disksize", b"junk", EINVAL),
     ("fresh", "disksize", b"0", EINVAL),
@@ -47,7 +48,7 @@ MATRIX = [
     ("fresh", "disksize", NOT_ASCII, EINVAL),
     ("live", "disksize", b"1G", EBUSY),
     # reset
-    ("fresh", "reset", b"", EINVAL),
+    ("fresh", "reset", NUL, EINVAL),
     ("fresh", "reset", b"0", EINVAL),
     ("fresh", "reset", b"junk", EINVAL),
     ("fresh", "reset", b"-1", EINVAL),
@@ -58,14 +59,14 @@ MATRIX = [
     ("live", "reset", NOT_ASCII, EINVAL),
     ("open", "reset", b"1", EBUSY),
     # mem_limit
-    ("live", "mem_limit", b"", EINVAL),
+    ("live", "mem_limit", NUL, EINVAL),
     ("live", "mem_limit", b"\n", EINVAL),
     ("live", "mem_limit", b"lots", EINVAL),
     ("live", "mem_limit", b"-5M", EINVAL),
     ("live", "mem_limit", b"M", EINVAL),
     ("live", "mem_limit", NOT_ASCII, EINVAL),
     # mem_used_max: only 0
-    ("live", "mem_used_max", b"", EINVAL),
+    ("live", "mem_used_max", NUL, EINVAL),
     ("live", "mem_used_max", b"1", EINVAL),
     ("live", "mem_used_max", b"-0", EINVAL),
     ("live", "mem_used_max", b"0x", EINVAL),
@@ -74,17 +75,17 @@ MATRIX = [
     # compact / idle before init
     ("fresh", "compact", b"1", EINVAL),
     ("fresh", "idle", b"all", EINVAL),
-    ("live", "idle", b"", EINVAL),
+    ("live", "idle", NUL, EINVAL),
     ("live", "idle", b"al", EINVAL),
     ("live", "idle", b"all all", EINVAL),
     ("live", "idle", b"0x100000000", EINVAL),  # beyond u32
     ("live", "idle", BIG, EINVAL),
     ("live", "idle", NOT_ASCII, EINVAL),
     # comp_algorithm
-    ("fresh", "comp_algorithm", b"", EINVAL),
+    ("fresh", "comp_algorithm", NUL, EINVAL),
     ("fresh", "comp_algorithm", b"snappy", EINVAL),
     ("fresh", "comp_algorithm", b"LZ4", EINVAL),
-    ("fresh", "comp_algorithm", b"lz4\n\n", EINVAL),
+    ("fresh", "comp_algorithm", b"lz4\n\n\n", EINVAL),  # the kernel forgives two, not three
     ("fresh", "comp_algorithm", b"z" * 127, EINVAL),
     ("fresh", "comp_algorithm", b"z" * 128, E2BIG),
     ("fresh", "comp_algorithm", HUGE, E2BIG),
@@ -96,36 +97,39 @@ MATRIX = [
     ("fresh", "algorithm_params", b"level=abc", EINVAL),
     ("fresh", "algorithm_params", b"level=99999999999", ERANGE),
     ("fresh", "algorithm_params", b"level=-99999999999", ERANGE),
-    ("fresh", "algorithm_params", b"level=99", EINVAL),  # lz4hc: 1..12
+    ("fresh", "algorithm_params", b"=5", EINVAL),  # no value: next_arg names it "=5"
+    ("fresh", "algorithm_params", b"priority=-+0", EINVAL),
     ("fresh", "algorithm_params", b"priority=1 level=3", EINVAL),
     ("fresh", "algorithm_params", b"algo=zstd level=3", EINVAL),
-    ("fresh", "algorithm_params", b"dict=/etc/passwd", EINVAL),
+    ("fresh", "algorithm_params", b"dict=/nonexistent/zramd.dict", EINVAL),
+    ("fresh", "algorithm_params", b"dict=/dev/null", EINVAL),  # not a regular file
     ("fresh", "algorithm_params", b"level=3x", EINVAL),
     ("fresh", "algorithm_params", NOT_ASCII, EINVAL),
     ("live", "algorithm_params", b"level=3", EBUSY),
     # backing_dev (never opened for real here: only paths that cannot be opened)
-    ("fresh", "backing_dev", b"", EINVAL),
+    ("fresh", "backing_dev", NUL, EINVAL),
     ("fresh", "backing_dev", b"\n", EINVAL),
     ("fresh", "backing_dev", b"/nonexistent/zramd-backing", errno.ENOENT),
     ("fresh", "backing_dev", b"/", errno.EISDIR),
     ("fresh", "backing_dev", b"/dev/null", errno.ENOTBLK),
-    ("fresh", "backing_dev", b"a\x00b", EINVAL),
+    ("fresh", "backing_dev", b"/nonexistent\x00/dev/null", errno.ENOENT),  # ends at the NUL
     ("fresh", "backing_dev", b"nbd+unix:///?socket=/nonexistent/s", errno.ENOENT),
-    ("fresh", "backing_dev", NOT_ASCII, EINVAL),
+    ("fresh", "backing_dev", b"/nonexistent/" + NOT_ASCII, errno.ENOENT),  # bytes, opened as such
+    ("fresh", "backing_dev", b"nbd+unix:///?socket=/" + NOT_ASCII, EINVAL),  # a URI is text
     ("live", "backing_dev", b"none", EBUSY),
     # writeback
     ("fresh", "writeback", b"idle", EINVAL),
     ("live", "writeback", b"idle", errno.ENODEV),
-    ("fresh", "writeback_limit", b"", EINVAL),
+    ("fresh", "writeback_limit", NUL, EINVAL),
     ("fresh", "writeback_limit", b"lots", EINVAL),
     ("fresh", "writeback_limit", BIG, ERANGE),
     ("live", "writeback_limit_enable", b"yes", EINVAL),
-    ("live", "writeback_limit_enable", b"", EINVAL),
+    ("live", "writeback_limit_enable", NUL, EINVAL),
     ("live", "writeback_batch_size", b"0", EINVAL),
     ("live", "writeback_batch_size", b"4294967296", ERANGE),
     ("live", "writeback_batch_size", b"x", EINVAL),
     # recompression
-    ("fresh", "recomp_algorithm", b"", EINVAL),
+    ("fresh", "recomp_algorithm", NUL, EINVAL),
     ("fresh", "recomp_algorithm", b"priority=1", EINVAL),
     ("fresh", "recomp_algorithm", b"algo", EINVAL),
     ("fresh", "recomp_algorithm", b"algo=snappy", EINVAL),
@@ -136,7 +140,7 @@ MATRIX = [
     ("live", "recompress", b"type=idle", EINVAL),  # no recomp_algorithm configured
     ("live", "recompress", b"threshold=abc", EINVAL),
     # auto_compact
-    ("live", "auto_compact", b"", EINVAL),
+    ("live", "auto_compact", NUL, EINVAL),
     ("live", "auto_compact", b"interval", EINVAL),
     ("live", "auto_compact", b"bogus=1", EINVAL),
     ("live", "auto_compact", b"interval=99999999", ERANGE),
@@ -177,6 +181,15 @@ def test_store_refuses_and_changes_nothing(state: str, name: str, value: bytes, 
         control.store(dev, name, value)
     assert info.value.errno == err, info.value
     assert str(info.value)  # a message, naming the problem
+    assert snapshot(dev) == before
+
+
+@pytest.mark.parametrize("name", [a.name for a in control.ATTRIBUTES if a.store])
+def test_an_empty_write_stores_nothing(name: str) -> None:
+    """sysfs reports 0 for an empty write without calling the store, whatever it is."""
+    dev = make_device("live")
+    before = snapshot(dev)
+    assert control.store(dev, name, b"") == 0
     assert snapshot(dev) == before
 
 

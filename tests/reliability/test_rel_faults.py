@@ -26,6 +26,7 @@ import nbd
 import pytest
 
 from zramd.fusefs import mount_state
+from zramd.runstate import unmount_stale
 
 from relkit import (
     NBD_CMD_READ,
@@ -34,9 +35,9 @@ from relkit import (
     raw_connect,
     raw_reply,
     raw_request,
-    wait_for,
 )
 from servers import ZRAMD, Server, serve, zramd_stop
+from waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 P = 4096
@@ -123,17 +124,18 @@ def test_sigkilled_fio_leaves_the_server_serving(tmp_path: Path) -> None:
         # setsid and survive their parent)
         fio.send_signal(signal.SIGKILL)
         fio.wait()
-        time.sleep(0.5)  # requests already in the socket buffer may still be served
-        stored = srv.mm_stat()[0]
-        time.sleep(0.5)
-        assert srv.mm_stat()[0] == stored  # then nothing writes any more
+        # requests already in the socket buffer may still be served; once reset succeeds the
+        # killed connections are closed, and nothing can write any more
+        wait_for(lambda: reset_succeeds(srv), what="reset after fio was killed")
+        assert srv.attr("initstate") == "0\n"
+        assert srv.echo("64M", "disksize").returncode == 0
         h = srv.connect()
         data = os.urandom(64 * 1024)
         h.pwrite(data, 0)
         assert h.pread(len(data), 0) == data
         h.shutdown()
-        wait_for(lambda: reset_succeeds(srv), what="reset after fio was killed")
-        assert srv.attr("initstate") == "0\n"
+        assert srv.mm_stat()[0] == len(data)  # ours alone: no request of fio's came after
+        wait_for(lambda: reset_succeeds(srv), what="reset after the check")
 
 
 def test_disconnect_mid_write_request(tmp_path: Path) -> None:
@@ -310,18 +312,118 @@ def test_repeated_fio_kills(tmp_path: Path) -> None:
     for trial in range(trials):
         d = tmp_path / str(trial)
         d.mkdir()
-        with serve(d, "size=64M", control=False, nbdkit_args=SERVE_ARGS) as srv:
+        with serve(d, "size=64M", nbdkit_args=SERVE_ARGS) as srv:
             fio = subprocess.Popen(
                 ["fio", "--name=k", "--ioengine=nbd", f"--uri={srv.uri}", "--rw=randrw",
                  "--bs=4k", "--iodepth=32", "--numjobs=2", "--thread", "--time_based",
                  "--runtime=60", "--output=/dev/null"],
                 cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            time.sleep(0.7)
+            wait_for(lambda: srv.mm_stat()[0] > 4 * MiB, what="fio to write")  # mid-run
             fio.send_signal(signal.SIGKILL)
             fio.wait()
-            time.sleep(0.3)
+            # nbdkit has dropped both connections (and survived doing so) once reset succeeds
+            wait_for(
+                lambda: srv.proc.poll() is not None or reset_succeeds(srv),
+                what="the killed connections to close",
+            )
             assert srv.proc.poll() is None, f"trial {trial}: nbdkit died:\n{srv.log.read_text()}"
+            assert srv.echo("64M", "disksize").returncode == 0
             h = srv.connect()
             h.pread(P, 0)
             h.shutdown()
+
+
+# -- stopping, whatever clients do -------------------------------------------------------------
+
+
+def idle_clients(tmp: Path) -> list[socket.socket]:
+    """Clients that hold the server without ever finishing a request: one connects and says
+    nothing, one stops halfway through the handshake (the client flags, then no option), one
+    negotiates and then sits idle. nbdkit 1.32 waits for each of them at exit."""
+    silent, _ = raw_connect(tmp / "s.sock", handshake=False)
+    half, _ = raw_connect(tmp / "s.sock", handshake=False)
+    assert half.recv(18)[:8] == b"NBDMAGIC"
+    half.sendall(b"\0\0\0\3")
+    idle, _ = raw_connect(tmp / "s.sock")
+    return [silent, half, idle]
+
+
+def test_stop_ends_within_its_timeout_whatever_clients_do(tmp_path: Path) -> None:
+    r = zramd_serve(tmp_path)
+    assert r.returncode == 0, r.stderr
+    pid = int((tmp_path / "s.pid").read_text())
+    clients = idle_clients(tmp_path)
+    try:
+        # the bound: subprocess's timeout fails the test; nbdkit alone would wait forever
+        stop = subprocess.run(
+            [*ZRAMD, "stop", "--pidfile", str(tmp_path / "s.pid"), "--socket",
+             str(tmp_path / "s.sock"), "--timeout", "10"],
+            capture_output=True, text=True, timeout=10 + 5, check=False,
+        )  # fmt: skip
+    finally:
+        for c in clients:
+            c.close()
+    assert stop.returncode == 0, stop.stderr
+    assert f"server {pid} did not exit within 8 s of SIGTERM" in stop.stderr
+    assert stop.stdout == f"zramd: stopped server {pid} (killed)\n"
+    assert not os.path.exists(f"/proc/{pid}")
+    assert not (tmp_path / "s.sock").exists()
+    assert not (tmp_path / "s.pid").exists()
+    assert mount_state(tmp_path / "ctl") == "none"
+    log = (tmp_path / "s.log").read_text()
+    assert "zramd: nbdkit exited with status 137 (killed by SIGKILL)" in log
+
+
+def test_stop_over_tcp_with_a_silent_client(tmp_path: Path) -> None:
+    """Over --tcp any local user can be that client."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run(
+        [*ZRAMD, "serve", "--size", "16M", "--no-control", "--tcp", str(port),
+         "--pidfile", str(tmp_path / "s.pid"), "--log", str(tmp_path / "s.log")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    silent = socket.create_connection(("127.0.0.1", port))
+    try:
+        stop = subprocess.run(
+            [*ZRAMD, "stop", "--pidfile", str(tmp_path / "s.pid"), "--timeout", "3"],
+            capture_output=True, text=True, timeout=3 + 5, check=False,
+        )  # fmt: skip
+    finally:
+        silent.close()
+    assert stop.returncode == 0, stop.stderr
+    assert "(killed)" in stop.stdout
+    assert not (tmp_path / "s.pid").exists()
+
+
+def test_stop_never_signals_a_process_that_reused_the_pid(tmp_path: Path) -> None:
+    """nbdkit and its supervisor SIGKILLed, the pid taken by an unrelated process: stop leaves
+    that process alone, says the pidfile is stale, and removes it and the stale socket."""
+    r = zramd_serve(tmp_path)
+    assert r.returncode == 0, r.stderr
+    pid = int((tmp_path / "s.pid").read_text())
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="nbdkit to die")
+    assert (tmp_path / "s.sock").exists()
+    bystander = subprocess.Popen(["sleep", "600"])
+    try:
+        wait_for(lambda: Path(f"/proc/{bystander.pid}/cmdline").read_bytes().startswith(b"sleep"),
+                 what="sleep to start")  # fmt: skip
+        (tmp_path / "s.pid").write_text(f"{bystander.pid}\n")  # the pid, reused
+        stop = zramd_stop(tmp_path / "s.pid", tmp_path / "s.sock")
+        assert stop.returncode == 1
+        assert (
+            f"no server: {tmp_path / 's.pid'} is stale (process {bystander.pid} is not a zramd "
+            "server (it runs sleep))"
+        ) in stop.stderr
+        assert f"removed pidfile {tmp_path / 's.pid'}, socket {tmp_path / 's.sock'}" in stop.stderr
+        assert bystander.poll() is None  # not signalled
+        assert not (tmp_path / "s.pid").exists()
+        assert not (tmp_path / "s.sock").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+        unmount_stale(tmp_path / "ctl")  # the next serve would; this test ends here

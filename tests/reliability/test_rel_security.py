@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from zramd.cli import main, parse_tcp
 
+from relkit import wait_for
 from servers import ZRAMD, zramd_stop
 
 pytestmark = pytest.mark.e2e
@@ -267,3 +268,91 @@ def test_bad_tls_and_listen_combinations(tmp_path: Path) -> None:
         r = runner.invoke(main, ["serve", "--tcp", str(port)])
         assert r.exit_code == 1
         assert f"--tcp 127.0.0.1:{port} is in use" in r.output
+
+
+# -- runtime state another local user could plant -----------------------------------------------
+
+
+def as_user_without_xdg(tmpdir: Path, *cmd: str) -> subprocess.CompletedProcess[str]:
+    """``cmd`` as nobody with no XDG_RUNTIME_DIR, so the runtime directory is
+    $TMPDIR/zramd-65534 (TMPDIR pointing into this test's own directory, not /tmp)."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env["TMPDIR"] = str(tmpdir)
+    return subprocess.run([*NOBODY, *cmd], capture_output=True, text=True, timeout=120,
+                          check=False, env=env, cwd=tmpdir)  # fmt: skip
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A directory like /tmp (1777, root's) that nobody can reach."""
+    base = Path(tempfile.mkdtemp(prefix="zramd-tmp-"))
+    try:
+        base.chmod(0o1777)
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+def test_a_runtime_dir_planted_by_another_user_is_refused(shared_tmp: Path) -> None:
+    """Another user creates the victim's /tmp/zramd-UID first (0777) with a symlink for the
+    log and a pidfile naming one of the victim's processes: serve and stop refuse the
+    directory, name its owner and mode, and touch nothing in it."""
+    planted = shared_tmp / "zramd-65534"
+    planted.mkdir()
+    planted.chmod(0o777)
+    target = shared_tmp / "victim-file"
+    target.write_text("precious\n")
+    target.chmod(0o666)  # writable by the victim: only the refusal protects it
+    (planted / "zramd.log").symlink_to(target)
+    victims_process = subprocess.Popen([*NOBODY, "sleep", "600"])
+    try:
+        wait_for(lambda: Path(f"/proc/{victims_process.pid}/cmdline").read_bytes()
+                 .startswith(b"sleep"), what="sleep to start")  # fmt: skip
+        (planted / "zramd.pid").write_text(f"{victims_process.pid}\n")
+        why = (
+            f"runtime directory {planted} is not safe to use: it is a directory owned by uid 0 "
+            "(root), mode 0777; zramd uses only a directory owned by you (uid 65534 (nobody)) "
+            "with mode 0700"
+        )
+        for cmd in (["serve", "--size", "16M", "--no-control"], ["stop"], ["status"]):
+            r = as_user_without_xdg(shared_tmp, *ZRAMD, *cmd)
+            assert r.returncode == 1, (cmd, r.stdout, r.stderr)
+            assert why in r.stderr, (cmd, r.stderr)
+        assert victims_process.poll() is None  # stop did not signal it
+    finally:
+        victims_process.kill()
+        victims_process.wait()
+    assert target.read_text() == "precious\n"
+    assert sorted(os.listdir(planted)) == ["zramd.log", "zramd.pid"]
+    assert planted.stat().st_mode & 0o7777 == 0o777  # not chmodded either
+
+
+def test_a_non_root_user_gets_a_private_runtime_dir(shared_tmp: Path) -> None:
+    r = as_user_without_xdg(shared_tmp, *ZRAMD, "serve", "--size", "16M", "--no-control")
+    run = shared_tmp / "zramd-65534"
+    try:
+        assert r.returncode == 0, r.stderr
+        st = os.lstat(run)
+        assert (st.st_uid, st.st_mode & 0o7777) == (65534, 0o700)
+        sock = os.lstat(run / "zramd.sock")
+        assert (sock.st_uid, sock.st_mode & 0o777) == (65534, 0o600)
+        assert os.lstat(run / "zramd.log").st_mode & 0o777 == 0o600
+    finally:
+        stop = as_user_without_xdg(shared_tmp, *ZRAMD, "stop")
+    assert stop.returncode == 0, stop.stderr
+    assert sorted(os.listdir(run)) == ["zramd.log"]
+
+
+def test_serve_does_not_follow_a_symlinked_log(tmp_path: Path) -> None:
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    (tmp_path / "s.log").symlink_to(target)
+    r = subprocess.run(
+        [*ZRAMD, "serve", "--size", "16M", "--no-control", "--socket", str(tmp_path / "s.sock"),
+         "--pidfile", str(tmp_path / "s.pid"), "--log", str(tmp_path / "s.log")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert f"--log {tmp_path / 's.log'} is a symbolic link: zramd does not follow it" in r.stderr
+    assert target.read_text() == "precious\n"
+    assert sorted(os.listdir(tmp_path)) == ["s.log", "victim"]

@@ -58,8 +58,17 @@ def exact_size(name: str, out: bytes, size: int) -> bytes:
     return out
 
 
-#: Builds a compressor from a level and keyword parameters: ValueError for a bad value,
-#: TypeError for a parameter the backend does not take.
+def check_s32(value: int, what: str) -> int:
+    """``value`` if it fits the kernel's s32 parameter fields, else ValueError."""
+    if not -(1 << 31) <= value < 1 << 31:
+        raise ValueError(f"{what} {value} does not fit a 32-bit signed integer")
+    return value
+
+
+#: Builds a compressor from the kernel's parameters for it (``struct zcomp_params``), called
+#: ``factory(level, winbits=..., dictionary=...)``: level and deflate.winbits (None: the
+#: backend's default) and the dictionary's bytes (empty: none). As the kernel's backends, each
+#: takes all of them and ignores what it has no use for. ValueError for a value it cannot use.
 BackendFactory: TypeAlias = Callable[..., Compressor]
 
 

@@ -1,4 +1,11 @@
-"""lz4 and lz4hc (python-lz4's block API, no size prefix: zram knows every page is 4 KiB)."""
+"""lz4 and lz4hc (python-lz4's block API, no size prefix: zram knows every page is 4 KiB).
+
+Levels go to the library as the kernel's backends pass them: lz4's is the acceleration (below
+1 the library uses 1), lz4hc's the compression level (below 1 the default 9, above 12 the
+maximum 12). A dictionary primes both encoders and the shared decoder, as the kernel's
+LZ4_loadDict / LZ4_decompress_safe_usingDict do; LZ4 reaches back 64 KiB at most, so only a
+dictionary's last 64 KiB is kept.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,12 @@ from collections.abc import Callable
 import lz4.block
 
 from zramd._types import BytesLike
-from zramd.compress.base import Backend, exact_size
+from zramd.compress.base import Backend, check_s32, exact_size
 from zramd.errors import CompressionError
 
 LZ4_ACCELERATION_DEFAULT = 1  # the kernel backend's default "level" for lz4 is acceleration 1
 LZ4HC_DEFAULT_CLEVEL = 9
+LZ4_DICT_WINDOW = 64 << 10  # LZ4's longest match distance: older dictionary bytes are unused
 
 
 class _Lz4Decoder:
@@ -21,11 +29,18 @@ class _Lz4Decoder:
     name: str
 
     #: the hot path's decoder (see Compressor): the binding itself, called (src, size)
-    raw_decompress = staticmethod(lz4.block.decompress)
+    raw_decompress: Callable[[BytesLike, int], bytes] = staticmethod(lz4.block.decompress)
+
+    def __init__(self, dictionary: bytes) -> None:
+        self._dict = dictionary[-LZ4_DICT_WINDOW:]
+        #: keyword options of every block call: the dictionary, if there is one
+        self._dict_kw: dict[str, bytes] = {"dict": self._dict} if self._dict else {}
+        if self._dict:
+            self.raw_decompress = functools.partial(lz4.block.decompress, dict=self._dict)
 
     def decompress(self, src: BytesLike, size: int) -> bytes:
         try:
-            out: bytes = lz4.block.decompress(src, uncompressed_size=size)
+            out: bytes = lz4.block.decompress(src, uncompressed_size=size, **self._dict_kw)
         except lz4.block.LZ4BlockError as e:
             raise CompressionError(f"{self.name}: corrupt object: {e}") from e
         if len(out) == size:  # the hot path checks inline (a call is a tenth of a 4 KiB read)
@@ -42,30 +57,40 @@ class Lz4(_Lz4Decoder):
     #: ~0.2 µs a page less than a Python method around it)
     compress: Callable[[BytesLike], bytes]
 
-    def __init__(self, level: int | None = None) -> None:
-        self.level = LZ4_ACCELERATION_DEFAULT if level is None else level
-        if self.level < 1:
-            raise ValueError(f"lz4 acceleration {self.level} must be >= 1")
+    def __init__(
+        self, level: int | None = None, *, winbits: int | None = None, dictionary: bytes = b""
+    ) -> None:
+        super().__init__(dictionary)
+        self.level = LZ4_ACCELERATION_DEFAULT if level is None else check_s32(level, "lz4 level")
         self.compress = functools.partial(
-            lz4.block.compress, mode="fast", acceleration=self.level, store_size=False
+            lz4.block.compress,
+            mode="fast",
+            acceleration=self.level,
+            store_size=False,
+            **self._dict_kw,
         )
 
 
 class Lz4hc(_Lz4Decoder):
-    """lz4 high-compression mode; ``level`` 1..12 (default 9). Same decoder as lz4."""
+    """lz4 high-compression mode; ``level`` 1..12 (default 9; the library maps others into
+    that range). Same decoder as lz4."""
 
     name = "lz4hc"
 
-    def __init__(self, level: int | None = None) -> None:
-        self.level = LZ4HC_DEFAULT_CLEVEL if level is None else level
-        if not 1 <= self.level <= 12:
-            raise ValueError(f"lz4hc level {self.level} outside 1..12")
+    compress: Callable[[BytesLike], bytes]  #: the binding with the options bound, as for lz4
 
-    def compress(self, src: BytesLike) -> bytes:
-        out: bytes = lz4.block.compress(
-            src, mode="high_compression", compression=self.level, store_size=False
+    def __init__(
+        self, level: int | None = None, *, winbits: int | None = None, dictionary: bytes = b""
+    ) -> None:
+        super().__init__(dictionary)
+        self.level = LZ4HC_DEFAULT_CLEVEL if level is None else check_s32(level, "lz4hc level")
+        self.compress = functools.partial(
+            lz4.block.compress,
+            mode="high_compression",
+            compression=self.level,
+            store_size=False,
+            **self._dict_kw,
         )
-        return out
 
 
 LZ4 = Backend("lz4", Lz4, LZ4_ACCELERATION_DEFAULT)

@@ -1,5 +1,8 @@
 """lzo (LZO1X-1, the kernel's ``lzo``) via python-lzo, when it is installed.
 
+LZO1X-1 has no level and no dictionary: like the kernel's lzo backend, this one accepts every
+parameter ``algorithm_params`` stores and uses none of them.
+
 ``lzo-rle`` is the kernel's own run-length extension of LZO1X; no maintained Python binding
 implements it, so it is listed in the registry as unavailable and never offered.
 """
@@ -18,11 +21,12 @@ except ImportError:  # pragma: no cover - depends on liblzo2-dev at install time
 
 class Lzo:
     name = "lzo"
+    level = None  #: LZO1X-1 has none; a configured level is stored by the device, unused
 
-    def __init__(self, level: int | None = None) -> None:
-        if level is not None:
-            raise ValueError("lzo takes no level")
-        self.level = None
+    def __init__(
+        self, level: int | None = None, *, winbits: int | None = None, dictionary: bytes = b""
+    ) -> None:
+        pass
 
     def compress(self, src: BytesLike) -> bytes:
         out: bytes = _lzo.compress(bytes(src), 1, False)

@@ -40,13 +40,15 @@ def lookup(name: str) -> Backend:
     raise InvalidValueError(f"unknown comp_algorithm {name!r}; available: {' '.join(available())}")
 
 
-def create(name: str, level: int | None = None, **params: int) -> Compressor:
-    """A ready compressor; InvalidValueError for an unknown name, a bad level or parameter."""
+def create(
+    name: str, level: int | None = None, *, winbits: int | None = None, dictionary: bytes = b""
+) -> Compressor:
+    """A ready compressor with the parameters ``algorithm_params`` stores (None or empty: the
+    backend's default); a backend ignores those it has no use for, as the kernel's do.
+    InvalidValueError for an unknown name or a value the backend cannot use."""
     factory = lookup(name).factory
     assert factory is not None
     try:
-        return factory(level, **params)
-    except TypeError as e:
-        raise InvalidValueError(f"{name} does not take {', '.join(params)}") from e
+        return factory(level, winbits=winbits, dictionary=dictionary)
     except ValueError as e:
         raise InvalidValueError(str(e)) from e
