@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from zramd._types import BytesLike
-from zramd.backing import BackingDevice, BackingError, FileStore, open_store
+from zramd.backing import BackingDevice, FileStore, open_store
+from zramd.errors import BackingError
 from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, WB_BATCH_MAX, ZramDevice
 from zramd.errors import (
     DeviceBusyError,

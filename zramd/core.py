@@ -18,8 +18,9 @@ Write of a request (``zram_write_page`` for many pages)
 
 1. Whole pages are encoded before any slot lock, as the kernel allocates before it locks the
    slot: same-fill test, compression, a pool object (compressed, or the raw page when the result
-   is at least ``huge_class_size``). ``mem_limit`` is checked after the allocations, and an
-   object that takes the pool over it is freed and retried once after a direct compaction.
+   is at least ``huge_class_size``). ``mem_limit`` is checked after each allocation, as the
+   kernel checks after ``zs_malloc``: an object that takes the pool over it is freed and
+   retried once after a direct compaction, so a request overshoots by at most one zspage.
 2. Every stripe lock the request touches is taken, in ascending order.
 3. Partial pages at the edges are read, patched and encoded under those locks; a discard leaves
    them alone, as the kernel's does.
@@ -69,7 +70,7 @@ from zramd.errors import (
 )
 from zramd.frames import lazy_array
 from zramd.pool_api import Pool
-from zramd.size_class import PAGE_SHIFT, PAGE_SIZE
+from zramd.size_class import PAGE_SHIFT, PAGE_SIZE, ClassSpec
 from zramd.slots import (
     ZRAM_COMP_PRIORITY_MASK,
     ZRAM_COMP_PRIORITY_SHIFT,
@@ -124,6 +125,17 @@ def fill_page(word: int) -> bytes:
     return ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * WORDS_PER_PAGE
 
 
+def frames_bound(pool: Pool, objs: Sequence[BytesLike]) -> int:
+    """The most frames storing ``objs`` can add to ``pool``: a new zspage for every
+    ``objs_per_zspage`` objects of each class (a frame per huge object)."""
+    counts: dict[ClassSpec, int] = {}
+    class_for = pool.class_for_size
+    for obj in objs:
+        spec = class_for(len(obj))
+        counts[spec] = counts.get(spec, 0) + 1
+    return sum(-(-n // s.objs_per_zspage) * s.pages_per_zspage for s, n in counts.items())
+
+
 def stripe(index: int) -> int:
     """The stripe lock that guards slot ``index``."""
     return (index >> STRIPE_SHIFT) & STRIPE_MASK
@@ -173,6 +185,7 @@ class ZramCore:
         self._notify_free = array("q", zeros)
         self._counter_lock = threading.Lock()  # leaf: the scalar counters below
         self._limit = 0
+        self._reserved = 0  #: frames batches in flight may still add under mem_limit
         self._max = 0
         self._failed_reads = 0
         self._failed_writes = 0
@@ -277,8 +290,9 @@ class ZramCore:
             self._direct_freed += freed
 
     def _store_one(self, obj: BytesLike) -> int:
-        """Store one object under mem_limit: checked after the allocation, as the kernel does;
-        over it, the object is freed, the pool compacted once, and the store retried."""
+        """Store one object under mem_limit: checked after the allocation, as the kernel checks
+        after ``zs_malloc`` (frames other requests reserved count as used); over it, the object
+        is freed, the pool compacted once, and the store retried before MemLimitError."""
         pool = self.pool
         try:
             handle = pool.store_many((obj,))[0]
@@ -287,12 +301,12 @@ class ZramCore:
             handle = pool.store_many((obj,))[0]
         limit = self._limit
         total = pool.total_pages
-        if limit and total > limit:
+        if limit and total + self._reserved > limit:
             pool.free_many((handle,))
             self._direct_compact()
             handle = pool.store_many((obj,))[0]
             total = pool.total_pages
-            if total > limit:
+            if total + self._reserved > limit:
                 pool.free_many((handle,))
                 raise MemLimitError(
                     f"write refused: the pool would go over mem_limit ({limit} pages) even "
@@ -302,26 +316,40 @@ class ZramCore:
         return handle
 
     def _store(self, objs: list[BytesLike]) -> list[int]:
-        """``_store_one`` for each object, in one pool call when the batch fits as a whole (the
-        limit cannot have been crossed half way: a batch only adds frames)."""
+        """``_store_one`` for each object, all or nothing; in one pool call when no limit is
+        set, or when the most frames the batch can add fit under it beside what other
+        batches in flight reserved (it reserves them meanwhile), so a request overshoots
+        the limit by at most one zspage, as the C loop that stores object by object."""
         pool = self.pool
+        limit = self._limit
+        bound = 0
+        if limit:
+            bound = frames_bound(pool, objs)
+            with self._counter_lock:
+                fits = bound <= limit - pool.total_pages - self._reserved
+                if fits:
+                    self._reserved += bound
+            if not fits:
+                return self._store_each(objs)
         try:
-            handles = pool.store_many(objs)
-        except PoolExhaustedError:
-            handles = None
-        if handles is not None:
-            limit = self._limit
-            total = pool.total_pages
-            if not limit or total <= limit:
-                self.note_peak(total)
-                return handles
-            pool.free_many(handles)
-        handles = []
+            try:
+                handles = pool.store_many(objs)
+            except PoolExhaustedError:
+                return self._store_each(objs)
+        finally:
+            if bound:
+                with self._counter_lock:
+                    self._reserved -= bound
+        self.note_peak(pool.total_pages)
+        return handles
+
+    def _store_each(self, objs: list[BytesLike]) -> list[int]:
+        handles: list[int] = []
         try:
             for obj in objs:
                 handles.append(self._store_one(obj))
         except BaseException:
-            pool.free_many(handles)
+            self.pool.free_many(handles)
             raise
         return handles
 
@@ -793,14 +821,15 @@ class ZramCore:
         finally:
             self._leave()
 
-    def pick(self, lo: int, hi: int, need: int, skip: int) -> list[int]:
+    def pick(self, lo: int, hi: int, need: int, skip: int) -> list[tuple[int, int]]:
         """``scan_slots_for_*``: flag PP_SLOT on every slot in [lo, hi) that holds a pool
-        object, has all the ``need`` flags and none of ``skip``; returns them."""
+        object, has all the ``need`` flags and none of ``skip``; returns them as (index,
+        flags before the pick), in index order."""
         self._cold("pick")
         try:
             flags = self._flags
             skip |= ZRAM_PP_SLOT
-            picked: list[int] = []
+            picked: list[tuple[int, int]] = []
             i = lo
             hi = min(hi, self.pages)
             while i < hi:
@@ -810,7 +839,7 @@ class ZramCore:
                         f = flags[j]
                         if f & ZRAM_SIZE_MASK and f & need == need and not f & skip:
                             flags[j] = f | ZRAM_PP_SLOT
-                            picked.append(j)
+                            picked.append((j, f))
                 i = end
             return picked
         finally:

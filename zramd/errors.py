@@ -89,3 +89,18 @@ class OutOfRangeError(ControlError):
     """ERANGE: a number does not fit the attribute's type."""
 
     errno = _errno.ERANGE
+
+
+class BackingError(ZramdError):
+    """The backing store cannot be opened or used; ``errno`` says why (as the kernel's)."""
+
+    def __init__(self, message: str, code: int = _errno.EIO) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+class BackingFullError(BackingError):
+    """No free block is left on the backing store (writeback answers ENOSPC)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, _errno.ENOSPC)

@@ -525,10 +525,25 @@ static PyObject *core_pick(CoreObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     PyObject *out = NULL;
     if (rc) {
-        zram_unpick(self->z, idx, n);
+        for (size_t k = 0; k < n / 2; k++) /* the indices, packed in place */
+            idx[k] = idx[2 * k];
+        zram_unpick(self->z, idx, n / 2);
         raise_rc(self, rc, "pick", 0, 0);
     } else {
-        out = u64_list(idx, n);
+        out = PyList_New((Py_ssize_t)(n / 2));
+        for (size_t k = 0; out && k < n / 2; k++) {
+            PyObject *t = Py_BuildValue("(KI)", (unsigned long long)idx[2 * k],
+                                        (unsigned int)idx[2 * k + 1]);
+            if (!t)
+                Py_CLEAR(out);
+            else
+                PyList_SET_ITEM(out, (Py_ssize_t)k, t);
+        }
+        if (!out) {
+            for (size_t k = 0; k < n / 2; k++)
+                idx[k] = idx[2 * k];
+            zram_unpick(self->z, idx, n / 2);
+        }
     }
     free(idx);
     return out;
@@ -759,7 +774,7 @@ static PyMethodDef core_methods[] = {
     {"extents", (PyCFunction)core_extents, METH_VARARGS,
      "extents(offset, length) -> [(offset, length, type)]"},
     {"mark_idle", (PyCFunction)core_mark_idle, METH_VARARGS, "mark_idle(cutoff=None) -> count"},
-    {"pick", (PyCFunction)core_pick, METH_VARARGS, "pick(lo, hi, need, skip) -> indices"},
+    {"pick", (PyCFunction)core_pick, METH_VARARGS, "pick(lo, hi, need, skip) -> [(index, flags)]"},
     {"unpick", (PyCFunction)core_unpick, METH_O, "unpick(indices)"},
     {"take_page", (PyCFunction)core_take_page, METH_O,
      "take_page(index) -> (flags, handle, page) | None"},

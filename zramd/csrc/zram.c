@@ -995,7 +995,7 @@ int zram_pick(struct zram_core *z, uint64_t lo, uint64_t hi, uint32_t need, uint
             uint32_t f = z->flags[j];
             if (!(f & ZRAM_SIZE_MASK) || (f & need) != need || f & skip)
                 continue;
-            if (*n == *cap) {
+            if (*n + 2 > *cap) {
                 size_t c = *cap ? 2 * *cap : 256;
                 uint64_t *p = realloc(*out, c * sizeof *p);
                 if (!p) {
@@ -1007,6 +1007,7 @@ int zram_pick(struct zram_core *z, uint64_t lo, uint64_t hi, uint32_t need, uint
             }
             z->flags[j] = f | ZRAM_PP_SLOT;
             (*out)[(*n)++] = j;
+            (*out)[(*n)++] = f;
         }
         pthread_mutex_unlock(stripe_lock(z, i));
         i = end;

@@ -164,7 +164,8 @@ void zram_get_stats(struct zram_core *z, struct zram_stats *out);
  * only those last accessed before it, clearing IDLE on the others. Returns slots marked. */
 int64_t zram_mark_idle(struct zram_core *z, int64_t cutoff);
 /* scan_slots_for_*: flag PP_SLOT on slots in [lo, hi) holding a pool object with every `need`
- * flag and none of `skip`, appending their indices to out (grown with realloc). */
+ * flag and none of `skip`, appending (index, flags before the pick) pairs to out (grown with
+ * realloc; *n counts words, two per slot). */
 int zram_pick(struct zram_core *z, uint64_t lo, uint64_t hi, uint32_t need, uint32_t skip,
               uint64_t **out, size_t *n, size_t *cap);
 void zram_unpick(struct zram_core *z, const uint64_t *idx, size_t n);
