@@ -8,10 +8,9 @@ import threading
 
 import pytest
 
-from zramd import ZsPool
 from zramd.testing import check_pool_invariants
 
-pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
+from loops import PoolFactory
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +27,8 @@ def tagged(owner: int, serial: int, size: int) -> bytes:
     return (tag * (size // 6 + 1))[:size]
 
 
-def test_threads_with_compaction_lose_and_mix_nothing() -> None:
-    pool = ZsPool(256 << 20)
+def test_threads_with_compaction_lose_and_mix_nothing(make_pool: PoolFactory) -> None:
+    pool = make_pool(256 << 20)
     shared = {pool.store(tagged(99, i, 50 + i * 7)): tagged(99, i, 50 + i * 7) for i in range(500)}
     errors: list[BaseException] = []
     stop = threading.Event()
