@@ -8,9 +8,11 @@
  * and no pool mutex is held while Python code runs.
  *
  * close() against calls in flight: every call holds `gate` for reading from start to end;
- * close() takes it for writing, with the GIL released, before it unmaps. No thread blocks on
- * the gate while holding the GIL (tryrdlock, else wait with the GIL released), so a call
- * that is waiting for the GIL to finish never waits behind a thread waiting for the gate.
+ * close() raises `closing` (new calls are refused from then on, so a stream of calls cannot
+ * starve it) and takes the gate for writing, with the GIL released, before it unmaps. No
+ * thread blocks on the gate while holding the GIL (tryrdlock, else wait with the GIL
+ * released), so a call that waits for the GIL to finish never waits behind one that waits
+ * for the gate.
  */
 #define PY_SSIZE_T_CLEAN
 #include "zram.h"
@@ -30,6 +32,7 @@ typedef struct {
     PyObject_HEAD
     struct zs_pool *pool;   /* NULL once closed */
     pthread_rwlock_t gate;  /* read: a call in flight; write: close() */
+    int closing;            /* set (atomically) when close() starts */
     PyObject *class_table;  /* zramd.size_class.ClassTable of this pool's classes */
     PyObject *by_slot;      /* class_table.by_slot: ClassSpec per slot index */
     unsigned huge_class_size;
@@ -37,6 +40,8 @@ typedef struct {
 
 static int pool_enter(PoolObject *self)
 {
+    if (__atomic_load_n(&self->closing, __ATOMIC_ACQUIRE))
+        goto closed;
     if (pthread_rwlock_tryrdlock(&self->gate) != 0) {
         int rc;
         Py_BEGIN_ALLOW_THREADS
@@ -48,12 +53,12 @@ static int pool_enter(PoolObject *self)
             return -1;
         }
     }
-    if (!self->pool) {
-        pthread_rwlock_unlock(&self->gate);
-        PyErr_SetString(PyExc_ValueError, "the pool is closed");
-        return -1;
-    }
-    return 0;
+    if (self->pool)
+        return 0;
+    pthread_rwlock_unlock(&self->gate);
+closed:
+    PyErr_SetString(PyExc_ValueError, "the pool is closed");
+    return -1;
 }
 
 static void pool_leave(PoolObject *self)
@@ -561,6 +566,7 @@ fail:
 
 static PyObject *Pool_close(PoolObject *self, PyObject *Py_UNUSED(ignored))
 {
+    __atomic_store_n(&self->closing, 1, __ATOMIC_RELEASE);
     Py_BEGIN_ALLOW_THREADS
     pthread_rwlock_wrlock(&self->gate); /* waits for the calls in flight */
     zs_destroy_pool(self->pool);
@@ -662,7 +668,14 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     PoolObject *self = (PoolObject *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
-    pthread_rwlock_init(&self->gate, NULL);
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+#ifdef __GLIBC__
+    /* calls never nest, so a waiting close() may hold new readers back */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+    pthread_rwlock_init(&self->gate, &attr);
+    pthread_rwlockattr_destroy(&attr);
     self->pool = zs_create_pool((uint64_t)max_bytes, chain, release_batch);
     if (!self->pool) {
         PyErr_SetFromErrno(PyExc_OSError);

@@ -243,7 +243,7 @@ static int init_classes(struct zs_pool *pool, unsigned chain)
     memset(pool->classes, 0, nr * sizeof(struct size_class));
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
-#ifdef PTHREAD_MUTEX_ADAPTIVE_NP
+#ifdef __GLIBC__
     /* critical sections are a few hundred ns: spin briefly before sleeping */
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
 #endif
