@@ -281,6 +281,82 @@ static void check_mlocked_frames_are_released(void)
     zs_destroy_pool(pool);
 }
 
+struct waiter {
+    struct zs_pool *pool;
+    int tid;
+    int err;
+    int done;
+};
+
+static void *waiter_main(void *arg)
+{
+    struct waiter *w = arg;
+    unsigned char buf[ZS_MAX_ALLOC_SIZE] = {0};
+    const unsigned char *src = buf;
+    uint32_t size = ZS_MAX_ALLOC_SIZE;
+    uint64_t handle;
+    __atomic_store_n(&w->tid, gettid(), __ATOMIC_RELEASE);
+    w->err = zs_store_many(w->pool, 1, &src, &size, &handle, NULL);
+    __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* Whether thread `tid` is asleep (in the kernel: here, waiting on the page lock's condvar);
+ * false once it has exited. */
+static int asleep(int tid)
+{
+    char path[64], stat[256] = "";
+    snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    if (!fgets(stat, sizeof(stat), f))
+        stat[0] = 0;
+    fclose(f);
+    const char *state = strrchr(stat, ')');
+    return state && state[2] == 'S';
+}
+
+/* An allocation that finds the arena empty while freed frames are on their way through
+ * madvise waits for them instead of failing with ENOSPC. */
+static void check_allocation_waits_for_released_frames(void)
+{
+    struct zs_pool *pool = zs_create_pool(8 * ZS_PAGE_SIZE, 8, 100);
+    struct object o[8];
+    for (int i = 0; i < 8; i++)
+        store_one(pool, &o[i], (uint64_t)i, ZS_MAX_ALLOC_SIZE); /* the arena is full */
+    zs_free_many(pool, 1, &o[0].handle, NULL);                /* one frame cached */
+    /* release_frames' first half: the batch leaves the cache */
+    pthread_mutex_lock(&pool->page_lock);
+    uint32_t *batch = pool->cache;
+    uint32_t n = pool->nr_cached;
+    pool->cache = pool->spare;
+    pool->spare = NULL;
+    pool->nr_cached = 0;
+    pool->releasing += n;
+    pthread_mutex_unlock(&pool->page_lock);
+    struct waiter w = {pool, 0, 1, 0};
+    pthread_t thread;
+    pthread_create(&thread, NULL, waiter_main, &w);
+    while (!__atomic_load_n(&w.done, __ATOMIC_ACQUIRE)) { /* until it waits, or gave up */
+        int tid = __atomic_load_n(&w.tid, __ATOMIC_ACQUIRE);
+        if (tid && asleep(tid))
+            break;
+        sched_yield();
+    }
+    /* ... and its second half: the frame joins the free list */
+    pthread_mutex_lock(&pool->page_lock);
+    push_free_frames(pool, batch, n);
+    pool->releasing -= n;
+    pool->spare = batch;
+    pthread_cond_broadcast(&pool->released);
+    pthread_mutex_unlock(&pool->page_lock);
+    pthread_join(thread, NULL);
+    EXPECT(w.err == 0, "the store waited for the frame, got %d", w.err);
+    check_clean(pool);
+    zs_destroy_pool(pool);
+}
+
 /* -- the stress ------------------------------------------------------------------------------- */
 
 struct shared_entry {
@@ -533,6 +609,7 @@ int main(int argc, char **argv)
     check_bad_calls_leave_nothing();
     check_release_batches();
     check_mlocked_frames_are_released();
+    check_allocation_waits_for_released_frames();
     printf("  single-thread checks: ok\n");
     stress();
     printf("stress_pool: ok\n");

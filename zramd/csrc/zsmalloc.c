@@ -47,9 +47,11 @@
  *
  *     pool->compact_lock  (trylock: single flight)
  *       -> class->lock    (one per class: its lists, counters, handle table, object bytes)
- *         -> pool->page_lock  (leaf: frame allocator, zspage ids, frame releases)
+ *         -> pool->page_lock  (leaf: frame allocator, zspage ids)
  *
- * No code holds two class locks. A zspage, its frames' link words and its objects belong to
+ * No code holds two class locks, and no madvise runs under a lock: a full cache of freed
+ * frames is taken out under the page lock and released once the caller has dropped its
+ * class lock (release_frames). A zspage, its frames' link words and its objects belong to
  * one class while it lives; they change hands only through the page lock, which orders the
  * old owner's last touch before the new owner's first. pages_allocated and the compaction
  * counters are also read without a lock (atomics).
@@ -145,6 +147,10 @@ struct zs_pool {
     uint32_t free_frames;
     uint32_t *cache; /* freed frames still resident, reused first (LIFO) */
     uint32_t nr_cached;
+    uint32_t *spare;      /* a cache buffer to swap in while a batch is released */
+    size_t cache_bytes;   /* of each cache buffer */
+    uint32_t releasing;   /* frames out of the cache on their way through madvise */
+    pthread_cond_t released; /* broadcast when a batch joins the free list */
     uint32_t zs_top; /* zspage ids [1, zs_top) have been used */
     uint32_t zs_free;
     uint32_t zs_count;
@@ -285,6 +291,8 @@ static uint32_t frames_available(const struct zs_pool *pool)
 static int alloc_chain(struct zs_pool *pool, unsigned count, uint32_t *first,
                        struct zs_fault *fault)
 {
+    while (frames_available(pool) < count && pool->releasing) /* frames on their way back */
+        pthread_cond_wait(&pool->released, &pool->page_lock);
     if (frames_available(pool) < count) {
         if (fault) {
             fault->kind = ZS_FAULT_ARENA_FULL;
@@ -325,7 +333,6 @@ static void release_run(struct zs_pool *pool, uint32_t first, uint32_t last)
     size_t len = (size_t)(last - first + 1) << PAGE_SHIFT;
     if (madvise(addr, len, MADV_DONTNEED) != 0 && errno == EINVAL && munlock(addr, len) == 0)
         (void)madvise(addr, len, MADV_DONTNEED);
-    pool->releases++;
 }
 
 static int cmp_frame(const void *a, const void *b)
@@ -334,33 +341,84 @@ static int cmp_frame(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Return every cached frame to the OS, one madvise per contiguous run, and put them on the
- * free list in ascending order (the largest ends up first, as in frames.py). */
-static void release_cached(struct zs_pool *pool)
+/* Sort `frames` and release them, one madvise per contiguous run; returns the runs. The
+ * frames belong to the caller: in no zspage, cache or free list. */
+static uint64_t release_runs(struct zs_pool *pool, uint32_t *frames, uint32_t n)
 {
-    uint32_t n = pool->nr_cached;
-    if (!n)
-        return;
-    uint32_t *cache = pool->cache;
-    qsort(cache, n, sizeof(*cache), cmp_frame);
-    uint32_t run = cache[0];
+    uint64_t runs = 1;
+    qsort(frames, n, sizeof(*frames), cmp_frame);
+    uint32_t run = frames[0];
     for (uint32_t i = 1; i < n; i++) {
-        if (cache[i] != cache[i - 1] + 1) {
-            release_run(pool, run, cache[i - 1]);
-            run = cache[i];
+        if (frames[i] != frames[i - 1] + 1) {
+            release_run(pool, run, frames[i - 1]);
+            run = frames[i];
+            runs++;
         }
     }
-    release_run(pool, run, cache[n - 1]);
-    for (uint32_t i = 0; i < n; i++) {
-        pool->links[cache[i]] = pool->free_head;
-        pool->free_head = cache[i];
-    }
-    pool->free_frames += n;
-    pool->nr_cached = 0;
+    release_run(pool, run, frames[n - 1]);
+    return runs;
 }
 
-/* Give back every frame of the chain at `first`; a full cache is released in one batch. */
-static void free_chain(struct zs_pool *pool, uint32_t first)
+/* Put released frames on the free list in ascending order, so the largest is reused first
+ * (as frames.py does). Under page_lock. */
+static void push_free_frames(struct zs_pool *pool, const uint32_t *frames, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        pool->links[frames[i]] = pool->free_head;
+        pool->free_head = frames[i];
+    }
+    pool->free_frames += n;
+}
+
+/*
+ * Return the cached frames to the OS once there are at least `min` (the release batch; 1 to
+ * flush the cache). Called with no lock held: the batch leaves the cache under the page lock
+ * (a spare buffer takes its place), goes through madvise with no lock held, and joins the
+ * free list under the page lock again. Meanwhile its frames count as `releasing`, and an
+ * allocation that needs them waits (alloc_chain). Single-threaded, nothing happens between
+ * the free that fills the cache and this call, so frames are reused in pool.py's order.
+ */
+static void release_frames(struct zs_pool *pool, uint32_t min)
+{
+    pthread_mutex_lock(&pool->page_lock);
+    uint32_t n = pool->nr_cached;
+    if (!n || n < min) {
+        pthread_mutex_unlock(&pool->page_lock);
+        return;
+    }
+    uint32_t *batch = pool->cache;
+    uint32_t *fresh = pool->spare ? pool->spare : malloc(pool->cache_bytes);
+    if (!fresh) { /* out of memory for another buffer: release with the lock held */
+        pool->releases += release_runs(pool, batch, n);
+        push_free_frames(pool, batch, n);
+        pool->nr_cached = 0;
+        pthread_mutex_unlock(&pool->page_lock);
+        return;
+    }
+    pool->spare = NULL;
+    pool->cache = fresh;
+    pool->nr_cached = 0;
+    pool->releasing += n;
+    pthread_mutex_unlock(&pool->page_lock);
+
+    uint64_t runs = release_runs(pool, batch, n);
+
+    pthread_mutex_lock(&pool->page_lock);
+    push_free_frames(pool, batch, n);
+    pool->releasing -= n;
+    pool->releases += runs;
+    if (!pool->spare)
+        pool->spare = batch;
+    else
+        free(batch);
+    pthread_cond_broadcast(&pool->released);
+    pthread_mutex_unlock(&pool->page_lock);
+}
+
+/* Give back every frame of the chain at `first` to the cache (under page_lock); true when
+ * the cache holds a batch to release (the caller calls release_frames once it holds no
+ * lock). */
+static bool free_chain(struct zs_pool *pool, uint32_t first)
 {
     unsigned count = 0;
     for (uint32_t frame = first, next; frame; frame = next) {
@@ -369,8 +427,7 @@ static void free_chain(struct zs_pool *pool, uint32_t first)
         count++;
     }
     WRITE_ONCE(pool->pages_allocated, pool->pages_allocated - count);
-    if (pool->nr_cached >= pool->release_batch)
-        release_cached(pool);
+    return pool->nr_cached >= pool->release_batch;
 }
 
 /* -- zspages (zspage.py) ----------------------------------------------------------------------- */
@@ -460,8 +517,9 @@ static int alloc_zspage(struct zs_pool *pool, struct size_class *class, uint32_t
     return 0;
 }
 
-/* free_zspage: an empty, unlisted zspage's frames and id back to the page allocator. */
-static void free_zspage(struct zs_pool *pool, struct size_class *class, uint32_t zid)
+/* free_zspage: an empty, unlisted zspage's frames and id back to the page allocator; true
+ * when a batch of frames is due for release_frames. */
+static bool free_zspage(struct zs_pool *pool, struct size_class *class, uint32_t zid)
 {
     uint32_t first = pool->zspages[zid].first;
     class->obj_allocated -= class->spec.objs_per_zspage;
@@ -469,8 +527,9 @@ static void free_zspage(struct zs_pool *pool, struct size_class *class, uint32_t
     pool->zspages[zid].next = pool->zs_free;
     pool->zs_free = zid;
     pool->zs_count--;
-    free_chain(pool, first);
+    bool due = free_chain(pool, first);
     pthread_mutex_unlock(&pool->page_lock);
+    return due;
 }
 
 /* obj_malloc's first half: a free object's arena offset, from the zspage's free list or
@@ -662,9 +721,10 @@ static int obj_malloc(struct zs_pool *pool, struct size_class *class, uint32_t s
     return 0;
 }
 
-/* obj_free + fix_fullness_group: -EINVAL / -EIO with nothing changed. */
+/* obj_free + fix_fullness_group: -EINVAL / -EIO with nothing changed. `*due`: a batch of
+ * frames is to be released (release_frames, once the class lock is dropped). */
 static int obj_free(struct zs_pool *pool, struct size_class *class, uint64_t handle,
-                    struct zs_fault *fault)
+                    struct zs_fault *fault, bool *due)
 {
     uint64_t loc, hdr;
     int err = handle_to_location(class, handle, &loc, fault);
@@ -677,7 +737,7 @@ static int obj_free(struct zs_pool *pool, struct size_class *class, uint64_t han
         class->obj_allocated--;
         class->obj_used--;
         pthread_mutex_lock(&pool->page_lock);
-        free_chain(pool, (uint32_t)(off >> PAGE_SHIFT));
+        *due = free_chain(pool, (uint32_t)(off >> PAGE_SHIFT));
         pthread_mutex_unlock(&pool->page_lock);
         return 0;
     }
@@ -689,7 +749,7 @@ static int obj_free(struct zs_pool *pool, struct size_class *class, uint64_t han
     int group = get_fullness_group(class, pool->zspages[zid].inuse--);
     class->obj_used--;
     if (fix_fullness_group(pool, class, zid, group) == ZS_INUSE_RATIO_0)
-        free_zspage(pool, class, zid);
+        *due = free_zspage(pool, class, zid);
     return 0;
 }
 
@@ -856,8 +916,13 @@ int zs_free_many(struct zs_pool *pool, size_t n, const uint64_t *handles,
             break;
         }
         switch_class(&locked, class);
-        if ((err = obj_free(pool, class, handles[i], fault)) != 0)
+        bool due = false;
+        if ((err = obj_free(pool, class, handles[i], fault, &due)) != 0)
             break;
+        if (due) { /* never madvise under a lock */
+            switch_class(&locked, NULL);
+            release_frames(pool, pool->release_batch);
+        }
     }
     switch_class(&locked, NULL);
     if (fault)
@@ -1002,8 +1067,9 @@ static uint64_t compact_class(struct zs_pool *pool, struct size_class *class, bo
         remove_zspage(pool, class, src, src_group); /* isolate_src_zspage */
         migrate_zspage(pool, class, src, dst);
         /* putback: the source only lost objects, the destination only gained them */
+        bool due = false;
         if (fix_fullness_group(pool, class, src, 0) == ZS_INUSE_RATIO_0) {
-            free_zspage(pool, class, src);
+            due = free_zspage(pool, class, src);
             freed += class->spec.pages_per_zspage;
         }
         fix_fullness_group(pool, class, dst, 0);
@@ -1012,8 +1078,11 @@ static uint64_t compact_class(struct zs_pool *pool, struct size_class *class, bo
             uint64_t slice = now_ns() - t0;
             if (slice > pool->max_slice_ns)
                 WRITE_ONCE(pool->max_slice_ns, slice);
-            sched_yield(); /* a waiting thread takes the class now */
         }
+        if (due)
+            release_frames(pool, pool->release_batch);
+        if (gentle)
+            sched_yield(); /* a waiting thread takes the class now */
     }
     pthread_mutex_unlock(&class->lock);
     return freed;
@@ -1028,9 +1097,7 @@ uint64_t zs_compact(struct zs_pool *pool, int gentle)
         if (!pool->classes[i].huge)
             freed += compact_class(pool, &pool->classes[i], gentle);
     WRITE_ONCE(pool->pages_compacted, pool->pages_compacted + freed);
-    pthread_mutex_lock(&pool->page_lock);
-    release_cached(pool);
-    pthread_mutex_unlock(&pool->page_lock);
+    release_frames(pool, 1); /* all of them: compaction is when RSS should fall */
     pthread_mutex_unlock(&pool->compact_lock);
     return freed;
 }
@@ -1072,7 +1139,7 @@ void zs_pool_stats(struct zs_pool *pool, struct zs_pool_stats *stats, struct zs_
     }
     pthread_mutex_lock(&pool->page_lock);
     stats->total_pages = pool->pages_allocated;
-    stats->frames_cached = pool->nr_cached;
+    stats->frames_cached = pool->nr_cached + pool->releasing;
     stats->frames_reserved = pool->max_frames;
     stats->releases = pool->releases;
     stats->metadata_bytes = handle_bytes + (uint64_t)pool->zs_top * sizeof(struct zspage)
@@ -1250,7 +1317,7 @@ int zs_check(struct zs_pool *pool, char *msg, size_t len)
         return err;
     pthread_mutex_lock(&pool->page_lock);
     uint64_t allocated = pool->pages_allocated;
-    uint64_t idle = (uint64_t)pool->free_frames + pool->nr_cached;
+    uint64_t idle = (uint64_t)pool->free_frames + pool->nr_cached + pool->releasing;
     uint32_t top = pool->top, count = pool->zs_count;
     pthread_mutex_unlock(&pool->page_lock);
     CHECK(count == zspages, "%u zspages allocated, %lu found", count, (unsigned long)zspages);
@@ -1290,15 +1357,18 @@ struct zs_pool *zs_create_pool(uint64_t max_bytes, int chain, int release_batch)
     pool->arena = reserve((size_t)pool->max_frames << PAGE_SHIFT);
     pool->links = reserve((size_t)pool->max_frames * sizeof(*pool->links));
     pool->zspages = reserve((size_t)pool->max_frames * sizeof(*pool->zspages));
-    /* free_chain adds a whole chain before it releases a full cache */
-    pool->cache = malloc((pool->release_batch + ZS_MAX_CHAIN_SIZE) * sizeof(*pool->cache));
-    if (!pool->arena || !pool->links || !pool->zspages || !pool->cache
+    /* free_chain adds a whole chain before a full cache is released */
+    pool->cache_bytes = (pool->release_batch + ZS_MAX_CHAIN_SIZE) * sizeof(*pool->cache);
+    pool->cache = malloc(pool->cache_bytes);
+    pool->spare = malloc(pool->cache_bytes);
+    if (!pool->arena || !pool->links || !pool->zspages || !pool->cache || !pool->spare
         || init_classes(pool, (unsigned)chain) != 0) {
         zs_destroy_pool(pool);
         errno = ENOMEM;
         return NULL;
     }
     pthread_mutex_init(&pool->page_lock, NULL);
+    pthread_cond_init(&pool->released, NULL);
     pthread_mutex_init(&pool->compact_lock, NULL);
     return pool;
 }
@@ -1320,8 +1390,10 @@ void zs_destroy_pool(struct zs_pool *pool)
         }
         free(pool->classes);
         pthread_mutex_destroy(&pool->page_lock);
+        pthread_cond_destroy(&pool->released);
         pthread_mutex_destroy(&pool->compact_lock);
     }
     free(pool->cache);
+    free(pool->spare);
     free(pool);
 }
