@@ -357,6 +357,27 @@ static void check_allocation_waits_for_released_frames(void)
     zs_destroy_pool(pool);
 }
 
+/* Chains freed by several threads before the first of them releases the full cache: the
+ * cache never overflows (the later frees release it themselves). */
+static void check_cache_never_overflows(void)
+{
+    struct zs_pool *pool = zs_create_pool(1 << 20, 16, 4);
+    uint32_t first[4];
+    pthread_mutex_lock(&pool->page_lock);
+    for (int i = 0; i < 4; i++)
+        EXPECT(alloc_chain(pool, ZS_MAX_CHAIN_SIZE, &first[i], NULL) == 0);
+    for (int i = 0; i < 4; i++) { /* as four threads would, none reaching release_frames */
+        free_chain(pool, first[i]);
+        EXPECT(pool->nr_cached <= pool->cache_size, "%u frames cached in room for %u",
+               pool->nr_cached, pool->cache_size);
+    }
+    pthread_mutex_unlock(&pool->page_lock);
+    release_frames(pool, pool->release_batch);
+    EXPECT(pool->nr_cached == 0 && zs_get_total_pages(pool) == 0);
+    check_clean(pool);
+    zs_destroy_pool(pool);
+}
+
 /* -- the stress ------------------------------------------------------------------------------- */
 
 struct shared_entry {
@@ -610,6 +631,7 @@ int main(int argc, char **argv)
     check_release_batches();
     check_mlocked_frames_are_released();
     check_allocation_waits_for_released_frames();
+    check_cache_never_overflows();
     printf("  single-thread checks: ok\n");
     stress();
     printf("stress_pool: ok\n");

@@ -148,7 +148,7 @@ struct zs_pool {
     uint32_t *cache; /* freed frames still resident, reused first (LIFO) */
     uint32_t nr_cached;
     uint32_t *spare;      /* a cache buffer to swap in while a batch is released */
-    size_t cache_bytes;   /* of each cache buffer */
+    uint32_t cache_size;  /* frames each cache buffer holds */
     uint32_t releasing;   /* frames out of the cache on their way through madvise */
     pthread_cond_t released; /* broadcast when a batch joins the free list */
     uint32_t zs_top; /* zspage ids [1, zs_top) have been used */
@@ -370,6 +370,16 @@ static void push_free_frames(struct zs_pool *pool, const uint32_t *frames, uint3
     pool->free_frames += n;
 }
 
+/* Release the whole cache with the page lock held: only when a batch cannot wait. */
+static void release_cached_locked(struct zs_pool *pool)
+{
+    if (!pool->nr_cached)
+        return;
+    pool->releases += release_runs(pool, pool->cache, pool->nr_cached);
+    push_free_frames(pool, pool->cache, pool->nr_cached);
+    pool->nr_cached = 0;
+}
+
 /*
  * Return the cached frames to the OS once there are at least `min` (the release batch; 1 to
  * flush the cache). Called with no lock held: the batch leaves the cache under the page lock
@@ -387,11 +397,9 @@ static void release_frames(struct zs_pool *pool, uint32_t min)
         return;
     }
     uint32_t *batch = pool->cache;
-    uint32_t *fresh = pool->spare ? pool->spare : malloc(pool->cache_bytes);
+    uint32_t *fresh = pool->spare ? pool->spare : malloc(pool->cache_size * sizeof(*fresh));
     if (!fresh) { /* out of memory for another buffer: release with the lock held */
-        pool->releases += release_runs(pool, batch, n);
-        push_free_frames(pool, batch, n);
-        pool->nr_cached = 0;
+        release_cached_locked(pool);
         pthread_mutex_unlock(&pool->page_lock);
         return;
     }
@@ -420,6 +428,10 @@ static void release_frames(struct zs_pool *pool, uint32_t min)
  * lock). */
 static bool free_chain(struct zs_pool *pool, uint32_t first)
 {
+    /* Other threads' chains may have filled the cache past its batch before the thread that
+     * filled it first got to release_frames: then release it here, so a chain always fits. */
+    if (pool->nr_cached + ZS_MAX_CHAIN_SIZE > pool->cache_size)
+        release_cached_locked(pool);
     unsigned count = 0;
     for (uint32_t frame = first, next; frame; frame = next) {
         next = pool->links[frame];
@@ -1358,9 +1370,9 @@ struct zs_pool *zs_create_pool(uint64_t max_bytes, int chain, int release_batch)
     pool->links = reserve((size_t)pool->max_frames * sizeof(*pool->links));
     pool->zspages = reserve((size_t)pool->max_frames * sizeof(*pool->zspages));
     /* free_chain adds a whole chain before a full cache is released */
-    pool->cache_bytes = (pool->release_batch + ZS_MAX_CHAIN_SIZE) * sizeof(*pool->cache);
-    pool->cache = malloc(pool->cache_bytes);
-    pool->spare = malloc(pool->cache_bytes);
+    pool->cache_size = pool->release_batch + ZS_MAX_CHAIN_SIZE;
+    pool->cache = malloc(pool->cache_size * sizeof(*pool->cache));
+    pool->spare = malloc(pool->cache_size * sizeof(*pool->spare));
     if (!pool->arena || !pool->links || !pool->zspages || !pool->cache || !pool->spare
         || init_classes(pool, (unsigned)chain) != 0) {
         zs_destroy_pool(pool);
