@@ -38,7 +38,7 @@ zramd_need_pkgs() {
 zramd_need_venv() {
     local extras=$1 stamp want
     # the C accelerator is built by the editable install: a changed source means reinstall
-    want=$(cat "$ZRAMD_ROOT/pyproject.toml" "$ZRAMD_ROOT/setup.py" "$ZRAMD_ROOT/zramd/_zsfast.c" \
+    want=$(cat "$ZRAMD_ROOT/pyproject.toml" "$ZRAMD_ROOT/setup.py" "$ZRAMD_ROOT/zramd/_zsfast.c" "$ZRAMD_ROOT"/zramd/csrc/* \
         | sha256sum | cut -c1-16)-$extras
     stamp=$ZRAMD_VENV/.zramd-stamp
     if [ -x "$ZRAMD_PY" ] && [ -f "$stamp" ] && grep -qx -- "$want" "$stamp"; then return 0; fi

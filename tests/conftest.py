@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from loops import PoolFactory  # tests/ is on sys.path: pytest puts a conftest's directory there
+
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60
 )
@@ -53,3 +55,21 @@ def pool_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         pytest.fail("zramd._zsfast is not built or is stale: run scripts/test (pip install -e .)")
     monkeypatch.setenv("ZRAMD_NATIVE", "1" if request.param == "native" else "0")
     return str(request.param)
+
+
+@pytest.fixture(params=["native", "python", "c"])
+def make_pool(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> PoolFactory:
+    """Run a pool test against the three pool implementations (see PoolFactory)."""
+    from zramd.pool import ZsPool, native_module  # noqa: PLC0415
+
+    kind = str(request.param)
+    if kind == "c":
+        try:
+            from zramd._zram import Pool  # noqa: PLC0415
+        except ImportError:
+            pytest.fail("zramd._zram is not built: run scripts/test (pip install -e .)")
+        return PoolFactory(kind, Pool)
+    if kind == "native" and native_module() is None:
+        pytest.fail("zramd._zsfast is not built or is stale: run scripts/test (pip install -e .)")
+    monkeypatch.setenv("ZRAMD_NATIVE", "1" if kind == "native" else "0")
+    return PoolFactory(kind, ZsPool)

@@ -588,6 +588,19 @@ class ZsPool:
                 objects=objects,
             )
 
+    def check(self) -> None:
+        """Cross-check every structure; CorruptionError naming the first mismatch.
+
+        Exact on an idle pool; for tests (it visits every object). The walk is
+        ``zramd.testing.check_pool_invariants``; the C pool has its own (``zs_check``).
+        """
+        from zramd.testing import check_pool_invariants  # noqa: PLC0415 - testing imports pool
+
+        try:
+            check_pool_invariants(self)
+        except AssertionError as e:
+            raise CorruptionError(f"pool check: {e}") from e
+
     def close(self) -> None:
         """Unmap everything; every handle becomes invalid. Idempotent."""
         if self._closed:

@@ -14,7 +14,9 @@ import random
 from typing import Protocol
 
 from zramd._types import BytesLike
+from zramd.errors import CorruptionError
 from zramd.pool import HANDLE_CLASS_BITS, LOC_OFF_MASK, LOC_SHIFT, ZsPool
+from zramd.pool_api import PoolAPI
 from zramd.size_class import PAGE_SIZE
 from zramd.zspage import HDR_HANDLE_MASK, OBJ_ALLOCATED_TAG
 
@@ -124,13 +126,20 @@ def check_block_device(dev: BlockBackend, seed: int = 0, steps: int = 300) -> No
     check(0, dev.read(0, size), "final read")
 
 
-def check_pool_invariants(pool: ZsPool) -> None:
+def check_pool_invariants(pool: PoolAPI) -> None:
     """Walk every structure of an idle pool and cross-check it; AssertionError on a mismatch.
 
     Checks: each class's fullness lists (links, group of every member, counts, mask), each
     zspage's free list against its inuse count, every live handle's header, the class counters,
-    and ``total_pages`` against the frames of all zspages.
+    and ``total_pages`` against the frames of all zspages. A pool other than ``ZsPool`` (the C
+    pool) runs its own walk of the same checks, ``pool.check()``.
     """
+    if not isinstance(pool, ZsPool):
+        try:
+            pool.check()
+        except CorruptionError as e:
+            raise AssertionError(str(e)) from e
+        return
     zs = pool.zspages
     words = pool.words
     links = pool.arena.links

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "codec_object.h"
 #include "module.h"
 #include "zram.h"
 
@@ -25,6 +26,7 @@ typedef struct {
     PyObject *comps;        /* tuple of 4: Codec or None */
     PyObject *backing_read; /* callable(list[int]) -> list[bytes], or None */
     PyObject *clock;        /* callable() -> seconds, or None for CLOCK_MONOTONIC */
+    int pinned;             /* holds a pin on the pool (zram_pool_get) */
 } CoreObject;
 
 static PyObject *InvalidIOError, *MemLimitError, *PoolExhaustedError, *CorruptionError,
@@ -160,58 +162,66 @@ static int core_init(CoreObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "Core is already initialised");
         return -1;
     }
-    struct zs_pool *zp = zram_pool_get(pool);
-    if (!zp)
+    if (pages > (UINT64_MAX >> ZRAM_PAGE_SHIFT)) {
+        PyErr_SetString(PyExc_ValueError, "pages: too many");
         return -1;
+    }
     PyObject *t = PySequence_Tuple(comps);
     if (!t)
         return -1;
-    if (PyTuple_GET_SIZE(t) > ZRAM_MAX_COMPS || PyTuple_GET_SIZE(t) < 1) {
-        Py_DECREF(t);
-        PyErr_SetString(PyExc_ValueError, "comps: one to four codecs by priority");
-        return -1;
-    }
     struct zcomp *zc[ZRAM_MAX_COMPS] = {0};
+    if (PyTuple_GET_SIZE(t) > ZRAM_MAX_COMPS || PyTuple_GET_SIZE(t) < 1) {
+        PyErr_SetString(PyExc_ValueError, "comps: one to four codecs by priority");
+        goto fail;
+    }
     for (Py_ssize_t p = 0; p < PyTuple_GET_SIZE(t); p++) {
         PyObject *c = PyTuple_GET_ITEM(t, p);
         if (c == Py_None) {
             if (!p) {
-                Py_DECREF(t);
                 PyErr_SetString(PyExc_ValueError, "comps[0]: the primary codec is required");
-                return -1;
+                goto fail;
             }
             continue;
         }
         zc[p] = zram_codec_get(c);
-        if (!zc[p]) {
-            Py_DECREF(t);
-            return -1;
-        }
+        if (!zc[p])
+            goto fail;
     }
-    if (pages > (UINT64_MAX >> ZRAM_PAGE_SHIFT)) {
-        Py_DECREF(t);
-        PyErr_SetString(PyExc_ValueError, "pages: too many");
-        return -1;
-    }
+    struct zs_pool *zp = zram_pool_get(pool); /* pinned until close */
+    if (!zp)
+        goto fail;
     struct zram_core *z;
     Py_BEGIN_ALLOW_THREADS
     z = zram_create(pages, zp, zc);
     Py_END_ALLOW_THREADS
     if (!z) {
-        Py_DECREF(t);
+        zram_pool_put(pool);
         PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
+        goto fail;
     }
     self->z = z;
     self->pages = pages;
     Py_INCREF(pool);
     self->pool = pool;
+    self->pinned = 1;
     self->comps = t;
     Py_INCREF(backing_read);
     self->backing_read = backing_read;
     Py_INCREF(clock);
     self->clock = clock;
     return 0;
+fail:
+    Py_DECREF(t);
+    return -1;
+}
+
+/* The core is done with the pool: drop the pin so that Pool.close() may go ahead. */
+static void unpin(CoreObject *self)
+{
+    if (self->pinned) {
+        self->pinned = 0;
+        zram_pool_put(self->pool);
+    }
 }
 
 static int core_traverse(CoreObject *self, visitproc visit, void *arg)
@@ -238,6 +248,7 @@ static void core_dealloc(CoreObject *self)
         zram_destroy(self->z);
         Py_END_ALLOW_THREADS
     }
+    unpin(self);
     Py_CLEAR(self->pool);
     Py_CLEAR(self->comps);
     core_clear(self);
@@ -748,6 +759,7 @@ static PyObject *core_close(CoreObject *self, PyObject *Py_UNUSED(ignored))
         Py_BEGIN_ALLOW_THREADS
         zram_close(self->z);
         Py_END_ALLOW_THREADS
+        unpin(self);
     }
     Py_RETURN_NONE;
 }

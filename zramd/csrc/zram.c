@@ -300,7 +300,10 @@ void zram_note_peak(struct zram_core *z, uint64_t pages)
 
 void zram_reset_max(struct zram_core *z)
 {
+    if (gate_enter(z))
+        return;
     atomic_store(&z->max_pages, zs_get_total_pages(z->pool));
+    gate_leave(z);
 }
 
 void zram_get_stats(struct zram_core *z, struct zram_stats *out)
