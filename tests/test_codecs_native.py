@@ -151,6 +151,28 @@ def test_buffer_inputs(zram: ModuleType, name: str) -> None:
         c.compress("text")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_batches_match_single_calls(zram: ModuleType, name: str) -> None:
+    c, py = zram.Codec(name), create(name)
+    pages = pages_mix(seed=12)
+    objs = c.compress_many([*pages[:5], memoryview(pages[5]), *pages[6:]])
+    assert objs == [c.compress(p) for p in pages]
+    assert c.decompress_many(objs, P) == pages
+    assert c.decompress_many([py.compress(p) for p in pages], P) == pages
+    assert c.compress_many([]) == []
+    assert c.decompress_many((), P) == []
+    bad = [*objs[:7], objs[7][:-1], *objs[8:]]
+    with pytest.raises(CompressionError, match=rf"^{name}: corrupt object 7: "):
+        c.decompress_many(bad, P)
+    with pytest.raises(CompressionError, match=r"object 0: .* exactly 4095 bytes"):
+        c.decompress_many(objs, P - 1)
+    with pytest.raises(TypeError, match="a bytes-like object is required"):
+        c.compress_many([pages[0], "text"])
+    with pytest.raises(TypeError, match="takes a sequence of buffers"):
+        c.compress_many(5)
+    assert c.streams[0] == c.streams[1]  # every stream back after the failures
+
+
 # -- zstd dictionaries -------------------------------------------------------------------------
 
 
@@ -396,6 +418,9 @@ def test_threads_share_one_codec(zram: ModuleType, name: str) -> None:
                 page = rng.choice(pages)
                 obj = c.compress(page)
                 assert c.decompress(obj, P) == page
+                if rng.random() < 0.05:
+                    batch = rng.sample(pages, 8)
+                    assert c.decompress_many(c.compress_many(batch), P) == batch
                 if rng.random() < 0.1:
                     assert py.decompress(obj, P) == page
                 if rng.random() < 0.1:

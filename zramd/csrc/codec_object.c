@@ -2,8 +2,10 @@
  * zramd._zram.Codec(name, level=None, winbits=None, dict=None): the C codecs (zcomp.c and
  * backend_*.c) for Python code and tests, with the Compressor protocol of
  * zramd/compress/base.py: name, level, compress(src) -> bytes, decompress(src, size) ->
- * bytes. Every call releases the GIL around the codec work, so threads sharing one Codec
- * compress in parallel (each call takes its own stream).
+ * bytes; and compress_many / decompress_many for batches. Every call releases the GIL around
+ * the codec work (a batch once for all its buffers, on one stream, as the device's C loop
+ * does per request), so threads sharing one Codec compress in parallel (each call takes its
+ * own stream).
  *
  * Errors: ValueError for a bad name or parameter (the message names it), CompressionError
  * (zramd.errors) for an object that is corrupt or does not decompress to exactly size bytes,
@@ -299,6 +301,198 @@ static PyObject *codec_decompress(CodecObject *self, PyObject *const *args, Py_s
     return out;
 }
 
+/* The buffers of a sequence's n items, all or none (NULL with an exception set). */
+static Py_buffer *get_buffers(PyObject *seq, Py_ssize_t n)
+{
+    Py_buffer *views = PyMem_Calloc((size_t)n ? (size_t)n : 1, sizeof(Py_buffer));
+    Py_ssize_t i;
+
+    if (!views)
+        return (Py_buffer *)PyErr_NoMemory();
+    for (i = 0; i < n; i++)
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &views[i], PyBUF_SIMPLE) < 0)
+            break;
+    if (i == n)
+        return views;
+    while (i-- > 0)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    return NULL;
+}
+
+static void release_buffers(Py_buffer *views, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+}
+
+/*
+ * compress_many(srcs) -> list[bytes]: compress each buffer, releasing the GIL once for the
+ * whole batch on one stream, as the device's C loop does per request.
+ */
+static PyObject *codec_compress_many(CodecObject *self, PyObject *arg)
+{
+    struct zcomp *comp = self->comp;
+    PyObject *seq, *out = NULL;
+    Py_buffer *views;
+    struct zcomp_strm *zstrm = NULL;
+    size_t *off = NULL, *len = NULL, total = 0;
+    unsigned char *arena = NULL;
+    Py_ssize_t n, i, failed = -1;
+    int ret = 0;
+
+    seq = PySequence_Fast(arg, "compress_many() takes a sequence of buffers");
+    if (!seq)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    views = get_buffers(seq, n);
+    if (!views)
+        goto done_seq;
+    off = PyMem_Malloc(((size_t)n + 1) * sizeof(size_t));
+    len = PyMem_Malloc(((size_t)n + 1) * sizeof(size_t));
+    if (!off || !len) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        if ((size_t)views[i].len > ZCOMP_MAX_BUF || total > (size_t)PY_SSIZE_T_MAX / 2) {
+            PyErr_Format(PyExc_ValueError, "%s: compress_many() batch is too large",
+                         zcomp_name(comp));
+            goto done;
+        }
+        off[i] = total;
+        total += zcomp_compress_bound(comp, (size_t)views[i].len);
+    }
+    off[n] = total;
+    arena = PyMem_RawMalloc(total ? total : 1);
+    if (!arena) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    zstrm = zcomp_stream_get(comp);
+    for (i = 0; zstrm && i < n; i++) {
+        ret = zcomp_compress_buf(comp, zstrm, views[i].buf, (size_t)views[i].len,
+                                 arena + off[i], off[i + 1] - off[i], &len[i]);
+        if (ret) {
+            failed = i;
+            break;
+        }
+    }
+    if (zstrm)
+        zcomp_stream_put(comp, zstrm);
+    Py_END_ALLOW_THREADS
+    if (!zstrm) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (failed >= 0) {
+        raise_compression_error("%s: compression of buffer %zd failed (errno %d)",
+                                zcomp_name(comp), failed, -ret);
+        goto done;
+    }
+    out = PyList_New(n);
+    for (i = 0; out && i < n; i++) {
+        PyObject *obj = PyBytes_FromStringAndSize((const char *)arena + off[i],
+                                                  (Py_ssize_t)len[i]);
+        if (!obj)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, i, obj);
+    }
+done:
+    PyMem_RawFree(arena);
+    PyMem_Free(off);
+    PyMem_Free(len);
+    if (views)
+        release_buffers(views, n);
+done_seq:
+    Py_DECREF(seq);
+    return out;
+}
+
+/*
+ * decompress_many(srcs, size) -> list[bytes]: each object to exactly size bytes, the GIL
+ * released once for the batch; CompressionError naming the first bad object (all or nothing).
+ */
+static PyObject *codec_decompress_many(CodecObject *self, PyObject *const *args,
+                                       Py_ssize_t nargs)
+{
+    struct zcomp *comp = self->comp;
+    struct zcomp_strm *zstrm;
+    PyObject *seq, *out = NULL;
+    Py_buffer *views;
+    char **dst = NULL;
+    Py_ssize_t n, i, size, failed = -1;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "decompress_many() takes 2 arguments (srcs, size), %zd given", nargs);
+        return NULL;
+    }
+    size = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    if (size < 0 || size > ZCOMP_MAX_BUF) {
+        PyErr_Format(PyExc_ValueError, "%s: size %zd outside 0..%d", zcomp_name(comp), size,
+                     ZCOMP_MAX_BUF);
+        return NULL;
+    }
+    seq = PySequence_Fast(args[0], "decompress_many() takes a sequence of buffers");
+    if (!seq)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    views = get_buffers(seq, n);
+    if (!views)
+        goto done_seq;
+    out = PyList_New(n);
+    dst = PyMem_Malloc(((size_t)n + 1) * sizeof(char *));
+    if (!out || !dst) {
+        if (out)
+            PyErr_NoMemory();
+        Py_CLEAR(out);
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *obj = PyBytes_FromStringAndSize(NULL, size);
+        if (!obj) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, obj);
+        dst[i] = PyBytes_AS_STRING(obj); /* nobody else sees them until we return */
+    }
+    Py_BEGIN_ALLOW_THREADS
+    zstrm = zcomp_stream_get(comp);
+    for (i = 0; zstrm && i < n; i++) {
+        if (zcomp_decompress_buf(comp, zstrm, views[i].buf, (size_t)views[i].len, dst[i],
+                                 (size_t)size)) {
+            failed = i;
+            break;
+        }
+    }
+    if (zstrm)
+        zcomp_stream_put(comp, zstrm);
+    Py_END_ALLOW_THREADS
+    if (!zstrm) {
+        Py_CLEAR(out);
+        PyErr_NoMemory();
+    } else if (failed >= 0) {
+        Py_CLEAR(out);
+        raise_compression_error(
+            "%s: corrupt object %zd: %zd bytes do not decompress to exactly %zd bytes",
+            zcomp_name(comp), failed, views[failed].len, size);
+    }
+done:
+    PyMem_Free(dst);
+    if (views)
+        release_buffers(views, n);
+done_seq:
+    Py_DECREF(seq);
+    return out;
+}
+
 static PyMethodDef codec_methods[] = {
     {"compress", (PyCFunction)codec_compress, METH_O,
      "compress(src) -> bytes: compress a buffer (normally one 4 KiB page). The result may be\n"
@@ -306,6 +500,12 @@ static PyMethodDef codec_methods[] = {
     {"decompress", (PyCFunction)(void (*)(void))codec_decompress, METH_FASTCALL,
      "decompress(src, size) -> bytes: exactly size bytes, or CompressionError when src is\n"
      "corrupt or does not decompress to exactly size bytes."},
+    {"compress_many", (PyCFunction)codec_compress_many, METH_O,
+     "compress_many(srcs) -> list[bytes]: compress() of each buffer, with the GIL released\n"
+     "once for the batch."},
+    {"decompress_many", (PyCFunction)(void (*)(void))codec_decompress_many, METH_FASTCALL,
+     "decompress_many(srcs, size) -> list[bytes]: decompress() of each object, with the GIL\n"
+     "released once for the batch; CompressionError names the first bad object."},
     {NULL},
 };
 

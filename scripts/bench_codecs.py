@@ -1,0 +1,155 @@
+"""Codec micro-benchmark: the C codecs (zramd._zram.Codec) against the Python backends.
+
+* **per page**: µs to compress and to decompress one page on one thread, C codec vs the Python
+  backend (python-lz4, python-zstandard, zlib, python-lzo), each call from Python;
+* **scaling**: pages/s with 1, 2 and 4 threads sharing one codec, each thread doing the same
+  work, and the ratio to 1 thread measured in the same run (the issue-14 target: 2 threads
+  >= 1.6x one);
+* **size**: mean compressed bytes per page on each path (memory parity with the kernel
+  depends on them).
+
+Pages are zramd.testing.synthetic_pages (same-filled ones dropped: zram never compresses
+them), or the pages of --image FILE (a swap-like image from scripts/make-swap-image). Every
+figure is the median of --runs runs, with min-max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from zramd._zram import Codec
+from zramd.compress import create
+from zramd.testing import synthetic_pages
+
+P = 4096
+Op = Callable[[bytes], object]
+
+
+def load_pages(image: Path | None, count: int, seed: int) -> list[bytes]:
+    if image is None:
+        pages = synthetic_pages(count, seed)
+    else:
+        data = image.read_bytes()
+        pages = [data[i : i + P] for i in range(0, len(data) - P + 1, P)]
+    return [p for p in pages if p[8:] != p[:-8]][:count]
+
+
+def per_page_us(op: Op, items: Sequence[bytes]) -> float:
+    t0 = time.perf_counter()
+    for item in items:
+        op(item)
+    return (time.perf_counter() - t0) / len(items) * 1e6
+
+
+def pages_per_s(op: Op, items: Sequence[bytes], threads: int, reps: int) -> float:
+    """Every thread runs op over all items reps times; wall time from a common start."""
+    start = threading.Barrier(threads + 1)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(reps):
+            for item in items:
+                op(item)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in workers:
+        t.join()
+    return threads * reps * len(items) / (time.perf_counter() - t0)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def fmt(s: dict[str, float], digits: int = 2) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+
+
+def bench_codec(
+    name: str, pages: list[bytes], runs: int, threads: list[int], reps: int
+) -> dict[str, object]:
+    paths = {"C": Codec(name), "Python": create(name)}
+    result: dict[str, object] = {}
+    for path, codec in paths.items():
+        objs = [codec.compress(p) for p in pages]
+
+        def decompress(obj: bytes, codec: object = codec) -> object:
+            return codec.decompress(obj, P)  # type: ignore[attr-defined]
+
+        ops: dict[str, tuple[Op, list[bytes]]] = {
+            "compress": (codec.compress, pages),
+            "decompress": (decompress, objs),
+        }
+        row: dict[str, object] = {"mean_size": statistics.mean(map(len, objs))}
+        for op_name, (op, items) in ops.items():
+            row[f"{op_name}_us"] = spread([per_page_us(op, items) for _ in range(runs)])
+            rates: dict[int, list[float]] = {t: [] for t in threads}
+            ratios: dict[int, list[float]] = {t: [] for t in threads}
+            for _ in range(runs):
+                # one run measures every thread count back to back: ratios within a run
+                run = {t: pages_per_s(op, items, t, reps) for t in threads}
+                for t in threads:
+                    rates[t].append(run[t])
+                    ratios[t].append(run[t] / run[threads[0]])
+            row[f"{op_name}_pages_s"] = {t: spread(v) for t, v in rates.items()}
+            row[f"{op_name}_scaling"] = {t: spread(v) for t, v in ratios.items()}
+        result[path] = row
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--codecs", default="lz4,zstd,lz4hc,deflate,lzo")
+    ap.add_argument("--pages", type=int, default=4000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=1, help="passes over the pages per thread")
+    ap.add_argument("--threads", default="1,2,4")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--image", type=Path, help="take the pages from this image")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    pages = load_pages(args.image, args.pages, args.seed)
+    threads = [int(t) for t in args.threads.split(",")]
+    source = args.image or "synthetic pages"
+    print(
+        f"{len(pages)} pages from {source}, {args.runs} runs, threads {threads}, "
+        f"Python {platform.python_version()}, {platform.machine()}"
+    )
+    results = {}
+    for name in args.codecs.split(","):
+        results[name] = r = bench_codec(name, pages, args.runs, threads, args.reps)
+        print(f"\n{name}")
+        for path in ("C", "Python"):
+            row = r[path]
+            assert isinstance(row, dict)
+            print(
+                f"  {path:6s} mean size {row['mean_size']:7.1f} B   "
+                f"compress {fmt(row['compress_us'])} µs   "
+                f"decompress {fmt(row['decompress_us'])} µs"
+            )
+            for op in ("compress", "decompress"):
+                scaling = row[f"{op}_scaling"]
+                rates = row[f"{op}_pages_s"]
+                cells = "   ".join(
+                    f"{t}T {rates[t]['median'] / 1e3:,.0f} k/s ×{fmt(scaling[t])}"
+                    for t in threads
+                )
+                print(f"         {op:10s} {cells}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"pages": len(pages), "source": str(source), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
