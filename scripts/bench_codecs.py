@@ -141,13 +141,19 @@ def bench_codec(
         },
         "Python": {"compress": (py.compress, pages, 1), "decompress": (d_py, objs_py, 1)},
     }
+    # per page: the modes interleaved run by run, so a drift in the machine favours none
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(runs):
+        for mode, ops in modes.items():
+            for op_name, (op, items, per_item) in ops.items():
+                times.setdefault((mode, op_name), []).append(per_page_us(op, items, per_item))
     result: dict[str, dict[str, object]] = {}
     for mode, ops in modes.items():
         row: dict[str, object] = {
             "mean_size": statistics.mean(map(len, objs_py if mode == "Python" else objs_c))
         }
         for op_name, (op, items, per_item) in ops.items():
-            us = spread([per_page_us(op, items, per_item) for _ in range(runs)])
+            us = spread(times[mode, op_name])
             row[f"{op_name}_us"] = us
             # runs long enough for /proc/stat's clock ticks to tell a neighbour's load apart
             reps = max(min_reps, math.ceil(0.3e6 / (us["median"] * len(items) * per_item)))
@@ -170,8 +176,8 @@ def bench_codec(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--codecs", default="lz4,zstd,lz4hc,deflate,lzo")
-    ap.add_argument("--pages", type=int, default=4000)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--pages", type=int, default=2000)
+    ap.add_argument("--runs", type=int, default=7)
     ap.add_argument(
         "--reps", type=int, default=1, help="passes over the pages per thread (at least 0.3 s)"
     )

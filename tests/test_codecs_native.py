@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import random
 import statistics
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -469,3 +471,18 @@ def test_c_stress_harness(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "stress_zcomp: ok" in r.stdout
+
+
+def test_bench_codecs_runs(tmp_path: Path) -> None:
+    """scripts/bench_codecs.py works (a few pages; its figures go to docs/performance.md)."""
+    out = tmp_path / "codecs.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_codecs.py"), "--codecs", "lz4,zstd",
+         "--pages", "64", "--runs", "1", "--threads", "1,2", "--quiet", "99", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"lz4", "zstd"}
+    assert set(results["lz4"]) == {"C", "C batch 32", "Python"}
+    assert "compress_scaling" in results["zstd"]["C"]
