@@ -116,6 +116,7 @@ def bench_codec(
     min_reps: int,
     batch: int,
     quiet: float,
+    run_seconds: float,
 ) -> dict[str, dict[str, object]]:
     c, py = Codec(name), create(name)
     objs_c = [c.compress(p) for p in pages]
@@ -156,7 +157,8 @@ def bench_codec(
             us = spread(times[mode, op_name])
             row[f"{op_name}_us"] = us
             # runs long enough for /proc/stat's clock ticks to tell a neighbour's load apart
-            reps = max(min_reps, math.ceil(0.3e6 / (us["median"] * len(items) * per_item)))
+            one_pass = us["median"] * len(items) * per_item / 1e6
+            reps = max(min_reps, math.ceil(run_seconds / one_pass))
             rates: dict[int, list[float]] = {t: [] for t in threads}
             ratios: dict[int, list[float]] = {t: [] for t in threads}
             retried = 0
@@ -178,8 +180,12 @@ def main() -> None:
     ap.add_argument("--codecs", default="lz4,zstd,lz4hc,deflate,lzo")
     ap.add_argument("--pages", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=1, help="passes over the pages per thread")
     ap.add_argument(
-        "--reps", type=int, default=1, help="passes over the pages per thread (at least 0.3 s)"
+        "--run-seconds",
+        type=float,
+        default=0.3,
+        help="at least this long per scaling run (so /proc/stat's ticks can see a neighbour)",
     )
     ap.add_argument("--batch", type=int, default=32, help="pages per batch (32 = 128 KiB)")
     ap.add_argument(
@@ -203,7 +209,7 @@ def main() -> None:
     results = {}
     for name in args.codecs.split(","):
         results[name] = r = bench_codec(
-            name, pages, args.runs, threads, args.reps, args.batch, args.quiet
+            name, pages, args.runs, threads, args.reps, args.batch, args.quiet, args.run_seconds
         )
         print(f"\n{name}")
         for path, row in r.items():

@@ -478,7 +478,8 @@ def test_bench_codecs_runs(tmp_path: Path) -> None:
     out = tmp_path / "codecs.json"
     r = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_codecs.py"), "--codecs", "lz4,zstd",
-         "--pages", "64", "--runs", "1", "--threads", "1,2", "--quiet", "99", "--json", str(out)],
+         "--pages", "64", "--runs", "1", "--threads", "1,2", "--quiet", "99",
+         "--run-seconds", "0", "--json", str(out)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
