@@ -622,8 +622,20 @@ static void stress(void)
 
 int main(int argc, char **argv)
 {
-    ops_per_worker = argc > 1 ? atol(argv[1]) : 100000;
-    base_seed = argc > 2 ? strtoull(argv[2], NULL, 0) : 1;
+    ops_per_worker = 100000;
+    base_seed = 1;
+    for (int i = 1; i < argc; i++) { /* the options of every tests/c harness (scripts/c-stress) */
+        if (!strcmp(argv[i], "-n") && i + 1 < argc)
+            ops_per_worker = atol(argv[++i]) * 50; /* -n counts rounds of 50 operations */
+        else if (!strcmp(argv[i], "-s") && i + 1 < argc)
+            base_seed = strtoull(argv[++i], NULL, 0);
+        else if (!strcmp(argv[i], "-t") && i + 1 < argc)
+            ++i; /* the worker count is fixed: NR_WORKERS */
+        else {
+            fprintf(stderr, "usage: %s [-t THREADS] [-n ROUNDS] [-s SEED]\n", argv[0]);
+            return 2;
+        }
+    }
     setvbuf(stdout, NULL, _IOLBF, 0);
     check_single_flight();
     check_corruption_is_refused();
