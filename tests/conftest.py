@@ -47,29 +47,26 @@ def _unmount_stale_test_mounts(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(params=["native", "python"])
 def pool_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test against both object-loop implementations: the C one (zramd/_zsfast.c) and
-    the Python reference (pool.py). Pools pick theirs from ZRAMD_NATIVE when created."""
-    from zramd.pool import native_module  # noqa: PLC0415
+    """Run a test against both data paths: the C one (zramd._zram: pool, codecs, core) and the
+    Python reference (pool.py, compress/, core.py). Devices pick theirs from ZRAMD_NATIVE when
+    created."""
+    from zramd.native import native_module  # noqa: PLC0415
 
     if request.param == "native" and native_module() is None:
-        pytest.fail("zramd._zsfast is not built or is stale: run scripts/test (pip install -e .)")
+        pytest.fail("zramd._zram is not built or is stale: run scripts/test (pip install -e .)")
     monkeypatch.setenv("ZRAMD_NATIVE", "1" if request.param == "native" else "0")
     return str(request.param)
 
 
-@pytest.fixture(params=["native", "python", "c"])
-def make_pool(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> PoolFactory:
-    """Run a pool test against the three pool implementations (see PoolFactory)."""
-    from zramd.pool import ZsPool, native_module  # noqa: PLC0415
+@pytest.fixture(params=["c", "python"])
+def make_pool(request: pytest.FixtureRequest) -> PoolFactory:
+    """Run a pool test against both pools (see PoolFactory)."""
+    from zramd.native import native_module  # noqa: PLC0415
+    from zramd.pool import ZsPool  # noqa: PLC0415
 
-    kind = str(request.param)
-    if kind == "c":
-        try:
-            from zramd._zram import Pool  # noqa: PLC0415
-        except ImportError:
-            pytest.fail("zramd._zram is not built: run scripts/test (pip install -e .)")
-        return PoolFactory(kind, Pool)
-    if kind == "native" and native_module() is None:
-        pytest.fail("zramd._zsfast is not built or is stale: run scripts/test (pip install -e .)")
-    monkeypatch.setenv("ZRAMD_NATIVE", "1" if kind == "native" else "0")
-    return PoolFactory(kind, ZsPool)
+    if request.param == "python":
+        return PoolFactory("python", ZsPool)
+    module = native_module()
+    if module is None:
+        pytest.fail("zramd._zram is not built or is stale: run scripts/test (pip install -e .)")
+    return PoolFactory("c", module.Pool)

@@ -1,7 +1,7 @@
 """Selecting the pool implementation a test runs on.
 
-``PoolFactory`` (the ``make_pool`` fixture) makes pools of one of the three implementations;
-``PythonLoops`` runs a Hypothesis state machine TestCase with ZsPool's Python object loops.
+``PoolFactory`` (the ``make_pool`` fixture) makes pools of one of the two implementations;
+``PythonLoops`` runs a Hypothesis state machine TestCase on the Python data path.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import pytest
 class PoolFactory:
     """Makes pools of one implementation: ``make_pool(max_bytes, chain=..., release_batch=...)``.
 
-    ``kind`` is "native" (ZsPool with the _zsfast.c object loops), "python" (ZsPool with the
-    Python loops: the reference) or "c" (zramd._zram.Pool, the self-contained C pool).
+    ``kind`` is "python" (ZsPool, the reference) or "c" (zramd._zram.Pool, the C pool).
     """
 
     def __init__(self, kind: str, make: Callable[..., Any]) -> None:
@@ -34,7 +33,7 @@ class PoolFactory:
 
 
 class PythonLoops:
-    """Mixin for Hypothesis state machine TestCases: run with the Python object loops."""
+    """Mixin for Hypothesis state machine TestCases: run on the Python data path."""
 
     def setUp(self) -> None:
         self._native_env = os.environ.get("ZRAMD_NATIVE")

@@ -19,8 +19,10 @@ from hypothesis.stateful import (
 )
 
 from zramd import MemLimitError
-from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice, same_fill
+from zramd.core import same_fill
+from zramd.device import ZramDevice
 from zramd.errors import ZramdError
+from zramd.postproc import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE
 from zramd.shrinker import Shrinker
 from zramd.slots import ZRAM_HUGE, ZRAM_PP_SLOT, ZRAM_SAME, ZRAM_SIZE_MASK, ZRAM_WB
 from zramd.testing import check_pool_invariants, discard_span, synthetic_pages

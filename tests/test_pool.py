@@ -12,8 +12,8 @@ import pytest
 
 from zramd import InvalidHandleError, PoolExhaustedError, ZsPool
 from zramd import compaction as compaction_module
+from zramd.page import PAGE_SIZE
 from zramd.pool_api import PoolAPI
-from zramd.size_class import PAGE_SIZE
 from zramd.testing import check_pool_invariants, synthetic_pages
 
 from loops import PoolFactory

@@ -25,7 +25,7 @@ P = inspect.Parameter
 
 @pytest.fixture
 def pools() -> Iterator[tuple[ZsPool, Pool]]:
-    py, c = ZsPool(1 << 20, native=False), Pool(1 << 20)
+    py, c = ZsPool(1 << 20), Pool(1 << 20)
     yield py, c
     py.close()
     c.close()

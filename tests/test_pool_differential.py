@@ -17,8 +17,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from zramd import ZsPool
 from zramd._zram import Pool
+from zramd.page import PAGE_SIZE
 from zramd.pool_api import PoolAPI
-from zramd.size_class import PAGE_SIZE
 
 sizes = st.one_of(
     st.integers(1, 4096),
@@ -67,7 +67,7 @@ class Differential(RuleBasedStateMachine):
     )
     def create(self, max_bytes: int, chain: int, release_batch: int) -> None:
         self.pools = (
-            ZsPool(max_bytes, chain=chain, release_batch=release_batch, native=False),
+            ZsPool(max_bytes, chain=chain, release_batch=release_batch),
             Pool(max_bytes, chain=chain, release_batch=release_batch),
         )
 

@@ -15,15 +15,16 @@ import pytest
 
 from zramd._types import BytesLike
 from zramd.backing import BackingDevice, FileStore, open_store
-from zramd.errors import BackingError
-from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, WB_BATCH_MAX, ZramDevice
+from zramd.device import ZramDevice
 from zramd.errors import (
+    BackingError,
     DeviceBusyError,
     InvalidValueError,
     NoDeviceError,
     TryAgainError,
     ZramdError,
 )
+from zramd.postproc import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE
 from zramd.slots import (
     ZRAM_COMP_PRIORITY_MASK,
     ZRAM_HUGE,
@@ -34,6 +35,7 @@ from zramd.slots import (
 )
 from zramd.stats import BdStat
 from zramd.testing import synthetic_pages
+from zramd.writeback import WB_BATCH_MAX
 
 pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
 
@@ -676,20 +678,26 @@ def test_a_huge_writeback_batch_holds_a_bounded_number_of_pages(
     backing = d._state.backing  # type: ignore[union-attr]
     assert backing is not None
     held = [0, 0]  # now, peak: pages taken out of the pool and not yet written
-    take, write = d._take_picked, backing.write
+    core, write = d._state.core, backing.write  # type: ignore[union-attr]
 
-    def counting_take(st: object, index: int) -> tuple[int, int, bytes] | None:
-        taken = take(st, index)  # type: ignore[arg-type]
-        if taken is not None:
-            held[0] += 1
-            held[1] = max(held)
-        return taken
+    class CountingCore:
+        """The device's core, counting the pages writeback takes out of it."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(core, name)
+
+        def take_page(self, index: int) -> tuple[int, int, bytes] | None:
+            taken = core.take_page(index)
+            if taken is not None:
+                held[0] += 1
+                held[1] = max(held)
+            return taken
 
     def counting_write(blocks: Sequence[int], batch: Sequence[BytesLike]) -> None:
         write(blocks, batch)
         held[0] -= len(batch)
 
-    monkeypatch.setattr(d, "_take_picked", counting_take)
+    monkeypatch.setattr(d._state, "core", CountingCore())
     monkeypatch.setattr(backing, "write", counting_write)
     n = d.writeback([(0, 0, pages)])
     assert n == d.bd_stat().bd_count > 2 * WB_BATCH_MAX

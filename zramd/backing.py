@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from zramd._types import BytesLike
 from zramd.errors import BackingError, BackingFullError
-from zramd.size_class import PAGE_SHIFT, PAGE_SIZE
+from zramd.page import PAGE_SHIFT, PAGE_SIZE
 
 NBD_SCHEMES = ("nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://")
 

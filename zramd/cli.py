@@ -28,7 +28,7 @@ import click
 import zramd
 from zramd.compress import DEFAULT, available
 from zramd.parse import parse_size
-from zramd.pool import native_default, native_module
+from zramd.native import why_not_native
 from zramd.runstate import (
     SUPERVISOR_NAME,
     Cleanup,
@@ -404,12 +404,9 @@ def tls_args(
 
 
 def data_path() -> str:
-    """Which loops the server's data path runs (it inherits this environment and checkout)."""
-    if native_module() is None:
-        return "Python loops (zramd._zsfast is not built: pip install -e .)"
-    if not native_default():
-        return "Python loops (ZRAMD_NATIVE=0)"
-    return "C loops (zramd._zsfast)"
+    """Which data path the server runs (it inherits this environment and checkout)."""
+    why = why_not_native()
+    return "C (zramd._zram)" if why is None else f"Python ({why})"
 
 
 def plugin_env() -> dict[str, str]:

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zramd.compress import BACKENDS
-from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice
+from zramd.device import ZramDevice
+from zramd.postproc import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE
 from zramd.errors import InvalidValueError, OutOfRangeError, ValueTooLongError, ZramdError
 from zramd.parse import (
     kstrtoint,

@@ -69,8 +69,9 @@ from zramd.errors import (
     ZramdError,
 )
 from zramd.frames import lazy_array
-from zramd.pool_api import Pool
-from zramd.size_class import PAGE_SHIFT, PAGE_SIZE, ClassSpec
+from zramd.page import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from zramd.pool_api import PoolAPI
+from zramd.size_class import ClassSpec
 from zramd.slots import (
     ZRAM_COMP_PRIORITY_MASK,
     ZRAM_COMP_PRIORITY_SHIFT,
@@ -88,7 +89,6 @@ STRIPE_SHIFT = 5  # 32 pages per slot lock: a 128 KiB request takes one lock
 STRIPE_PAGES = 1 << STRIPE_SHIFT
 NR_STRIPES = 1024  # distinct locks; stripes alias every 128 MiB
 STRIPE_MASK = NR_STRIPES - 1
-PAGE_MASK = PAGE_SIZE - 1
 ZERO_PAGE = bytes(PAGE_SIZE)
 WORDS_PER_PAGE = PAGE_SIZE // 8
 STORED = ZRAM_SIZE_MASK | ZRAM_SAME | ZRAM_WB  # a slot holds something
@@ -125,7 +125,7 @@ def fill_page(word: int) -> bytes:
     return ZERO_PAGE if word == 0 else word.to_bytes(8, "little") * WORDS_PER_PAGE
 
 
-def frames_bound(pool: Pool, objs: Sequence[BytesLike]) -> int:
+def frames_bound(pool: PoolAPI, objs: Sequence[BytesLike]) -> int:
     """The most frames storing ``objs`` can add to ``pool``: a new zspage for every
     ``objs_per_zspage`` objects of each class (a frame per huge object)."""
     counts: dict[ClassSpec, int] = {}
@@ -141,14 +141,6 @@ def stripe(index: int) -> int:
     return (index >> STRIPE_SHIFT) & STRIPE_MASK
 
 
-class _NeedBacking(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """A write must patch written-back pages first (raised with no lock held)."""
-
-    def __init__(self, pages: WbPages) -> None:
-        super().__init__()
-        self.pages = pages
-
-
 class ZramCore:
     """The slot table of ``pages`` pages over ``pool``, with the algorithm of each priority in
     ``comps`` (``comps[0]`` required). ``backing_read(blocks)`` reads written-back pages
@@ -158,7 +150,7 @@ class ZramCore:
     def __init__(
         self,
         pages: int,
-        pool: Pool,
+        pool: PoolAPI,
         comps: Sequence[Compressor | None],
         *,
         backing_read: BackingRead | None = None,
@@ -270,7 +262,12 @@ class ZramCore:
         with self._freed_lock:
             pending = len(self._freed)
         return CoreStats(
-            *sums,
+            stored=sums[0],
+            compr=sums[1],
+            same=sums[2],
+            huge=sums[3],
+            huge_since=sums[4],
+            notify_free=sums[5],
             failed_reads=self._failed_reads,
             failed_writes=self._failed_writes,
             direct_runs=self._direct_runs,
@@ -505,23 +502,25 @@ class ZramCore:
             while True:
                 self._begin(offset, length, what)
                 try:
-                    if length:
+                    need = (
                         self._apply(offset, offset + length, src, now, have, hole, discard)
-                    return
-                except _NeedBacking as e:
-                    pins += 1
-                    need = e.pages
+                        if length
+                        else None
+                    )
                 except ZramdError:
                     self._count("_failed_writes")
                     raise
                 finally:
                     self._leave()
+                if not need:
+                    return
+                pins += 1
                 try:
                     pages = self._fetch_blocks(need)
                 except BaseException:
                     self._count("_failed_writes")
                     raise
-                have = dict(zip(need, pages, strict=True))
+                have |= dict(zip(need, pages, strict=True))  # an edge may change meanwhile
         finally:
             for _ in range(pins):
                 self._unpin()
@@ -535,10 +534,10 @@ class ZramCore:
         """Take the stripe locks of pages first..last in ascending order; returns them."""
         c0, c1 = first >> STRIPE_SHIFT, last >> STRIPE_SHIFT
         if c1 - c0 >= NR_STRIPES - 1:
-            ids = range(NR_STRIPES)
+            ids = list(range(NR_STRIPES))
         else:
             lo, hi = c0 & STRIPE_MASK, c1 & STRIPE_MASK
-            ids = range(lo, hi + 1) if lo <= hi else [*range(hi + 1), *range(lo, NR_STRIPES)]
+            ids = list(range(lo, hi + 1)) if lo <= hi else [*range(hi + 1), *range(lo, NR_STRIPES)]
         taken = [self._locks[i] for i in ids]
         for n, lock in enumerate(taken):
             try:
@@ -558,8 +557,10 @@ class ZramCore:
         have: dict[tuple[int, int], BytesLike],
         hole: bool,
         discard: bool,
-    ) -> None:
-        """Set bytes [offset, end) from ``src``, or to zero when ``src`` is None."""
+    ) -> WbPages | None:
+        """Set bytes [offset, end) from ``src``, or to zero when ``src`` is None. Returns None
+        when done, or, having changed nothing, the written-back pages an edge must patch and
+        ``have`` lacks (pinned: the caller drops the pin)."""
         first = offset >> PAGE_SHIFT
         last = (end - 1) >> PAGE_SHIFT
         full_lo = (offset + PAGE_MASK) >> PAGE_SHIFT
@@ -584,20 +585,17 @@ class ZramCore:
                     edit = self._edit_locked(p, offset, end, src, hole, have)
                     if edit is None:
                         continue
-                    if edit[1] < 0:  # written back and not fetched yet
+                    if edit[1] < 0:  # written back and not fetched yet: list every such edge
                         self._pin(pinned)
                         need.append((p, self._handle[p]))
-                        break
-                    edges.append(edit)
-            if need:
-                raise _NeedBacking(need)
+                    else:
+                        edges.append(edit)
         except BaseException:
-            for lock in reversed(locks):
-                lock.release()
-            if src is not None:
-                self._free_encoded(values, flags)
-            self._free_encoded([v for _, v, _ in edges], [f for _, _, f in edges])
+            self._unwind(locks, values if src is not None else [], flags, edges)
             raise
+        if need:  # nothing changed: the caller fetches these pages and comes back
+            self._unwind(locks, values if src is not None else [], flags, edges)
+            return need
         stale: list[int] = []
         try:
             for k in range(n_full):
@@ -612,6 +610,20 @@ class ZramCore:
                 lock.release()
         if stale:
             self.pool.free_many(stale)
+        return None
+
+    def _unwind(
+        self,
+        locks: list[threading.Lock],
+        values: list[int],
+        flags: list[int],
+        edges: list[tuple[int, int, int]],
+    ) -> None:
+        """Undo an ``_apply`` that changes nothing: drop its locks, free what it encoded."""
+        for lock in reversed(locks):
+            lock.release()
+        self._free_encoded(values, flags[: len(values)])
+        self._free_encoded([v for _, v, _ in edges], [f for _, _, f in edges])
 
     def _edit_locked(
         self,
@@ -745,7 +757,9 @@ class ZramCore:
         start = j << PAGE_SHIFT
         lo = max(offset, start) - start
         hi = min(end, start + PAGE_SIZE) - start
-        buf[start + lo - offset : start + hi - offset] = page if hi - lo == PAGE_SIZE else page[lo:hi]
+        buf[start + lo - offset : start + hi - offset] = (
+            page if hi - lo == PAGE_SIZE else page[lo:hi]
+        )
 
     def reclaim_blocks(self) -> list[int]:
         """Written-back blocks freed by I/O, once no reader can still be reading them."""
@@ -919,11 +933,7 @@ class ZramCore:
                 if not f & ZRAM_PP_SLOT or not f & ZRAM_SIZE_MASK or self._handle[index] != handle:
                     return False
                 keep = f & ~(
-                    ZRAM_SIZE_MASK
-                    | ZRAM_HUGE
-                    | ZRAM_IDLE
-                    | ZRAM_PP_SLOT
-                    | ZRAM_COMP_PRIORITY_MASK
+                    ZRAM_SIZE_MASK | ZRAM_HUGE | ZRAM_IDLE | ZRAM_PP_SLOT | ZRAM_COMP_PRIORITY_MASK
                 )
                 self._flags[index] = keep | size | (prio << ZRAM_COMP_PRIORITY_SHIFT)
                 self._handle[index] = new

@@ -55,6 +55,7 @@ from zramd.backing import BackingDevice, open_store
 from zramd.compress import DEFAULT, lookup
 from zramd.compress.dictionary import read_dictionary
 from zramd.core import ZramCore
+from zramd.core_api import CoreAPI
 from zramd.errors import (
     DeviceBusyError,
     InvalidIOError,
@@ -64,10 +65,10 @@ from zramd.errors import (
     TryAgainError,
 )
 from zramd.frames import MAX_FRAMES
+from zramd.native import native_default, native_module, new_pool
 from zramd.page import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from zramd.parse import U64_MASK
-from zramd.pool import native_module, new_pool
-from zramd.pool_api import Pool
+from zramd.pool_api import PoolAPI
 from zramd.recompress import priorities, recompress
 from zramd.shrinker import AutoCompact
 from zramd.size_class import DEFAULT_CHAIN_SIZE
@@ -151,7 +152,7 @@ class _State:
 
     __slots__ = ("backing", "comps", "core", "disksize", "pages", "pool", "pp_lock")
 
-    def __init__(self, disksize: int, pool: Pool, comps: Comps, core: ZramCore,
+    def __init__(self, disksize: int, pool: PoolAPI, comps: Comps, core: CoreAPI,
                  backing: BackingDevice | None) -> None:  # fmt: skip
         self.disksize = disksize
         self.pages = disksize >> PAGE_SHIFT
@@ -164,11 +165,6 @@ class _State:
     def close(self) -> None:
         self.core.close()  # waits for requests in flight
         self.pool.close()
-
-
-def native_default() -> bool:
-    """Whether devices run the C data path: when it is built, unless ZRAMD_NATIVE=0."""
-    return os.environ.get("ZRAMD_NATIVE", "1") != "0" and native_module() is not None
 
 
 class ZramDevice:
@@ -212,7 +208,7 @@ class ZramDevice:
         self.openers = 0  #: open connections (the plugin counts them); reset needs none
         self._bind(_Unset())
 
-    def _bind(self, io: ZramCore | _Unset) -> None:
+    def _bind(self, io: CoreAPI | _Unset) -> None:
         self.write = io.write
         self.read_into = io.read_into
         self.discard = io.discard
@@ -257,14 +253,14 @@ class ZramDevice:
             self._bind(core)
 
     def _new_core(
-        self, pages: int, pool: Pool, comps: Comps, backing: BackingDevice | None
-    ) -> ZramCore:
+        self, pages: int, pool: PoolAPI, comps: Comps, backing: BackingDevice | None
+    ) -> CoreAPI:
         clock = None if self._clock is time.monotonic else self._clock
         backing_read = backing.read if backing is not None else None
         if self.native:
-            from zramd import _zram  # noqa: PLC0415
-
-            core: ZramCore = _zram.Core(
+            module = native_module()
+            assert module is not None  # checked when the device was made
+            core: CoreAPI = module.Core(
                 pages, pool, comps.by_priority, backing_read=backing_read, clock=clock
             )
             return core
@@ -668,7 +664,7 @@ class ZramDevice:
         )
 
     @property
-    def pool(self) -> Pool | None:
+    def pool(self) -> PoolAPI | None:
         """The pool while initialised (for statistics and tests)."""
         st = self._state
         return st.pool if st else None

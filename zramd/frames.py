@@ -25,7 +25,7 @@ import struct
 from typing import Literal, TypeAlias
 
 from zramd.errors import PoolExhaustedError
-from zramd.size_class import PAGE_SHIFT, PAGE_SIZE
+from zramd.page import PAGE_SHIFT, PAGE_SIZE
 
 IntCode: TypeAlias = Literal["B", "H", "i", "I", "q", "Q"]
 
@@ -58,6 +58,7 @@ class FrameArena:
         "_free_head",
         "free_frames",
         "in_use",
+        "peak",
         "links",
         "map",
         "max_frames",
@@ -82,6 +83,7 @@ class FrameArena:
         self.free_frames = 0  #: length of that list
         self._cache: list[int] = []  #: freed frames still resident, reused first
         self.in_use = 0  #: frames currently held by callers
+        self.peak = 0  #: the most frames held at once
         self.releases = 0  #: madvise calls made (for benchmarks and tests)
 
     @property
@@ -123,6 +125,7 @@ class FrameArena:
             prev = frame
         links[prev] = 0
         self.in_use += count
+        self.peak = max(self.peak, self.in_use)
         return first
 
     def free_chain(self, first: int) -> int:

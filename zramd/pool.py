@@ -50,29 +50,25 @@ Compaction takes a class lock per source zspage and drops it in between, so I/O 
 never stalled for a whole pass. The GIL makes each array store atomic but not the multi-step
 updates, which is why every step above runs under its class lock.
 
-The per-object loops of ``store_many``/``load_many``/``free_many`` also exist in C
-(``_zsfast.c``, used when built): the same algorithm on these same buffers under these same
-locks. The ``_*_many_py`` loops below are the reference it follows; ``ZRAMD_NATIVE=0`` runs
-them.
+This pool is the reference twin of ``zramd/csrc/zsmalloc.c`` (``zramd._zram.Pool``), which
+owns its memory and pthread mutexes and runs with the GIL released: the same calls on both give
+the same handles, locations, statistics and errors (``pool_api.PoolAPI`` is the contract;
+``tests/test_pool_differential.py`` holds them to it). ``zramd.native`` picks one.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from types import ModuleType
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
 
 from zramd._types import BytesLike
 from zramd.compaction import compact_class
 from zramd.errors import CorruptionError, InvalidHandleError, PoolExhaustedError
 from zramd.frames import MAX_FRAMES, RELEASE_BATCH, FrameArena
+from zramd.page import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from zramd.size_class import (
     DEFAULT_CHAIN_SIZE,
-    PAGE_SHIFT,
-    PAGE_SIZE,
     ZS_HANDLE_SIZE,
     ZS_INUSE_RATIO_100,
     ZS_MAX_ALLOC_SIZE,
@@ -89,43 +85,11 @@ from zramd.zspage import (
     ZspageTable,
 )
 
-if TYPE_CHECKING:
-    from zramd import _zsfast
-
 LOC_SHIFT = 37  # arena offsets below 2**37 (MAX_FRAMES frames); zspage id or huge size above
 LOC_OFF_MASK = (1 << LOC_SHIFT) - 1
 HANDLE_CLASS_BITS = 8  # 255 class slots
 HANDLE_CLASS_MASK = (1 << HANDLE_CLASS_BITS) - 1
-PAGE_MASK = PAGE_SIZE - 1
 FULL = ZS_INUSE_RATIO_100
-
-#: what zramd/_zsfast.c must have been compiled with; a stale build is not used
-NATIVE_ABI = {
-    "ABI_VERSION": 8,
-    "PAGE_SHIFT": PAGE_SHIFT,
-    "ZS_HANDLE_SIZE": ZS_HANDLE_SIZE,
-    "LOC_SHIFT": LOC_SHIFT,
-    "MAX_HANDLE": MAX_HANDLE,
-    "HANDLE_CLASS_BITS": HANDLE_CLASS_BITS,
-    "HDR_SIZE_SHIFT": HDR_SIZE_SHIFT,
-    "HDR_HANDLE_MASK": HDR_HANDLE_MASK,
-    "FULL": FULL,
-}
-
-
-def native_module() -> ModuleType | None:
-    """``zramd._zsfast`` if it is built and matches this layout, else None."""
-    try:
-        from zramd import _zsfast  # noqa: PLC0415
-    except ImportError:
-        return None
-    return _zsfast if getattr(_zsfast, "CONSTANTS", None) == NATIVE_ABI else None
-
-
-def native_default() -> bool:
-    """Whether pools use the C loops by default: when built, unless ZRAMD_NATIVE=0."""
-    return os.environ.get("ZRAMD_NATIVE", "1") != "0" and native_module() is not None
-
 
 assert MAX_FRAMES << PAGE_SHIFT <= 1 << LOC_SHIFT
 
@@ -136,8 +100,7 @@ class ZsPool:
     ``max_bytes`` sizes the address-space reservation (nothing is committed up front);
     ``chain`` is CONFIG_ZSMALLOC_CHAIN_SIZE (4..16). All methods are thread-safe.
 
-    The batch calls are attributes bound per pool, to the C loops or to the Python reference
-    (``_*_many_py``), so that calling them costs no Python frame:
+    The batch calls the device makes once per request:
 
     * ``store_many(objs) -> handles``: store each buffer as a new object; handles in order.
       All or nothing: if one cannot be stored (bad size, arena exhausted), those already
@@ -148,17 +111,12 @@ class ZsPool:
       (InvalidHandleError), having freed those before it.
     """
 
-    store_many: Callable[[Sequence[BytesLike]], list[int]]
-    load_many: Callable[[Iterable[int]], list[bytes]]
-    free_many: Callable[[Iterable[int]], None]
-
     def __init__(
         self,
         max_bytes: int,
         *,
         chain: int = DEFAULT_CHAIN_SIZE,
         release_batch: int = RELEASE_BATCH,
-        native: bool | None = None,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"pool size {max_bytes} must be positive")
@@ -185,30 +143,11 @@ class ZsPool:
         self.bytes_moved = 0  #: object bytes (headers included) copied by compaction
         self.max_slice_ns = 0  #: longest class-lock hold of a gentle compaction slice
         self._closed = False
-        # The C object loops (zramd/_zsfast.c), on this pool's own buffers and class locks;
-        # the Python loops below are the reference they follow.
-        self._fast: _zsfast.Pool | None = None
-        if native is None:
-            native = native_default()
-        if native:
-            module = native_module()
-            if module is None:
-                raise RuntimeError("zramd._zsfast is not built (or stale): pip install -e .")
-            self._fast = module.Pool(self)
-        # Bound once: the device calls these per request, so no Python frame in between.
-        if self._fast is not None:
-            self.store_many = self._fast.store_many
-            self.load_many = self._fast.load_many
-            self.free_many = self._fast.free_many
-        else:
-            self.store_many = self._store_many_py
-            self.load_many = self._load_many_py
-            self.free_many = self._free_many_py
 
     @property
     def native(self) -> bool:
-        """Whether the object loops run in C."""
-        return self._fast is not None
+        """Whether the pool runs in C: this one is the Python reference."""
+        return False
 
     def _class_at(self, spec: ClassSpec) -> SizeClass:
         cls = self._by_index[spec.index]
@@ -221,6 +160,11 @@ class ZsPool:
     def total_pages(self) -> int:
         """Frames held by live zspages (``zs_get_total_pages``)."""
         return self.arena.in_use
+
+    @property
+    def peak_pages(self) -> int:
+        """The most frames held at once since the pool was created."""
+        return self.arena.peak
 
     def class_for_size(self, size: int) -> ClassSpec:
         """The class a ``malloc(size)`` lands in (``zs_lookup_class_index``)."""
@@ -290,7 +234,7 @@ class ZsPool:
         """``malloc(len(data))`` and ``write`` in one step."""
         return self.store_many((data,))[0]
 
-    def _store_many_py(self, objs: Sequence[BytesLike]) -> list[int]:
+    def store_many(self, objs: Sequence[BytesLike]) -> list[int]:
         handles: list[int] = []
         class_for = self._class_for
         mapped = self.arena.map
@@ -386,7 +330,7 @@ class ZsPool:
         """Free an object. Raises InvalidHandleError for a handle that is not allocated."""
         self.free_many((handle,))
 
-    def _free_many_py(self, handles: Iterable[int]) -> None:
+    def free_many(self, handles: Iterable[int]) -> None:
         class_of = self._class_of
         for handle in handles:
             cls = class_of(handle)
@@ -459,7 +403,7 @@ class ZsPool:
         """A copy of the object's bytes (its allocated size)."""
         return self.load_many((handle,))[0]
 
-    def _load_many_py(self, handles: Iterable[int]) -> list[bytes]:
+    def load_many(self, handles: Iterable[int]) -> list[bytes]:
         out: list[bytes] = []
         class_of = self._class_of
         mapped = self.arena.map
@@ -606,8 +550,6 @@ class ZsPool:
         if self._closed:
             return
         self._closed = True
-        if self._fast is not None:
-            self._fast.close()
         self.words.release()
         self.zspages.close()
         self.arena.close()

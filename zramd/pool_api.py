@@ -42,6 +42,11 @@ class PoolAPI(Protocol):
         """Frames held by live zspages (``zs_get_total_pages``)."""
 
     @property
+    def peak_pages(self) -> int:
+        """The most frames held at once since the pool was created (transient overshoots
+        of mem_limit included)."""
+
+    @property
     def pages_compacted(self) -> int:
         """Frames freed by compaction since the pool was created."""
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from zramd.errors import InvalidValueError
-from zramd.pool_api import Pool
+from zramd.page import PAGE_SIZE
+from zramd.pool_api import PoolAPI
 from zramd.postproc import Picker, candidates
-from zramd.size_class import PAGE_SIZE
 from zramd.slots import ZRAM_INCOMPRESSIBLE, ZRAM_SAME, ZRAM_SIZE_MASK, ZRAM_WB
 from zramd.zcomp import Comps, priority_of
 
@@ -57,7 +57,7 @@ def priorities(comps: Comps, algo: str | None, priority: int | None) -> list[int
 
 def recompress(
     core: RecompressCore,
-    pool: Pool,
+    pool: PoolAPI,
     comps: Comps,
     prios: list[int],
     *,
@@ -98,7 +98,11 @@ def recompress(
                 assert comp is not None
                 c = comp.compress(page)
                 n = len(c)
-                if n < PAGE_SIZE and class_of(n).index < old_class and (not threshold or n < threshold):
+                if (
+                    n < PAGE_SIZE
+                    and class_of(n).index < old_class
+                    and (not threshold or n < threshold)
+                ):
                     found = (p, c)
                     break
             if found is None:

@@ -14,8 +14,8 @@ import threading
 from array import array
 from dataclasses import dataclass
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
+from zramd.page import PAGE_SIZE
+
 ZS_HANDLE_SIZE = 8  # in-object header: the owning handle (the reverse map compaction needs)
 ZS_MIN_ALLOC_SIZE = 32  # max(32, chain << PAGE_SHIFT >> OBJ_INDEX_BITS) on 64-bit
 ZS_MAX_ALLOC_SIZE = PAGE_SIZE

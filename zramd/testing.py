@@ -15,9 +15,9 @@ from typing import Protocol
 
 from zramd._types import BytesLike
 from zramd.errors import CorruptionError
+from zramd.page import PAGE_SIZE
 from zramd.pool import HANDLE_CLASS_BITS, LOC_OFF_MASK, LOC_SHIFT, ZsPool
 from zramd.pool_api import PoolAPI
-from zramd.size_class import PAGE_SIZE
 from zramd.zspage import HDR_HANDLE_MASK, OBJ_ALLOCATED_TAG
 
 _WORDS = (

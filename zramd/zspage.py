@@ -41,9 +41,8 @@ Not locked here: a zspage belongs to one class and is touched only under that cl
 from __future__ import annotations
 
 from zramd.frames import lazy_array
-from zramd.size_class import PAGE_SHIFT, PAGE_SIZE, SizeClass
-
-PAGE_MASK = PAGE_SIZE - 1
+from zramd.page import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from zramd.size_class import SizeClass
 
 OBJ_ALLOCATED_TAG = 1
 HDR_HANDLE_SHIFT = 1

@@ -282,7 +282,7 @@ static int run_update(CoreObject *self, uint64_t offset, uint64_t len, const str
     struct zram_wb_need need = {0};
     struct zram_wb_have have = {0};
     struct zram_wb_page *have_pages = NULL;
-    PyObject *data = NULL;
+    PyObject *data = NULL, *have_data = NULL;
     int pins = 0, rc;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
@@ -301,21 +301,32 @@ static int run_update(CoreObject *self, uint64_t offset, uint64_t len, const str
             rc = -1;
             break;
         }
-        free(have_pages);
-        have_pages = malloc(need.n * sizeof *have_pages);
-        if (!have_pages) {
-            PyErr_NoMemory();
+        /* what was fetched before stays: an edge's page may change between tries */
+        struct zram_wb_page *more = realloc(have_pages, (have.n + need.n) * sizeof *more);
+        PyObject *joined = more ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((have.n + need.n)
+                                                                            * ZRAM_PAGE_SIZE))
+                                : PyErr_NoMemory();
+        if (more)
+            have_pages = more;
+        if (!joined) {
             rc = -1;
             break;
         }
-        memcpy(have_pages, need.pages, need.n * sizeof *have_pages);
+        if (have.n)
+            memcpy(PyBytes_AS_STRING(joined), PyBytes_AS_STRING(have_data),
+                   have.n * ZRAM_PAGE_SIZE);
+        memcpy(PyBytes_AS_STRING(joined) + have.n * ZRAM_PAGE_SIZE, PyBytes_AS_STRING(data),
+               need.n * ZRAM_PAGE_SIZE);
+        memcpy(have_pages + have.n, need.pages, need.n * sizeof *have_pages);
+        Py_XSETREF(have_data, joined);
         have.pages = have_pages;
-        have.n = need.n;
-        have.data = (const unsigned char *)PyBytes_AS_STRING(data);
+        have.n += need.n;
+        have.data = (const unsigned char *)PyBytes_AS_STRING(have_data);
     }
     while (pins--)
         zram_wb_done(self->z);
     Py_XDECREF(data);
+    Py_XDECREF(have_data);
     free(have_pages);
     zram_wb_need_free(&need);
     if (rc == -1 && PyErr_Occurred()) {

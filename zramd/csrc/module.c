@@ -20,8 +20,9 @@ PyMODINIT_FUNC PyInit__zram(void)
     PyObject *module = PyModule_Create(&zram_module);
     if (!module)
         return NULL;
-    if (zram_register_pool(module) < 0 || zram_register_codecs(module) < 0
-        || zram_register_core(module) < 0) {
+    /* bumped with every change of the Python interface (zramd/native.py checks it) */
+    if (PyModule_AddIntConstant(module, "ABI_VERSION", 1) < 0 || zram_register_pool(module) < 0
+        || zram_register_codecs(module) < 0 || zram_register_core(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -585,10 +585,11 @@ static PyObject *Pool_close(PoolObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *counter(PoolObject *self, size_t field)
 {
     struct zs_pool_stats ps;
-    if (field == offsetof(struct zs_pool_stats, total_pages)) {
+    if (field == offsetof(struct zs_pool_stats, total_pages) || field == (size_t)-1) {
         if (pool_enter(self) < 0)
             return NULL;
-        uint64_t pages = zs_get_total_pages(self->pool);
+        uint64_t pages = field == (size_t)-1 ? zs_get_peak_pages(self->pool)
+                                             : zs_get_total_pages(self->pool);
         pool_leave(self);
         return PyLong_FromUnsignedLongLong(pages);
     }
@@ -773,6 +774,8 @@ static PyGetSetDef Pool_getset[] = {
     {"class_table", (getter)Pool_get_class_table, NULL, "The pool's size classes.", NULL},
     {"total_pages", (getter)Pool_get_counter, NULL, "Frames held by live zspages.",
      COUNTER(total_pages)},
+    {"peak_pages", (getter)Pool_get_counter, NULL,
+     "The most frames held at once since the pool was created.", (void *)(size_t)-1},
     {"pages_compacted", (getter)Pool_get_counter, NULL, "Frames freed by compaction.",
      COUNTER(pages_compacted)},
     {"bytes_moved", (getter)Pool_get_counter, NULL,

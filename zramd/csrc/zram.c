@@ -698,15 +698,23 @@ static int apply(struct zram_core *z, uint64_t offset, uint64_t end, const unsig
                 continue;
             int change;
             edge_flags[nedges] = 0;
-            rc = edit_locked(z, &st, s, p, offset, end, src, hole, &edge_value[nedges],
-                             &edge_flags[nedges], &change, have, need);
-            if (rc) {
-                unlock_stripes(z, held);
-                free_encoded(z, edge_value, edge_flags, (size_t)nedges);
-                goto fail_encoded;
+            int erc = edit_locked(z, &st, s, p, offset, end, src, hole, &edge_value[nedges],
+                                  &edge_flags[nedges], &change, have, need);
+            if (erc == ZRAM_NEED_BACKING) { /* list it, and go on to list the other edge too */
+                rc = erc;
+                continue;
+            }
+            if (erc) {
+                rc = erc;
+                break;
             }
             if (change)
                 edge_page[nedges++] = p;
+        }
+        if (rc) { /* an error, or written-back edges to fetch: nothing changes */
+            unlock_stripes(z, held);
+            free_encoded(z, edge_value, edge_flags, (size_t)nedges);
+            goto fail_encoded;
         }
     }
 

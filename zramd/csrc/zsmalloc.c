@@ -156,6 +156,7 @@ struct zs_pool {
     uint32_t zs_count;
     uint64_t releases;
     uint64_t pages_allocated; /* written under page_lock, read anywhere (atomic) */
+    uint64_t pages_peak;      /* most frames held at once since creation (same rules) */
 
     pthread_mutex_t compact_lock __attribute__((aligned(64)));
     /* written under compact_lock, read anywhere (atomic) */
@@ -322,6 +323,8 @@ static int alloc_chain(struct zs_pool *pool, unsigned count, uint32_t *first,
     }
     pool->links[prev] = 0;
     WRITE_ONCE(pool->pages_allocated, pool->pages_allocated + count);
+    if (pool->pages_allocated > pool->pages_peak)
+        WRITE_ONCE(pool->pages_peak, pool->pages_allocated);
     return 0;
 }
 
@@ -980,6 +983,11 @@ int zs_locate(struct zs_pool *pool, uint64_t handle, uint32_t *zspage, uint64_t 
 uint64_t zs_get_total_pages(struct zs_pool *pool)
 {
     return READ_ONCE(pool->pages_allocated);
+}
+
+uint64_t zs_get_peak_pages(struct zs_pool *pool)
+{
+    return READ_ONCE(pool->pages_peak);
 }
 
 unsigned zs_huge_class_size(struct zs_pool *pool)

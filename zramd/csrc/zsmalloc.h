@@ -157,6 +157,8 @@ int zs_locate(struct zs_pool *pool, uint64_t handle, uint32_t *zspage, uint64_t 
 
 /* Frames held by live zspages (zs_get_total_pages). One atomic load, no lock. */
 uint64_t zs_get_total_pages(struct zs_pool *pool);
+/* The most frames held at once since the pool was created (transient overshoots included). */
+uint64_t zs_get_peak_pages(struct zs_pool *pool);
 
 /* The smallest request stored in the huge class (raw, one frame per object). */
 unsigned zs_huge_class_size(struct zs_pool *pool);
