@@ -5,18 +5,22 @@ compressed sizes spread like swapped-out memory), stored raw when they would be 
 as the device stores them; compression happens before any timing. Each figure is the median
 of --runs runs (min-max alongside), for each pool implementation:
 
-  python   ZsPool with its Python object loops (the reference, ZRAMD_NATIVE=0)
-  native   ZsPool with the _zsfast.c object loops (what the device runs today)
-  c        zramd._zram.Pool: the self-contained C pool, GIL released for every call
+  python   ZsPool, the Python reference (ZRAMD_NATIVE=0)
+  c        zramd._zram.Pool: the C pool the device runs, GIL released for every call
   c-alone  (scaling mode only) the same C pool with no Python at all: tests/c/bench_pool.c,
            compiled here with gcc and fed the same objects
 
 Default mode: single-object calls (store/read/free one object per call), then compaction.
 --threads 1,2,4: thread scaling. Each thread stores, loads and frees objects of its own in
 batches of --batch (32 = a 128 KiB request), the phases separated by barriers. Figures: all
-threads' objects per second of wall time and its ratio to one thread; and objects per
-CPU-second of the whole process ("eff": its ratio to one thread, 1.00 = no cost from
-sharing). On a machine whose other CPUs are busy the wall ratio is capped; eff is not.
+threads' objects per second of wall time (the threads' own clocks, first start to last
+end) and its ratio to one thread; and objects per CPU-second of the working threads ("eff":
+its ratio to one thread, 1.00 = no cost from sharing). On a machine whose other CPUs are
+busy the wall ratio is capped; eff is not. Phases shorter than a thread's start-up do not
+overlap: use tens of thousands of objects.
+For c-alone, each thread's schedstat also splits its time into CPU, waiting for a CPU (other
+load) and blocked (a mutex, a page fault); "unqueued" is the rate with the CPU waits taken
+out, i.e. what free cores would give (meaningful up to as many threads as CPUs).
 """
 
 from __future__ import annotations
@@ -38,24 +42,19 @@ from typing import Any
 import lz4.block
 
 from zramd import ZsPool
+from zramd.native import native_module
 from zramd.pool_api import PoolAPI
+from zramd.size_class import DEFAULT_CHAIN_SIZE, build_class_table
 from zramd.testing import synthetic_pages
+
+HUGE_CLASS_SIZE = build_class_table(DEFAULT_CHAIN_SIZE).huge_class_size
 
 
 def implementations() -> dict[str, Callable[[int], PoolAPI]]:
-    impls: dict[str, Callable[[int], PoolAPI]] = {
-        "python": lambda size: ZsPool(size, native=False),
-    }
-    from zramd.pool import native_module  # noqa: PLC0415
-
-    if native_module() is not None:
-        impls["native"] = lambda size: ZsPool(size, native=True)
-    try:
-        from zramd._zram import Pool  # noqa: PLC0415
-    except ImportError:
-        pass
-    else:
-        impls["c"] = Pool
+    impls: dict[str, Callable[[int], PoolAPI]] = {"python": ZsPool}
+    module = native_module()
+    if module is not None:
+        impls["c"] = module.Pool
     return impls
 
 
@@ -63,7 +62,7 @@ def objects(count: int, seed: int) -> list[bytes]:
     out = []
     for page in synthetic_pages(count, seed):
         c = lz4.block.compress(page, store_size=False)
-        if len(c) >= 3625:
+        if len(c) >= HUGE_CLASS_SIZE:
             out.append(page)
         elif page != bytes(len(page)) and page[8:] != page[:-8]:  # zram keeps same pages out
             out.append(c)
@@ -143,9 +142,12 @@ class CoreBench:
         ).stdout.decode()
         result = {}
         for line in out.splitlines():
-            phase, _, wall, cpu = line.split()
+            phase, _, wall, cpu, blocked, queued, unqueued = line.split()
             result[phase] = float(wall)
             result[phase + "_cpu"] = float(cpu)
+            result[phase + "_blocked"] = float(blocked)
+            result[phase + "_queued"] = float(queued)
+            result[phase + "_unqueued"] = float(unqueued)
         return result
 
 
@@ -173,12 +175,17 @@ def scaling_run(impl: str, objs: list[bytes], threads: int, batch: int) -> dict[
 
     barrier = threading.Barrier(threads + 1)
     errors: list[BaseException] = []
+    # (start, end, CPU seconds) per thread and phase, on the threads' own clocks: a main
+    # thread timing the phase between barriers would itself wait for the GIL and a CPU.
+    spans: list[list[tuple[float, float, float]]] = [[] for _ in PHASES]
 
     def worker() -> None:
         try:
-            for phase in work():
+            for k, phase in enumerate(work()):
                 barrier.wait()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 phase()
+                spans[k].append((t0, time.perf_counter(), time.thread_time() - c0))
                 barrier.wait()
         except BaseException as e:  # reported below; the barrier breaks for everyone
             errors.append(e)
@@ -187,18 +194,18 @@ def scaling_run(impl: str, objs: list[bytes], threads: int, batch: int) -> dict[
     workers = [threading.Thread(target=worker) for _ in range(threads)]
     for t in workers:
         t.start()
-    result = {}
     try:
-        for phase in PHASES:
+        for _ in PHASES:
             barrier.wait()
-            t0, c0 = time.perf_counter(), time.process_time()
             barrier.wait()
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            result[phase] = threads * len(objs) / wall
-            result[phase + "_cpu"] = threads * len(objs) / cpu
     finally:
         for t in workers:
             t.join()
+    result = {}
+    for k, phase in enumerate(PHASES):
+        wall = max(end for _, end, _ in spans[k]) - min(start for start, _, _ in spans[k])
+        result[phase] = threads * len(objs) / wall
+        result[phase + "_cpu"] = threads * len(objs) / sum(cpu for _, _, cpu in spans[k])
     if errors:
         raise errors[0]
     assert pool.total_pages == 0
@@ -238,13 +245,13 @@ def single_thread(
     for name, make in impls.items():
         runs = [one_run(make, objs, args.seed + i) for i in range(args.runs)]
         summaries[name] = summarize(runs)
-    print(f"  {'':28s}" + "".join(f"{name:>26s}" for name in impls))
+    print(f"  {'':26s}" + "".join(f"{name:>34s}" for name in impls))
     for k, fmt in FORMATS.items():
         cells = []
         for name in impls:
             s = summaries[name][k]
             cells.append(f"{fmt(s['median'])} ({fmt(s['min'])}..{fmt(s['max'])})")
-        print(f"  {k:28s}" + "".join(f"{c:>26s}" for c in cells))
+        print(f"  {k:26s}" + "".join(f"{c:>34s}" for c in cells))
     return summaries
 
 
@@ -285,6 +292,23 @@ def scaling(impls: list[str], objs: list[bytes], args: argparse.Namespace) -> di
                 for t in counts
             ]
             print(f"  {name:7s} {phase:6s} " + " | ".join(cells))
+            if name == "c-alone":  # where the threads' time went (schedstat)
+                med = {
+                    t: {
+                        k: statistics.median(r[f"{phase}_{k}"] for r in raw[name][t])
+                        for k in ("blocked", "queued", "unqueued")
+                    }
+                    for t in counts
+                }
+                u0 = med[counts[0]]["unqueued"]
+                cells = [
+                    f"{t}: blocked {m['blocked']:4.0%}, waiting for a CPU {m['queued']:4.0%}, "
+                    f"unqueued {m['unqueued'] / 1e3:6,.0f} k/s ({m['unqueued'] / u0:.2f}x)"
+                    for t, m in med.items()
+                ]
+                print(f"  {'':14s} " + " | ".join(cells))
+                for t, m in med.items():
+                    out[name][phase][str(t)].update(m)
     return {"batch": args.batch, "runs": raw, "medians": out}
 
 
@@ -293,13 +317,13 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=100_000, help="pages per thread")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--impl", help="comma-separated: python,native,c,c-alone (default: all built)")
+    ap.add_argument("--impl", help="comma-separated: python,c,c-alone (default: all built)")
     ap.add_argument("--threads", help="thread-scaling mode: thread counts, e.g. 1,2,4")
     ap.add_argument("--batch", type=int, default=32, help="objects per call (scaling mode)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     impls = implementations()
-    available = [*impls, "c-alone"] if "c" in impls else list(impls)
+    available = [*impls, "c-alone"] if "c" in impls and args.threads else list(impls)
     wanted = args.impl.split(",") if args.impl else available
     missing = [name for name in wanted if name not in available]
     if missing:

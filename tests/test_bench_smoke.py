@@ -47,3 +47,23 @@ def test_bench_dict_smoke(tmp_path: Path) -> None:
     assert [(row["algorithm"], row["dict"]) for row in rows] == [("zstd", False), ("zstd", True)]
     assert all(0 < row["compr_data_size"] < row["orig_data_size"] for row in rows)
     assert "zstd level=3 +dict" in r.stdout
+
+
+@pytest.mark.parametrize("mode", [[], ["--threads", "1,2"]], ids=["single", "scaling"])
+def test_bench_pool_smoke(tmp_path: Path, mode: list[str]) -> None:
+    """scripts/bench_pool.py runs every pool implementation (and, scaling, the C pool alone)."""
+    out = tmp_path / "pool.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_pool.py"), "--objects", "300",
+         "--runs", "1", "--json", str(out), *mode],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    if mode:
+        assert set(results["medians"]) == {"python", "c", "c-alone"}
+        for phases in results["medians"].values():
+            assert all(v["2"]["wall"] > 0 and v["2"]["cpu"] > 0 for v in phases.values())
+    else:
+        assert set(results) == {"python", "c"}
+        assert all(s["store_ops"]["median"] > 0 for s in results.values())

@@ -127,7 +127,7 @@ def test_a_closed_pool_refuses_calls() -> None:
             call()
 
 
-@pytest.mark.timeout(60)  # close() once starved for minutes behind a stream of new calls
+@pytest.mark.timeout(60)  # a stream of new calls must not hold close() off
 def test_close_waits_for_calls_in_flight() -> None:
     """Threads store and read big batches while the main thread closes the pool: each call
     either completes with the right bytes or is refused; none runs on unmapped memory, and
