@@ -57,7 +57,15 @@ def one(native: bool, threads: int, image: memoryview, seed: int) -> dict[str, t
         done = threading.Barrier(threads + 1)
         errors: list[BaseException] = []
 
-        def work(t: int, op: str = op, req: int = req, offsets: list[int] = offsets) -> None:
+        def work(
+            t: int,
+            op: str = op,
+            req: int = req,
+            offsets: list[int] = offsets,
+            start: threading.Barrier = start,
+            done: threading.Barrier = done,
+            errors: list[BaseException] = errors,
+        ) -> None:
             base = t * region
             buf = memoryview(bytearray(req))
             try:
