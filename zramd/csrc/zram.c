@@ -928,7 +928,15 @@ int zram_extents(struct zram_core *z, uint64_t first, uint64_t stop, uint64_t *r
     int n = 0;
     int type = -1;
     uint64_t start = first;
+    pthread_mutex_t *held = NULL;
     for (uint64_t i = first; i < stop; i++) {
+        pthread_mutex_t *lock = stripe_lock(z, i);
+        if (lock != held) { /* a stripe's slots are read under its lock, one stripe at a time */
+            if (held)
+                pthread_mutex_unlock(held);
+            pthread_mutex_lock(lock);
+            held = lock;
+        }
         uint32_t f = z->flags[i];
         int t;
         if (!(f & STORED_MASK))
@@ -943,6 +951,7 @@ int zram_extents(struct zram_core *z, uint64_t first, uint64_t stop, uint64_t *r
                 runs[3 * n + 1] = i - start;
                 runs[3 * n + 2] = (uint64_t)type;
                 if (++n == nruns) {
+                    pthread_mutex_unlock(held);
                     gate_leave(z);
                     return n;
                 }
@@ -951,6 +960,8 @@ int zram_extents(struct zram_core *z, uint64_t first, uint64_t stop, uint64_t *r
             start = i;
         }
     }
+    if (held)
+        pthread_mutex_unlock(held);
     if (type >= 0 && n < nruns) {
         runs[3 * n] = start;
         runs[3 * n + 1] = stop - start;
