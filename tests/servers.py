@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,8 +12,8 @@ from pathlib import Path
 
 import nbd
 
-from zramd.cli import plugin_env, plugin_path
-from zramd.fusefs import mount_state
+from zramd.runstate import mount_state
+from zramd.supervise import end_process, plugin_env, plugin_path, start_nbdkit
 
 PLUGIN = str(plugin_path())
 ZRAMD = [sys.executable, "-m", "zramd.cli"]  #: the CLI, as a process
@@ -87,13 +85,7 @@ class Server:
     def stop(self) -> int:
         """SIGTERM; nbdkit then waits for connected clients, so a test that failed with a
         handle still open gets SIGKILL after 20 s (and the exit check fails loudly)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return end_process(self.proc, 20.0)
 
 
 @contextmanager
@@ -116,15 +108,8 @@ def serve(
     args += plugin_args(*config)
     if ctl is not None:
         args.append(f"control={ctl}")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, env=plugin_env(), stdout=out, stderr=out)
-    server = Server(proc, sock, ctl, log)
-    deadline = time.monotonic() + 60
-    while not (pidfile.exists() and (ctl is None or mount_state(ctl) == "live")):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"nbdkit did not start:\n{log.read_text()}")
-        time.sleep(0.05)
+    nbdkit = start_nbdkit(args, pidfile=pidfile, log=log, control=ctl)  # StartError: its log
+    server = Server(nbdkit.proc, sock, ctl, log)
     try:
         yield server
     finally:

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from zramd import cli
-from zramd.cli import human_size, main
+from zramd import supervise, zramctl
+from zramd.cli import main
 from zramd.runstate import mount_state, mounts
 from zramd.testing import synthetic_pages
+from zramd.zramctl import human_size
 
 from servers import ZRAMD, Server, serve, zramd_stop
 
@@ -50,7 +51,7 @@ def test_status_table(runner: CliRunner, server: Server) -> None:
     r = runner.invoke(main, ["status", "--control", str(server.control)])
     assert r.exit_code == 0, r.output
     header, row = r.output.splitlines()
-    assert header.split() == cli.DEFAULT_COLUMNS
+    assert header.split() == zramctl.DEFAULT_COLUMNS
     cells = row.split()
     assert cells[0] == str(server.control)
     assert cells[1] == "lz4"
@@ -108,7 +109,7 @@ def test_no_control_directory(runner: CliRunner, tmp_path: Path) -> None:
 
 
 def test_serve_without_nbdkit(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(supervise.shutil, "which", lambda *a, **k: None)
     r = runner.invoke(main, ["serve"])
     assert r.exit_code == 1
     assert "nbdkit is not installed (apt-get install nbdkit)" in r.output
@@ -122,7 +123,7 @@ def test_serve_without_python_plugin(runner: CliRunner, monkeypatch: pytest.Monk
             return subprocess.CompletedProcess(args, 0, "plugindir=/nonexistent\n", "")
         return real_run(args, **kw)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    monkeypatch.setattr(supervise.subprocess, "run", fake_run)
     r = runner.invoke(main, ["serve"])
     assert "apt-get install nbdkit-plugin-python" in r.output
 
@@ -351,8 +352,8 @@ def test_a_start_that_times_out_leaves_nothing_behind(
 ) -> None:
     """nbdkit listens and mounts, but serve never sees it ready (as with the escaped mount
     path): serve gives up, and the socket, pidfile and mount go with the server."""
-    monkeypatch.setattr(cli, "READY_TIMEOUT", 3.0)
-    monkeypatch.setattr(cli, "mount_state", lambda path: "none")
+    monkeypatch.setattr(supervise, "READY_TIMEOUT", 3.0)
+    monkeypatch.setattr(supervise, "mount_state", lambda path: "none")
     ctl = tmp_path / "ctl"
     r = CliRunner().invoke(main, ["serve", "--size", "16M", "--control", str(ctl),
                                   *paths(tmp_path)])  # fmt: skip
@@ -383,7 +384,7 @@ def test_foreground_serve_cleans_up_after_stop(tmp_path: Path) -> None:
         ("nbdkit: -U: path too long: length 135 > max 107 bytes\nzramd: nbdkit exited with "
          "status 1\n", "-U: path too long: length 135 > max 107 bytes"),
         ("nbdkit: error: /p/zramd_plugin.py: get_ready: error: Traceback (most recent call "
-         "last):\n   File \"x\", line 1\n zramd.fusefs.ControlDirError: control directory /c is "
+         "last):\n   File \"x\", line 1\n zramd.errors.ControlDirError: control directory /c is "
          "not empty\n\nzramd: nbdkit exited with status 1\n",
          "control directory /c is not empty"),
         ("nbdkit: python[1]: error: cannot open file\n", "cannot open file"),
@@ -393,20 +394,18 @@ def test_foreground_serve_cleans_up_after_stop(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_failure_reason(log: str, reason: str) -> None:
-    assert cli.failure_reason(log) == reason
+    assert supervise.failure_reason(log) == reason
 
 
 def test_kill_after() -> None:
-    assert cli.kill_after(10) == 8
-    assert cli.kill_after(60) == 58
-    assert cli.kill_after(2) == 1
-    assert cli.kill_after(0) == 0
+    assert supervise.kill_after(10) == 8
+    assert supervise.kill_after(60) == 58
+    assert supervise.kill_after(2) == 1
+    assert supervise.kill_after(0) == 0
 
 
 def test_data_path_names_the_loops(monkeypatch: pytest.MonkeyPatch) -> None:
-    from zramd import cli  # noqa: PLC0415
-
     monkeypatch.setenv("ZRAMD_NATIVE", "0")
-    assert cli.data_path() == "Python loops (ZRAMD_NATIVE=0)"
-    monkeypatch.setattr(cli, "native_module", lambda: None)
-    assert "not built" in cli.data_path()
+    assert supervise.data_path() == "Python loops (ZRAMD_NATIVE=0)"
+    monkeypatch.setattr(supervise, "native_module", lambda: None)
+    assert "not built" in supervise.data_path()

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from zramd import control
-from zramd.cli import plugin_env, plugin_path
 from zramd.device import ZramDevice
 from zramd.fusefs import ControlDir, mount_state
+from zramd.supervise import plugin_env, plugin_path
 from zramd.testing import synthetic_pages
 
 from servers import serve

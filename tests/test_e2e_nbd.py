@@ -9,7 +9,7 @@ from pathlib import Path
 import nbd
 import pytest
 
-from zramd.cli import plugin_env, plugin_path
+from zramd.supervise import plugin_env, plugin_path
 from zramd.testing import synthetic_pages
 
 from servers import block_status, connect_stdio, serve

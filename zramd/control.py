@@ -15,14 +15,19 @@ Writeback (CONFIG_ZRAM_WRITEBACK, with 7.0's ``writeback_batch_size``) and recom
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from zramd.compress import BACKENDS
 from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice
-from zramd.errors import InvalidValueError, OutOfRangeError, ValueTooLongError, ZramdError
+from zramd.errors import (
+    InvalidValueError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    ValueTooLongError,
+    ZramdError,
+)
 from zramd.parse import kstrtoint, kstrtoull, memparse, next_args, sysfs_streq
 from zramd.stats import BdStat, CompactStat, DebugStat, IoStat, MemStat, MmStat, PoolStats
 
@@ -30,12 +35,6 @@ ZRAM_MAX_ALGO_NAME_SZ = 128
 STORE_MAX = 4096  #: PAGE_SIZE: kernfs hands a store at most this many bytes of one write
 
 RO, WO, RW = 0o444, 0o200, 0o644
-
-
-class PermissionDeniedError(ZramdError):
-    """Reading a write-only attribute or writing a read-only one (kernfs answers EACCES)."""
-
-    errno = errno.EACCES
 
 
 # -- formats (the only place statistics become text) -----------------------------------------

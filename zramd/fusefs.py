@@ -49,7 +49,7 @@ import trio
 
 from zramd import control
 from zramd.device import ZramDevice
-from zramd.errors import ZramdError
+from zramd.errors import ControlDirError, ZramdError
 from zramd.runstate import mount_state  # re-exported: decodes the mount table's escapes
 
 FSNAME = "zramd"
@@ -61,10 +61,6 @@ _BY_NAME = {a.name.encode(): ino for ino, a in _INODES.items()}
 
 
 T = TypeVar("T")
-
-
-class ControlDirError(ZramdError):
-    """The control directory cannot be mounted (missing FUSE, busy path, ...)."""
 
 
 def clean_stale(path: Path) -> bool:

@@ -39,6 +39,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zramd.errors import RunStateError
+
 #: sun_path holds 108 bytes with the terminating NUL (unix(7))
 SUN_PATH_MAX = 107
 #: how long a probe ``connect`` waits before calling a socket live (a full backlog blocks)
@@ -52,10 +54,6 @@ SUPERVISOR_NAME = "zramd-serve"
 PSEUDO_FILESYSTEMS = frozenset(
     {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "debugfs", "securityfs", "configfs", "bpf"}
 )
-
-
-class RunStateError(Exception):
-    """A runtime path is unsafe or in the way; the message names it and says why."""
 
 
 # -- describing what is at a path -------------------------------------------------------------
@@ -101,6 +99,22 @@ def runtime_dir() -> Path:
         return Path(xdg) / "zramd"
     tmp = os.environ.get("TMPDIR", "")
     return Path(tmp if os.path.isabs(tmp) else "/tmp") / f"zramd-{os.geteuid()}"  # noqa: S108
+
+
+def default_socket() -> Path:
+    return runtime_dir() / "zramd.sock"
+
+
+def default_control() -> Path:
+    return runtime_dir() / "control"
+
+
+def default_pidfile() -> Path:
+    return runtime_dir() / "zramd.pid"
+
+
+def default_log() -> Path:
+    return runtime_dir() / "zramd.log"
 
 
 def check_private_dir(path: Path) -> None:

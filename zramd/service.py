@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from zramd.compress import DEFAULT, available
 from zramd.device import ZramDevice
-from zramd.errors import ZramdError
+from zramd.errors import ConfigError, ZramdError
 from zramd.parse import parse_size
 from zramd.shrinker import Shrinker
 from zramd.size_class import DEFAULT_CHAIN_SIZE, MAX_CHAIN_SIZE, MIN_CHAIN_SIZE
@@ -38,10 +38,6 @@ CONFIG_KEYS: dict[str, str] = {
     "backing_dev": "file or NBD URI that writeback sends cold pages to (like zram's backing_dev)",
     "recomp_algorithm": "secondary algorithms for recompress, priority 1 first (e.g. zstd,deflate)",
 }
-
-
-class ConfigError(ZramdError):
-    """A bad or unknown configuration key."""
 
 
 def _bool(key: str, value: str) -> bool:

@@ -17,7 +17,8 @@ import nbd
 import pytest
 from click.testing import CliRunner
 
-from zramd.cli import main, parse_tcp
+from zramd.cli import main
+from zramd.supervise import parse_tcp
 
 from relkit import wait_for
 from servers import ZRAMD, zramd_stop
