@@ -47,7 +47,8 @@ SUN_PATH_MAX = 107
 PROBE_TIMEOUT = 2.0
 #: the fstype of a control mount (FUSE, fsname and subtype ``zramd``)
 CONTROL_FSTYPE = "fuse.zramd"
-PLUGIN_NAME = "zramd_plugin.py"
+#: how nbdkit's argv names zramd's plugin: the package's script, or a checkout's entry
+PLUGIN_SCRIPTS = ("/zramd/nbdkit_plugin.py", "zramd_plugin.py")
 #: ``$0`` of the supervising shell (``sh -c SCRIPT zramd-serve nbdkit ...``)
 SUPERVISOR_NAME = "zramd-serve"
 #: kernel filesystems where a pidfile cannot be created (named in the error)
@@ -388,6 +389,11 @@ def _btime() -> float:
     return 0.0
 
 
+def is_plugin(arg: str) -> bool:
+    """Whether an nbdkit argument names zramd's plugin script."""
+    return arg.endswith(PLUGIN_SCRIPTS) or arg == PLUGIN_SCRIPTS[0][1:]
+
+
 @dataclass(frozen=True)
 class Process:
     """A process as /proc shows it: argv, parent, and start time (seconds since the epoch,
@@ -420,7 +426,7 @@ class Process:
 
     def _script(self) -> int:
         """Index of zramd's plugin script in argv (len(argv) if absent)."""
-        return next((i for i, a in enumerate(self.argv) if a.endswith(PLUGIN_NAME)), len(self.argv))
+        return next((i for i, a in enumerate(self.argv) if is_plugin(a)), len(self.argv))
 
     def option(self, short: str, long: str) -> str | None:
         """The value of an nbdkit server option, given before the plugin (``-P X``, ``-PX``,
@@ -496,7 +502,7 @@ def find_server(pid: int, pidfile: Path) -> tuple[Server | None, str]:
     if proc is None:
         return None, f"process {pid} is gone"
     name = os.path.basename(proc.argv[0])
-    if name != "nbdkit" or not any(a.endswith(PLUGIN_NAME) for a in proc.argv):
+    if name != "nbdkit" or not any(is_plugin(a) for a in proc.argv):
         return None, f"process {pid} is not a zramd server (it runs {name})"
     named = proc.option("-P", "--pidfile")
     if named is None or not _same_file(Path(f"/proc/{pid}/cwd") / named, pidfile):

@@ -80,8 +80,9 @@ def package_root() -> Path:
 
 
 def plugin_path() -> Path:
-    """The nbdkit script."""
-    return package_root() / "plugin" / "zramd_plugin.py"
+    """The nbdkit script: ``nbdkit_plugin.py`` in the zramd package this process imports (the
+    installed one; for an editable install, the checkout's)."""
+    return Path(zramd.__file__).resolve().parent / "nbdkit_plugin.py"
 
 
 def plugin_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
