@@ -48,12 +48,12 @@ def test_status_table(runner: CliRunner, server: Server) -> None:
     h = server.connect()
     # enough data that the first, partly filled zspage of each class stops mattering
     h.pwrite(b"".join(synthetic_pages(4096, seed=1)), 0)
-    r = runner.invoke(main, ["status", "--control", str(server.control)])
+    r = runner.invoke(main, ["status", "--control", str(server.mount)])
     assert r.exit_code == 0, r.output
     header, row = r.output.splitlines()
     assert header.split() == zramctl.DEFAULT_COLUMNS
     cells = row.split()
-    assert cells[0] == str(server.control)
+    assert cells[0] == "zram0"
     assert cells[1] == "lz4"
     assert cells[2] == "64M"
     assert float(cells[-1]) > 1.0  # COMP-RATIO: data / total
@@ -62,7 +62,7 @@ def test_status_table(runner: CliRunner, server: Server) -> None:
 
 @pytest.mark.e2e
 def test_status_raw_bytes_json_columns(runner: CliRunner, server: Server) -> None:
-    ctl = ["--control", str(server.control)]
+    ctl = ["--control", str(server.mount)]
     r = runner.invoke(main, ["status", *ctl, "--raw", "--bytes", "-n", "-o", "DISKSIZE,ZERO-PAGES"])
     assert r.output == f"{64 << 20} 0\n"
     r = runner.invoke(main, ["status", *ctl, "--json", "--bytes", "-o", "+RSS"])
@@ -78,7 +78,7 @@ def test_status_raw_bytes_json_columns(runner: CliRunner, server: Server) -> Non
 
 @pytest.mark.e2e
 def test_compact_set_reset(runner: CliRunner, server: Server) -> None:
-    ctl = ["--control", str(server.control)]
+    ctl = ["--control", str(server.mount)]
     h = server.connect()
     pages = [p for p in synthetic_pages(2048, seed=3) if p[8:] != p[:-8]]
     h.pwrite(b"".join(pages), 0)
@@ -105,7 +105,7 @@ def test_compact_set_reset(runner: CliRunner, server: Server) -> None:
 def test_no_control_directory(runner: CliRunner, tmp_path: Path) -> None:
     r = runner.invoke(main, ["status", "--control", str(tmp_path / "none")])
     assert r.exit_code == 1
-    assert "no zramd control directory" in r.output
+    assert "no zramd control tree" in r.output
 
 
 def test_serve_without_nbdkit(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,8 +151,8 @@ def test_serve_status_stop_as_subprocesses(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr + r.stdout
-    assert (ctl / "backing_dev").read_text() == f"{tmp_path / 'wb.img'}\n"  # made absolute
-    assert (ctl / "recomp_algorithm").read_text().count("#") == 2
+    assert (ctl / "zram0" / "backing_dev").read_text() == f"{tmp_path / 'wb.img'}\n"  # absolute
+    assert (ctl / "zram0" / "recomp_algorithm").read_text().count("#") == 2
     assert "nbd-client -unix" in r.stdout
     assert f"file=nbd:unix:{tmp_path / 's.sock'}" in r.stdout
     assert "data path:   C loops (zramd._zsfast)" in r.stdout
@@ -160,7 +160,7 @@ def test_serve_status_stop_as_subprocesses(tmp_path: Path) -> None:
     try:
         st = subprocess.run([*ZRAMD, "status", "--control", str(ctl), "--raw", "-n"],
                             capture_output=True, text=True, check=True)  # fmt: skip
-        assert st.stdout.split()[1:3] == ["zstd", "128M"]
+        assert st.stdout.split()[:3] == ["zram0", "zstd", "128M"]
         again = subprocess.run(
             [*ZRAMD, "serve", "--control", str(tmp_path / "ctl2"), *paths(tmp_path)],
             capture_output=True, text=True, timeout=60, check=False,

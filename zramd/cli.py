@@ -1,8 +1,10 @@
 """The ``zramd`` command: parse, call, print. A command's docstring is its help.
 
 Serving and stopping are ``supervise.py``; every other subcommand reads and writes control
-files through ``zramctl.py``, exactly as a script would with ``cat`` and ``echo``. A zramd
-error (ZramdError) ends the command with its one-line message and exit status 1.
+files through ``zramctl.py``, exactly as a script would with ``cat`` and ``echo``. Commands
+that act on one device take ``--device N`` (default zram0); ``status`` lists them all, as
+zramctl does. A zramd error (ZramdError) ends the command with its one-line message and exit
+status 1.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import click
 import zramd
 from zramd import supervise, zramctl
 from zramd.compress import DEFAULT, available
+from zramd.devices import MAX_DEVICES, device_name
 from zramd.errors import ZramdError
 from zramd.parse import parse_size
 from zramd.runstate import (
@@ -25,7 +28,7 @@ from zramd.runstate import (
     private_dir,
     runtime_dir,
 )
-from zramd.zramctl import ControlFiles, human_size
+from zramd.zramctl import ControlFiles, ControlTree, human_size
 
 
 class _Group(click.Group):
@@ -62,7 +65,24 @@ def _tcp(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
         raise click.BadParameter(str(e)) from None
 
 
+def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return zramctl.parse_device(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @main.command()
+@click.option(
+    "--devices",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0, MAX_DEVICES),
+    help="Devices to create, zram0..zramN-1 (like zram's num_devices); each gets the options "
+    "below, and zram-control/hot_add adds more.",
+)
 @click.option("--size", default="1G", show_default=True, callback=_size, help="Disk size.")
 @click.option(
     "--algorithm",
@@ -121,6 +141,7 @@ def _tcp(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
 )
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (Ctrl-C stops).")
 def serve(
+    devices: int,
     size: int,
     algorithm: str,
     level: int | None,
@@ -141,8 +162,12 @@ def serve(
     threads: int,
     foreground: bool,
 ) -> None:
-    """Serve a compressed RAM block device over NBD on a Unix socket (owner only), or over
-    TCP when asked (--tcp; loopback unless a host is given; TLS with --tls-*)."""
+    """Serve compressed RAM block devices over NBD on a Unix socket (owner only), or over TCP
+    when asked (--tcp; loopback unless a host is given; TLS with --tls-*).
+
+    Each device is an export named zramN (an empty export name is zram0); the control tree
+    holds zram-control/ and one zramN/ directory per device.
+    """
     nbdkit = supervise.check_nbdkit()
     tls_opts = supervise.tls_args(tls, tls_certificates, tls_psk, tls_verify_peer)
     if tcp is not None and sock is not None:
@@ -164,7 +189,8 @@ def serve(
                 "who can reach it can read and write the device",
                 err=True,
             )
-    keys = [f"size={size}", f"comp_algorithm={algorithm}", f"auto_compact={auto_compact}"]
+    keys = [f"devices={devices}", f"size={size}", f"comp_algorithm={algorithm}"]
+    keys.append(f"auto_compact={auto_compact}")
     if level is not None:
         keys.append(f"level={level}")
     if mem_limit is not None:
@@ -179,25 +205,29 @@ def serve(
     )
     running = supervise.start_server(opts)
     pid = running.pid
+    what = f"{human_size(size)} ({algorithm})"
+    if devices != 1:
+        last = device_name(devices - 1)
+        what = f"{devices} devices (zram0..{last}), {human_size(size)} each ({algorithm})"
     if sock is not None:
         info = [
-            f"zramd: serving {human_size(size)} ({algorithm}) on {sock} (pid {pid})",
-            f"  nbd-client:  nbd-client -unix {sock} /dev/nbd0 -N zramd -b 4096",
-            f"  qemu:        -drive file=nbd:unix:{sock},format=raw,if=virtio",
+            f"zramd: serving {what} on {sock} (pid {pid})",
+            f"  nbd-client:  nbd-client -unix {sock} /dev/nbd0 -N zram0 -b 4096",
+            f"  qemu:        -drive file=nbd:unix:{sock},format=raw,if=virtio   (zram0)",
             f"  nbdfuse:     nbdfuse DIR/disk --unix {sock}   (then losetup -f --show DIR/disk)",
+            f"  libnbd:      nbd+unix:///zram0?socket={sock}",
         ]
     else:
         assert tcp is not None
         host = f"[{tcp[0]}]" if ":" in tcp[0] else tcp[0]
         scheme = "nbd" if not tls_opts else "nbds"
         info = [
-            f"zramd: serving {human_size(size)} ({algorithm}) on {scheme}://{host}:{tcp[1]} "
-            f"(pid {pid})",
-            f"  nbd-client:  nbd-client {tcp[0]} {tcp[1]} /dev/nbd0 -N zramd -b 4096",
-            f"  nbdinfo:     nbdinfo {scheme}://{host}:{tcp[1]}",
+            f"zramd: serving {what} on {scheme}://{host}:{tcp[1]} (pid {pid})",
+            f"  nbd-client:  nbd-client {tcp[0]} {tcp[1]} /dev/nbd0 -N zram0 -b 4096",
+            f"  nbdinfo:     nbdinfo {scheme}://{host}:{tcp[1]}/zram0",
         ]
     if control is not None:
-        info.append(f"  control:     {control}   (cat mm_stat; echo 1 > compact)")
+        info.append(f"  control:     {control}   (cat zram0/mm_stat; echo 1 > zram0/compact)")
     info.append(f"  data path:   {supervise.data_path()}")
     if logfile is not None:
         info.append(f"  log:         {logfile}      stop: zramd stop")
@@ -251,18 +281,33 @@ control_option = click.option(
     "--control",
     type=click.Path(path_type=Path),
     default=None,
-    help="Control directory (default: the one `zramd serve` mounts).",
+    help="Control tree (default: the one `zramd serve` mounts).",
+)
+device_option = click.option(
+    "--device",
+    "-d",
+    "device",
+    metavar="N",
+    default="0",
+    callback=_device,
+    help="The device: N or zramN (default zram0).",
 )
 
 
-def _files(control: Path | None) -> ControlFiles:
-    files = ControlFiles(zramctl.control_root(control))
-    files.check()
-    return files
+def _tree(control: Path | None) -> ControlTree:
+    tree = ControlTree(zramctl.control_root(control))
+    tree.check()
+    return tree
+
+
+def _files(control: Path | None, device: int) -> ControlFiles:
+    return _tree(control).device(device)
 
 
 @main.command()
 @control_option
+@click.option("--device", "-d", "device", metavar="N", callback=_device, help="Only this device.")
+@click.option("--all", "every", is_flag=True, help="Also devices without a disksize.")
 @click.option("--raw", is_flag=True, help="Use the raw output format.")
 @click.option("--bytes", "-b", "raw_bytes", is_flag=True, help="Print sizes in bytes.")
 @click.option("--json", "as_json", is_flag=True, help="Use JSON output.")
@@ -270,13 +315,16 @@ def _files(control: Path | None) -> ControlFiles:
 @click.option("--output", "-o", help="Columns to print (comma list, +LIST appends).")
 def status(
     control: Path | None,
+    device: int | None,
+    every: bool,
     raw: bool,
     raw_bytes: bool,
     as_json: bool,
     noheadings: bool,
     output: str | None,
 ) -> None:
-    """Show the device's status like zramctl.
+    """Show the devices' status like zramctl: every device with a disksize (--all: every
+    device; --device: that one).
 
     Columns: NAME DISKSIZE DATA COMPR ALGORITHM STREAMS ZERO-PAGES TOTAL MEM-LIMIT MEM-USED
     MIGRATED COMP-RATIO HUGE-PAGES RSS.
@@ -285,7 +333,8 @@ def status(
         columns = zramctl.parse_columns(output)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--output") from None
-    rows = [zramctl.device_values(zramctl.control_root(control))]
+    ids = None if device is None else [device]
+    rows = zramctl.status_rows(_tree(control), ids, every=every)
     click.echo(
         zramctl.format_status(
             rows, columns, raw=raw, raw_bytes=raw_bytes, as_json=as_json, noheadings=noheadings
@@ -296,43 +345,48 @@ def status(
 
 @main.command()
 @control_option
-def compact(control: Path | None) -> None:
+@device_option
+def compact(control: Path | None, device: int) -> None:
     """Compact the pool now (echo 1 > compact) and say what it freed."""
-    click.echo(zramctl.compact(_files(control)))
+    click.echo(zramctl.compact(_files(control, device)))
 
 
 @main.command(name="set")
 @control_option
+@device_option
 @click.argument("attr")
 @click.argument("value")
-def set_(control: Path | None, attr: str, value: str) -> None:
-    """Write VALUE to a control attribute (echo VALUE > ATTR)."""
-    _files(control).write(attr, value + "\n")
+def set_(control: Path | None, device: int, attr: str, value: str) -> None:
+    """Write VALUE to a device's control attribute (echo VALUE > zramN/ATTR)."""
+    _files(control, device).write(attr, value + "\n")
 
 
 @main.command()
 @control_option
-def reset(control: Path | None) -> None:
+@device_option
+def reset(control: Path | None, device: int) -> None:
     """Free everything and uninitialise the device (echo 1 > reset)."""
-    _files(control).write("reset", "1\n")
+    _files(control, device).write("reset", "1\n")
 
 
 @main.command()
 @control_option
+@device_option
 @click.option("--idle", "mark", help="First mark pages idle: 'all' or an age in seconds.")
 @click.argument("what", nargs=-1, required=True)
-def writeback(control: Path | None, mark: str | None, what: tuple[str, ...]) -> None:
+def writeback(control: Path | None, device: int, mark: str | None, what: tuple[str, ...]) -> None:
     """Write pages out to the backing device (echo WHAT > writeback).
 
     WHAT is idle, huge, huge_idle, incompressible, type=MODE, page_index=N or
     page_indexes=LO-HI (several indexes may be given). With --idle, pages are marked idle
     first (echo all > idle), so `zramd writeback --idle all idle` writes back everything.
     """
-    click.echo(zramctl.writeback(_files(control), what, mark))
+    click.echo(zramctl.writeback(_files(control, device), what, mark))
 
 
 @main.command()
 @control_option
+@device_option
 @click.option("--type", "kind", type=click.Choice(["idle", "huge", "huge_idle"]))
 @click.option("--threshold", type=int, help="Only objects of at least this many bytes.")
 @click.option("--max-pages", type=int, help="Budget: at most this many attempts.")
@@ -340,6 +394,7 @@ def writeback(control: Path | None, mark: str | None, what: tuple[str, ...]) -> 
 @click.option("--priority", type=int, help="Only the secondary algorithm of this priority.")
 def recompress(
     control: Path | None,
+    device: int,
     kind: str | None,
     threshold: int | None,
     max_pages: int | None,
@@ -354,7 +409,24 @@ def recompress(
         "algo": algo,
         "priority": priority,
     }
-    click.echo(zramctl.recompress(_files(control), params))
+    click.echo(zramctl.recompress(_files(control, device), params))
+
+
+@main.command(name="hot-add")
+@control_option
+def hot_add(control: Path | None) -> None:
+    """Add an uninitialised device (cat zram-control/hot_add) and print its name."""
+    click.echo(device_name(_tree(control).hot_add()))
+
+
+@main.command(name="hot-remove")
+@control_option
+@click.argument("device", metavar="DEVICE", callback=_device)
+def hot_remove(control: Path | None, device: int) -> None:
+    """Reset and remove DEVICE (N or zramN): echo N > zram-control/hot_remove.
+
+    Refused while a client has it attached (EBUSY)."""
+    _tree(control).hot_remove(device)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zramd.device import ZramDevice
 from zramd.errors import ZramdError
-from zramd.service import CONFIG_KEYS, Service
+from zramd.service import CONFIG_KEYS, DEFAULT_EXPORT, Service
 
 API_VERSION = 2
 
@@ -52,12 +52,14 @@ __all__ = [
     "close",
     "config",
     "config_complete",
+    "default_export",
     "dump_plugin",
     "extents",
     "flush",
     "get_ready",
     "get_size",
     "is_rotational",
+    "list_exports",
     "open",
     "pread",
     "pwrite",
@@ -114,11 +116,19 @@ def cleanup() -> None:
     service.stop()
 
 
+def list_exports(readonly: bool, is_tls: bool) -> list[str]:
+    return service.export_names()  # zram0, zram1, ...: the devices there are now
+
+
+def default_export(readonly: bool, is_tls: bool) -> str:
+    return DEFAULT_EXPORT  # an empty export name means zram0
+
+
+@errno_from_zramd
 def open(readonly: bool) -> ZramDevice:
-    device = service.device
-    assert device is not None
-    device.open()
-    return device
+    # nbdkit has already turned an empty name into default_export's; a name that is no
+    # device (or one hot_remove took away) refuses the connection
+    return service.open(nbdkit.export_name())
 
 
 def close(h: ZramDevice) -> None:

@@ -1,10 +1,11 @@
-"""The control-file client: what util-linux's zramctl does, against zramd's control directory.
+"""The control-file client: what util-linux's zramctl does, against zramd's control tree.
 
 Everything here reads and writes attribute files exactly as a script would with ``cat`` and
-``echo`` (``ControlFiles``), and turns them into zramctl's columns (``COLUMNS``, named and
-described as zramctl names them, plus zramd's own) and its table, raw and JSON outputs
-(``format_status``). Errors are ControlFileError with one line naming the attribute and the
-errno.
+``echo``: ``ControlTree`` is the mount (``zram-control/`` and one ``zramN/`` per device),
+``ControlFiles`` one device's directory. Their values become zramctl's columns (``COLUMNS``,
+named and described as zramctl names them, plus zramd's own) in its table, raw and JSON
+outputs (``format_status``). Errors are ControlFileError with one line naming the attribute
+or device and the errno.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from zramd.devices import device_name, parse_device_name
 from zramd.errors import ControlFileError
 from zramd.runstate import default_control, private_dir, runtime_dir
 from zramd.size_class import PAGE_SIZE
+
+CLASS_DIR = "zram-control"
 
 
 def control_root(control: Path | None) -> Path:
@@ -101,6 +105,51 @@ class ControlFiles:
         return self.numbers("mm_stat")
 
 
+def parse_device(value: str) -> int:
+    """``--device``: ``N`` or ``zramN``. ValueError otherwise."""
+    dev_id = parse_device_name(value if value.startswith("zram") else "zram" + value)
+    if dev_id is None:
+        raise ValueError(f"{value!r} is not a device (give N or zramN, e.g. 1 or zram1)")
+    return dev_id
+
+
+class ControlTree:
+    """A server's control tree: ``zram-control/`` and the device directories."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def check(self) -> None:
+        if not (self.root / CLASS_DIR / "hot_add").exists():
+            raise ControlFileError(
+                f"no zramd control tree at {self.root} (is `zramd serve` running?)"
+            )
+
+    def device_ids(self) -> list[int]:
+        """The devices there are, by id."""
+        self.check()
+        ids = (parse_device_name(p.name) for p in self.root.iterdir())
+        return sorted(i for i in ids if i is not None)
+
+    def device(self, dev_id: int) -> ControlFiles:
+        """Device ``dev_id``'s attributes; ControlFileError if there is no such device."""
+        self.check()
+        path = self.root / device_name(dev_id)
+        if not path.is_dir():
+            raise ControlFileError(f"there is no {device_name(dev_id)} in {self.root}")
+        return ControlFiles(path)
+
+    def hot_add(self) -> int:
+        """``cat zram-control/hot_add``: a new device's id."""
+        self.check()
+        return int(ControlFiles(self.root / CLASS_DIR).read("hot_add"))
+
+    def hot_remove(self, dev_id: int) -> None:
+        """``echo ID > zram-control/hot_remove``."""
+        self.check()
+        ControlFiles(self.root / CLASS_DIR).write("hot_remove", f"{dev_id}\n")
+
+
 # -- status columns ---------------------------------------------------------------------------
 
 Values = dict[str, int | str]
@@ -123,7 +172,7 @@ def _ratio(d: Values) -> float:
 COLUMNS = {
     c.name: c
     for c in (
-        Column("NAME", "control directory", lambda d: d["name"], right=False),
+        Column("NAME", "zram device name", lambda d: d["name"], right=False),
         Column(
             "DISKSIZE", "limit on the uncompressed amount of data", lambda d: d["disksize"], True
         ),
@@ -153,16 +202,15 @@ DEFAULT_COLUMNS = [
 ]  # fmt: skip
 
 
-def device_values(path: Path) -> Values:
+def device_values(files: ControlFiles) -> Values:
     """One device's columns' raw values, read from its control directory."""
-    files = ControlFiles(path)
     files.check()
     mm = files.mm_stat()
     algo = files.read("comp_algorithm")
     selected = algo[algo.rfind("[") + 1 : algo.rfind("]")] if "[" in algo else ""
     mem = files.read("mem_stat").split()
     return {
-        "name": str(path),
+        "name": files.path.name,
         "disksize": int(files.read("disksize")),
         "algorithm": selected,
         "data": mm[0],
@@ -175,6 +223,17 @@ def device_values(path: Path) -> Values:
         "huge": mm[7],
         "rss": int(mem[0]),
     }
+
+
+def status_rows(tree: ControlTree, ids: list[int] | None, *, every: bool = False) -> list[Values]:
+    """zramctl's listing: the devices ``ids`` (all if None), those with a disksize only
+    unless ``every`` or named."""
+    rows = []
+    for dev_id in tree.device_ids() if ids is None else ids:
+        values = device_values(tree.device(dev_id))
+        if every or ids is not None or int(values["disksize"]):
+            rows.append(values)
+    return rows
 
 
 def parse_columns(spec: str | None) -> list[str]:
@@ -226,6 +285,8 @@ def format_status(
                     row[c.name.lower()] = v
             devices.append(row)
         return json.dumps({"zramd": devices}, indent=2) + "\n"
+    if not rows:
+        return ""  # zramctl prints nothing at all when no device is listed
     header = [c.name for c in columns]
     cells = [[render(c.value(v), c, raw_bytes=raw_bytes) for c in columns] for v in rows]
     lines = [] if noheadings else [header]
