@@ -104,14 +104,16 @@ class System:
         if self.kind == "kernel":
             return [int(x) for x in (ZRAM / "mm_stat").read_text().split()]
         if self.control:
-            return [int(x) for x in (self.work / "ctl" / "mm_stat").read_text().split()]
+            return [int(x) for x in (self.work / "ctl" / "zram0" / "mm_stat").read_text().split()]
         return None
 
     def rss(self) -> int | None:
         return None if self.kind == "kernel" else rss_of(self.pid)
 
     def compact(self) -> float | None:
-        path = ZRAM / "compact" if self.kind == "kernel" else self.work / "ctl" / "compact"
+        path = (
+            ZRAM / "compact" if self.kind == "kernel" else self.work / "ctl" / "zram0" / "compact"
+        )
         if self.kind != "kernel" and not self.control:
             return None
         t = time.perf_counter()

@@ -9,8 +9,9 @@ status 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -30,6 +31,8 @@ from zramd.runstate import (
 )
 from zramd.zramctl import ControlFiles, ControlTree, human_size
 
+T = TypeVar("T")
+
 
 class _Group(click.Group):
     """Turns a ZramdError into click's one-line error (``Error: ...``, exit status 1)."""
@@ -47,31 +50,25 @@ def main() -> None:
     """Compressed RAM block devices served over NBD (Linux's zram, in userspace)."""
 
 
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_size(value, what=param.name or "size")
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+def _parsed(
+    parse: Callable[[str, str], T],
+) -> Callable[[click.Context, click.Parameter, str | None], T | None]:
+    """A click callback: ``parse(value, option name)``, its ValueError a usage error."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> T | None:
+        if value is None:
+            return None
+        try:
+            return parse(value, param.name or "value")
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+
+    return callback
 
 
-def _tcp(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
-    if value is None:
-        return None
-    try:
-        return supervise.parse_tcp(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return zramctl.parse_device(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+_size = _parsed(lambda value, name: parse_size(value, what=name))
+_tcp = _parsed(lambda value, name: supervise.parse_tcp(value))
+_device = _parsed(lambda value, name: zramctl.parse_device(value))
 
 
 @main.command()
