@@ -254,10 +254,12 @@ class Service:
             self._start_shrinker(entry)
 
     def stop(self) -> None:
+        """Unmount the control tree (no hot_add can start another shrinker after it), then
+        stop every shrinker."""
         self._started = False
-        for shrinker in list(self.shrinkers.values()):
-            shrinker.stop()
-        self.shrinkers.clear()
         if self.control is not None:
             self.control.stop()
             self.control = None
+        for shrinker in list(self.shrinkers.values()):
+            shrinker.stop()
+        self.shrinkers.clear()
