@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import lz4.block
+from benchlib import HUGE_CLASS_SIZE, PAGE, summarize
 
 from zramd import ZsPool
 from zramd.testing import synthetic_pages
@@ -25,7 +26,7 @@ def objects(count: int, seed: int) -> list[bytes]:
     out = []
     for page in synthetic_pages(count, seed):
         c = lz4.block.compress(page, store_size=False)
-        if len(c) >= 3625:
+        if len(c) >= HUGE_CLASS_SIZE:
             out.append(page)
         elif page != bytes(len(page)) and page[8:] != page[:-8]:  # zram keeps same pages out
             out.append(c)
@@ -33,7 +34,7 @@ def objects(count: int, seed: int) -> list[bytes]:
 
 
 def one_run(objs: list[bytes], seed: int) -> dict[str, float]:
-    pool = ZsPool(len(objs) * 4096 * 2)
+    pool = ZsPool(len(objs) * PAGE * 2)
     t0 = time.perf_counter()
     store = pool.store
     handles = [store(o) for o in objs]
@@ -66,23 +67,11 @@ def one_run(objs: list[bytes], seed: int) -> dict[str, float]:
         "frames_freed": freed,
         "freeable_before": freeable,
         "metadata_bytes_per_object": metadata,
-        "packing": sum(map(len, objs)) / (used_after_fill * 4096),
+        "packing": sum(map(len, objs)) / (used_after_fill * PAGE),
     }
     assert freed == freeable
     pool.close()
     return result
-
-
-def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    keys = runs[0].keys()
-    return {
-        k: {
-            "median": statistics.median(r[k] for r in runs),
-            "min": min(r[k] for r in runs),
-            "max": max(r[k] for r in runs),
-        }
-        for k in keys
-    }
 
 
 def main() -> None:
@@ -97,7 +86,7 @@ def main() -> None:
     runs = []
     for i in range(args.runs):
         runs.append(one_run(objs, args.seed + i))
-    summary = summarize(runs)
+    summary = {k: summarize(r[k] for r in runs) for k in runs[0]}
     fmt: dict[str, Callable[[float], str]] = {
         "store_ops": lambda v: f"{v / 1e3:,.0f} k/s",
         "read_ops": lambda v: f"{v / 1e3:,.0f} k/s",

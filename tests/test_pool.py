@@ -10,12 +10,13 @@ from collections.abc import Iterator
 import lz4.block
 import pytest
 
-from zramd import InvalidHandleError, PoolExhaustedError, ZsPool
+from zramd import InvalidHandleError, PoolExhaustedError, ZsPool, build_class_table
 from zramd import compaction as compaction_module
 from zramd.size_class import PAGE_SIZE
 from zramd.testing import check_pool_invariants, synthetic_pages
 
 pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
+HUGE_CLASS_SIZE = build_class_table().huge_class_size  # 3625 (test_size_class checks it)
 
 
 @pytest.fixture
@@ -177,7 +178,7 @@ def test_stats_table(pool: ZsPool) -> None:
     assert (row.pages_per_zspage, row.freeable) == (2, 0)
     assert stats.total_pages == 4
     assert stats.objects == 9
-    assert stats.huge_class_size == 3625
+    assert stats.huge_class_size == HUGE_CLASS_SIZE
 
 
 # -- compaction -----------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ def realistic_objects(count: int, seed: int) -> list[bytes]:
     out = []
     for page in synthetic_pages(count, seed):
         c = lz4.block.compress(page, store_size=False)
-        out.append(page if len(c) >= 3625 else c)
+        out.append(page if len(c) >= HUGE_CLASS_SIZE else c)
     return out
 
 

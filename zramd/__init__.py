@@ -13,10 +13,11 @@ from zramd.errors import (
     ZramdError,
 )
 from zramd.pool import ZsPool
-from zramd.size_class import ClassSpec, ClassTable, build_class_table
+from zramd.size_class import PAGE_SIZE, ClassSpec, ClassTable, build_class_table
 from zramd.stats import ClassStat, PoolStats
 
 __all__ = [
+    "PAGE_SIZE",
     "ClassSpec",
     "ClassStat",
     "ClassTable",
