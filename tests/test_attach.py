@@ -219,7 +219,8 @@ def test_refused_backing_dev_fails_and_undoes_everything(tmp_path: Path) -> None
         attach.setup([FS, dev], where(FS, dev), state=state, host=host, log=lambda _: None)
     assert host.nbd == {}
     assert host.mounts == {}
-    assert host.log[-3:] == [
+    assert host.log[-4:] == [
+        f"echo 1 > {CONTROL / 'zram2'}/reset",  # half-configured: back to its defaults
         "umount /srv/z1",
         "nbd-client -d /dev/nbd0",
         f"echo 1 > {CONTROL / 'zram1'}/reset",
@@ -265,7 +266,7 @@ def test_an_initialised_device_is_not_reconfigured_or_reset(tmp_path: Path) -> N
     state = tmp_path / "s.json"
     attach.setup([SWAP], where(SWAP), state=state, host=host, log=messages.append)
     assert not any(x.startswith("echo") for x in host.log)
-    assert "zram0: already initialised with disksize 67108864; not reconfigured" in messages
+    assert "zram0: already initialised with this disksize; not reconfigured" in messages
     attach.teardown(state=state, host=host, log=messages.append)
     assert not any("reset" in x for x in host.log)  # setup did not initialise it: left as is
 
@@ -413,12 +414,12 @@ def test_setup_script_is_what_setup_runs() -> None:
         "",
         "# zram0: 64 MiB (67108864 bytes), swap, priority 100",
         "# (the control writes are skipped if the server initialised the device)",
-        "echo zstd > /run/zramd/control/zram0/comp_algorithm  # refused: a warning",
+        "echo zstd > /run/zramd/control/zram0/comp_algorithm  # a refusal is only a warning",
         "echo 'priority=0 level=3' > /run/zramd/control/zram0/algorithm_params"
-        "  # refused: a warning",
+        "  # a refusal is only a warning",
         "echo 'algo=lz4hc priority=1' > /run/zramd/control/zram0/recomp_algorithm"
-        "  # refused: a warning",
-        "echo type=idle > /run/zramd/control/zram0/recompress  # refused: a warning",
+        "  # a refusal is only a warning",
+        "echo type=idle > /run/zramd/control/zram0/recompress  # a refusal is only a warning",
         "echo 16777216 > /run/zramd/control/zram0/mem_limit",
         "echo 67108864 > /run/zramd/control/zram0/disksize",
         "zram0=$(nbd-client -unix /run/zramd/zramd.sock -N zram0 -b 4096"

@@ -346,32 +346,34 @@ def _preflight(
         raise AttachError(f"not installed: {', '.join(missing)}")
 
 
-def _configure(dev: DeviceConfig, target: Target, host: Host, log: Callable[[str], None]) -> bool:
-    """Write the device's attributes unless it is initialised already; True if written."""
+def _initialised(dev: DeviceConfig, target: Target, host: Host) -> bool:
+    """Whether the device is initialised already (with the configured disksize; another one is
+    an AttachError)."""
     control = target.control
     try:
         initialised = host.read_attr(control / "initstate").strip() == "1"
         current = int(host.read_attr(control / "disksize"))
     except (OSError, ValueError) as e:
         raise AttachError(f"{dev.name}: cannot read {control}: {e}") from None
-    if initialised:
-        if current != _page_align(dev.disksize):
-            raise AttachError(
-                f"{dev.name} is initialised with disksize {current}, the configuration says "
-                f"{dev.disksize}: reset it first (echo 1 > {control}/reset)"
-            )
-        log(f"{dev.name}: already initialised with disksize {current}; not reconfigured")
-        return False
+    if initialised and current != _page_align(dev.disksize):
+        raise AttachError(
+            f"{dev.name} is initialised with disksize {current}, the configuration says "
+            f"{dev.disksize}: reset it first (echo 1 > {control}/reset)"
+        )
+    return initialised
+
+
+def _configure(dev: DeviceConfig, target: Target, host: Host, log: Callable[[str], None]) -> None:
+    """Write the device's attributes in zram-generator's order (control_writes)."""
     for attr, value, soft in control_writes(dev):
         try:
-            host.write_attr(control / attr, value)
+            host.write_attr(target.control / attr, value)
         except OSError as e:
             why = f"{dev.name}: {attr} refused {value!r}: {os.strerror(e.errno or 0)}"
             if soft:
                 log(f"warning: {why} (the device keeps its default, as with zram-generator)")
                 continue
             raise AttachError(why) from None
-    return True
 
 
 def _connect(dev: DeviceConfig, target: Target, host: Host) -> str:
@@ -407,7 +409,12 @@ def setup(
                 dev.mount_point, dev.disksize,
             )  # fmt: skip
             record.devices.append(rec)
-            rec.configured = _configure(dev, target, host, log)
+            if _initialised(dev, target, host):
+                log(f"{dev.name}: already initialised with this disksize; not reconfigured")
+            else:
+                rec.configured = True  # from the first write on, undo resets the device
+                record.save()
+                _configure(dev, target, host, log)
             record.save()
             rec.nbd = _connect(dev, target, host)
             record.save()
@@ -535,7 +542,7 @@ def setup_script(devices: Sequence[DeviceConfig], where: Mapping[str, Target]) -
         )
         lines.append("# (the control writes are skipped if the server initialised the device)")
         for attr, value, soft in control_writes(dev):
-            note = "  # refused: a warning" if soft else ""
+            note = "  # a refusal is only a warning" if soft else ""
             lines.append(f"echo {q(value)} > {q(str(target.control / attr))}{note}")
         var = dev.name
         connect = shlex.join(_connect_argv(target))

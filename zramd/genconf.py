@@ -50,7 +50,8 @@ as zram-generator does, and evaluates its output as an expression that later siz
 else may write, within SET_TIMEOUT seconds; ``run_programs=False`` refuses every ``set!``.
 zramd refuses what zram-generator would pass on to the kernel to fail there: an infinite size,
 an algorithm word that is not ``name`` or ``name(k=v,...)``, more than four algorithms (zram's
-limit), a non-canonical section number (``[zram05]``).
+limit), a non-canonical section number (``[zram05]``). The kernel command line's
+``systemd.zram=`` switches zram-generator's kernel devices and is not read here.
 """
 
 from __future__ import annotations
