@@ -23,8 +23,6 @@ import os
 import platform
 import random
 import shutil
-import signal
-import statistics
 import struct
 import subprocess
 import sys
@@ -35,16 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from benchlib import PAGE, ROOT, summarize
+from make_swap_image import ensure_image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT))
+from zramd.supervise import DEFAULT_THREADS, Nbdkit, plugin_env, plugin_path, start_nbdkit
 
-from make_swap_image import ensure_image  # noqa: E402
-
-from zramd.cli import DEFAULT_THREADS, plugin_env, plugin_path  # noqa: E402
-
-PAGE = 4096
 ZRAM = Path("/sys/block/zram0")
 BLKDISCARD = 0x1277
 FIO_WRITE_DATA = [  # fio buffers about as compressible as the image (lz4 ~2.2:1)
@@ -71,7 +64,7 @@ class System:
     control: bool = False
     python: bool = False  # run with zramd serve's environment (venv on PYTHONPATH, arena cap)
     work: Path = Path()
-    proc: subprocess.Popen[bytes] | None = None
+    server: Nbdkit | None = None
     pid: int = 0
 
     @property
@@ -91,40 +84,36 @@ class System:
         args += [a.replace("{size}", str(size)) for a in self.nbdkit_args]
         if self.control:
             args.append(f"control={work / 'ctl'}")
-        log = open(work / "nbdkit.log", "wb")  # noqa: SIM115 - lives as long as the server
-        env = plugin_env() if self.python else dict(os.environ)
-        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
-        while not (
-            (work / "pid").exists() and (not self.control or (work / "ctl" / "mm_stat").exists())
-        ):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{self.name} did not start: {(work / 'nbdkit.log').read_text()}"
-                )
-            time.sleep(0.05)
-        self.pid = int((work / "pid").read_text())
+        self.server = start_nbdkit(
+            args,
+            pidfile=work / "pid",
+            log=work / "nbdkit.log",
+            control=work / "ctl" if self.control else None,
+            env=plugin_env() if self.python else os.environ,
+        )
+        self.pid = self.server.pid
 
     def stop(self) -> None:
         if self.kind == "kernel":
             (ZRAM / "reset").write_text("1\n")
             return
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(120)
+        assert self.server is not None
+        self.server.stop(120)
 
     def mm_stat(self) -> list[int] | None:
         if self.kind == "kernel":
             return [int(x) for x in (ZRAM / "mm_stat").read_text().split()]
         if self.control:
-            return [int(x) for x in (self.work / "ctl" / "mm_stat").read_text().split()]
+            return [int(x) for x in (self.work / "ctl" / "zram0" / "mm_stat").read_text().split()]
         return None
 
     def rss(self) -> int | None:
         return None if self.kind == "kernel" else rss_of(self.pid)
 
     def compact(self) -> float | None:
-        path = ZRAM / "compact" if self.kind == "kernel" else self.work / "ctl" / "compact"
+        path = (
+            ZRAM / "compact" if self.kind == "kernel" else self.work / "ctl" / "zram0" / "compact"
+        )
         if self.kind != "kernel" and not self.control:
             return None
         t = time.perf_counter()
@@ -175,7 +164,7 @@ def kernel_zram_usable() -> str:
 def systems(selected: list[str] | None) -> tuple[list[System], dict[str, str]]:
     threads = f"--threads={DEFAULT_THREADS}"
     zramd = [threads, "python", str(plugin_path()), "size={size}", "auto_compact=0"]
-    ceiling = ["python", str(ROOT / "scripts" / "ceiling_plugin.py"), "size={size}"]
+    ceiling = ["python", str(ROOT / "scripts" / "ceiling_plugin.py"), "size={size}", f"page={PAGE}"]
     all_systems = [
         System("zramd-lz4", "nbd", [*zramd, "comp_algorithm=lz4"], control=True, python=True),
         System("zramd-zstd", "nbd", [*zramd, "comp_algorithm=zstd"], control=True, python=True),
@@ -286,13 +275,6 @@ def derived(r: dict[str, Any]) -> dict[str, float | None]:
     else:
         out["rss_beyond_pool_per_page"] = None
     return out
-
-
-def summarize(values: list[float | None]) -> dict[str, float] | None:
-    vs = [v for v in values if v is not None]
-    if not vs:
-        return None
-    return {"median": statistics.median(vs), "min": min(vs), "max": max(vs)}
 
 
 def machine() -> dict[str, str]:

@@ -9,42 +9,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-import lz4.block
+from benchlib import PAGE, swap_image
+from ceiling import Ceiling
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from make_swap_image import ensure_image  # noqa: E402
-
-from zramd.device import ZramDevice  # noqa: E402
-
-PAGE = 4096
-
-
-class Ceiling:
-    def __init__(self) -> None:
-        self.pages: dict[int, bytes] = {}
-
-    def write(self, offset: int, buf: memoryview) -> None:
-        first = offset // PAGE
-        pages = self.pages
-        for i in range(len(buf) // PAGE):
-            pages[first + i] = lz4.block.compress(buf[i * PAGE : (i + 1) * PAGE], store_size=False)
-
-    def read_into(self, offset: int, buf: memoryview) -> None:
-        get = self.pages.get
-        first = offset // PAGE
-        zero = bytes(PAGE)
-        for i in range(len(buf) // PAGE):
-            c = get(first + i)
-            buf[i * PAGE : (i + 1) * PAGE] = (
-                zero if c is None else lz4.block.decompress(c, uncompressed_size=PAGE)
-            )
+from zramd.device import ZramDevice
 
 
 def run(target: object, image: memoryview, req: int) -> tuple[float, float]:
@@ -69,9 +39,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="lz4")
     ap.add_argument("--profile", choices=["write", "read"])
     args = ap.parse_args()
-    path = ROOT / "bench-results" / f"swap-{args.size >> 20}M-seed1.img"
-    ensure_image(path, args.size, 1)
-    image = memoryview(path.read_bytes())
+    image = swap_image(args.size)
 
     def device() -> ZramDevice:
         d = ZramDevice(args.algorithm)
@@ -102,7 +70,7 @@ def main() -> None:
             d = device()
             rows["zramd"].append(run(d, image, req))
             d.reset()
-            rows["ceiling"].append(run(Ceiling(), image, req))
+            rows["ceiling"].append(run(Ceiling(PAGE), image, req))
         z_w = statistics.median(r[0] for r in rows["zramd"])
         z_r = statistics.median(r[1] for r in rows["zramd"])
         c_w = statistics.median(r[0] for r in rows["ceiling"])

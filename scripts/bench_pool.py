@@ -40,14 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import lz4.block
+from benchlib import HUGE_CLASS_SIZE, PAGE, summarize
 
 from zramd import ZsPool
 from zramd.native import native_module
 from zramd.pool_api import PoolAPI
-from zramd.size_class import DEFAULT_CHAIN_SIZE, build_class_table
 from zramd.testing import synthetic_pages
-
-HUGE_CLASS_SIZE = build_class_table(DEFAULT_CHAIN_SIZE).huge_class_size
 
 
 def implementations() -> dict[str, Callable[[int], PoolAPI]]:
@@ -70,7 +68,7 @@ def objects(count: int, seed: int) -> list[bytes]:
 
 
 def one_run(make: Callable[[int], PoolAPI], objs: list[bytes], seed: int) -> dict[str, float]:
-    pool = make(len(objs) * 4096 * 2)
+    pool = make(len(objs) * PAGE * 2)
     t0 = time.perf_counter()
     store = pool.store
     handles = [store(o) for o in objs]
@@ -103,7 +101,7 @@ def one_run(make: Callable[[int], PoolAPI], objs: list[bytes], seed: int) -> dic
         "frames_freed": freed,
         "freeable_before": freeable,
         "metadata_bytes_per_object": metadata,
-        "packing": sum(map(len, objs)) / (used_after_fill * 4096),
+        "packing": sum(map(len, objs)) / (used_after_fill * PAGE),
     }
     assert freed == freeable
     pool.close()
@@ -154,7 +152,7 @@ class CoreBench:
 def scaling_run(impl: str, objs: list[bytes], threads: int, batch: int) -> dict[str, float]:
     """Objects per second (wall, and per CPU-second) of each phase with ``threads`` threads,
     each on its own objects."""
-    pool = implementations()[impl](threads * len(objs) * 4096 * 2)
+    pool = implementations()[impl](threads * len(objs) * PAGE * 2)
     batches = [objs[i : i + batch] for i in range(0, len(objs), batch)]
 
     def work() -> list[Callable[[], None]]:
@@ -213,18 +211,6 @@ def scaling_run(impl: str, objs: list[bytes], threads: int, batch: int) -> dict[
     return result
 
 
-def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    keys = runs[0].keys()
-    return {
-        k: {
-            "median": statistics.median(r[k] for r in runs),
-            "min": min(r[k] for r in runs),
-            "max": max(r[k] for r in runs),
-        }
-        for k in keys
-    }
-
-
 FORMATS: dict[str, Callable[[float], str]] = {
     "store_ops": lambda v: f"{v / 1e3:,.0f} k/s",
     "read_ops": lambda v: f"{v / 1e3:,.0f} k/s",
@@ -244,7 +230,7 @@ def single_thread(
     summaries = {}
     for name, make in impls.items():
         runs = [one_run(make, objs, args.seed + i) for i in range(args.runs)]
-        summaries[name] = summarize(runs)
+        summaries[name] = {k: summarize(r[k] for r in runs) for k in runs[0]}
     print(f"  {'':26s}" + "".join(f"{name:>34s}" for name in impls))
     for k, fmt in FORMATS.items():
         cells = []

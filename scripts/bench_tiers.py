@@ -16,22 +16,17 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from benchlib import PAGE, RESULTS, summarize, swap_image
 
-from make_swap_image import ensure_image  # noqa: E402
+from zramd.device import ZramDevice
+from zramd.supervise import Nbdkit, start_nbdkit
 
-from zramd.device import ZramDevice  # noqa: E402
-
-PAGE = 4096
 MB = 1e6
 
 
@@ -127,16 +122,12 @@ def pauses(image: memoryview, gentle: bool) -> dict[str, float]:
     }
 
 
-def memory_server(tmp: Path, size: int) -> tuple[subprocess.Popen[bytes], str]:
+def memory_server(tmp: Path, size: int) -> tuple[Nbdkit, str]:
     sock = tmp / "m.sock"
     pid = tmp / "m.pid"
-    proc = subprocess.Popen(
-        ["nbdkit", "-f", "-U", str(sock), "-P", str(pid), "memory", str(size)],
-        stderr=subprocess.DEVNULL,
-    )
-    while not pid.exists():
-        time.sleep(0.05)
-    return proc, f"nbd+unix:///?socket={sock}"
+    args = ["nbdkit", "-f", "-U", str(sock), "-P", str(pid), "memory", str(size)]
+    server = start_nbdkit(args, pidfile=pid, log=tmp / "m.log", env=os.environ)
+    return server, f"nbd+unix:///?socket={sock}"
 
 
 def main() -> None:
@@ -145,19 +136,17 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    path = ROOT / "bench-results" / f"swap-{args.size >> 20}M-seed1.img"
-    ensure_image(path, args.size, 1)
-    image = memoryview(path.read_bytes())
+    image = swap_image(args.size)
     rows: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:
         rows.setdefault(key, []).append(value)
 
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench-results") as tmp:
+    with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
         backing = Path(tmp) / "backing.img"
         with open(backing, "wb") as f:
             f.truncate(args.size + PAGE)
-        proc, uri = memory_server(Path(tmp), args.size + PAGE)
+        server, uri = memory_server(Path(tmp), args.size + PAGE)
         try:
             for run in range(args.runs):
                 for batch in (1, 32):
@@ -175,12 +164,10 @@ def main() -> None:
                         add(f"{kind} compaction: {k}", v)
                 print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
         finally:
-            proc.terminate()
-            proc.wait()
-    out = {
-        k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in rows.items()
-    }
+            server.stop()
+    out = {k: summarize(v) for k, v in rows.items()}
     for k, v in out.items():
+        assert v is not None
         print(f"| {k} | {v['median']:,.1f} ({v['min']:,.1f}–{v['max']:,.1f}) |")
     if args.json:
         args.json.write_text(

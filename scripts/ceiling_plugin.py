@@ -1,72 +1,75 @@
-"""The Python ceiling: the least an nbdkit Python plugin can do to compress pages into memory.
+"""nbdkit plugin serving the Python ceiling (scripts/ceiling.py) for scripts/bench.
 
-Each 4 KiB page is lz4-compressed (the same binding and mode zramd uses) into a dict keyed by
-page number; reads decompress. No allocator, no accounting, no same-page detection, no locks
-beyond the GIL. Whatever zramd costs beyond this is zramd's own overhead.
-Benchmark peer only (scripts/bench): page-aligned requests, no partial pages.
+nbdkit python scripts/ceiling_plugin.py size=SIZE page=PAGE_SIZE
 """
 
 from __future__ import annotations
 
-import lz4.block
+import os
+import sys
+
 import nbdkit
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # nbdkit does not add it
+
+from ceiling import Ceiling
+
 API_VERSION = 2
-PAGE = 4096
-ZERO = bytes(PAGE)
 config_size = [0]
-pages: dict[int, bytes] = {}
+config_page = [0]
+ceiling: list[Ceiling] = []
 
 
 def config(key: str, value: str) -> None:
-    if key != "size":
+    if key == "size":
+        config_size[0] = nbdkit.parse_size(value)
+    elif key == "page":
+        config_page[0] = nbdkit.parse_size(value)
+    else:
         raise ValueError(f"unknown key {key}")
-    config_size[0] = nbdkit.parse_size(value)
+
+
+def config_complete() -> None:
+    if not config_page[0]:
+        raise ValueError("page=PAGE_SIZE is required (scripts/bench passes zramd's)")
+    ceiling.append(Ceiling(config_page[0]))
 
 
 def thread_model() -> int:
     return int(nbdkit.THREAD_MODEL_PARALLEL)
 
 
-def open(readonly: bool) -> int:
-    return 1
+def open(readonly: bool) -> Ceiling:
+    return ceiling[0]
 
 
-def get_size(h: int) -> int:
+def get_size(h: Ceiling) -> int:
     return config_size[0]
 
 
-def can_multi_conn(h: int) -> bool:
+def can_multi_conn(h: Ceiling) -> bool:
     return True
 
 
-def can_trim(h: int) -> bool:
+def can_trim(h: Ceiling) -> bool:
     return True
 
 
-def flush(h: int, flags: int) -> None:
+def flush(h: Ceiling, flags: int) -> None:
     pass  # RAM: nothing to flush (nbdcopy --flush needs the capability)
 
 
-def pread(h: int, buf: memoryview, offset: int, flags: int) -> None:
-    get = pages.get
-    first = offset // PAGE
-    for i in range(len(buf) // PAGE):
-        c = get(first + i)
-        page = ZERO if c is None else lz4.block.decompress(c, uncompressed_size=PAGE)
-        buf[i * PAGE : (i + 1) * PAGE] = page
+def pread(h: Ceiling, buf: memoryview, offset: int, flags: int) -> None:
+    h.read_into(offset, buf)
 
 
-def pwrite(h: int, buf: memoryview, offset: int, flags: int) -> None:
-    first = offset // PAGE
-    for i in range(len(buf) // PAGE):
-        pages[first + i] = lz4.block.compress(buf[i * PAGE : (i + 1) * PAGE], store_size=False)
+def pwrite(h: Ceiling, buf: memoryview, offset: int, flags: int) -> None:
+    h.write(offset, buf)
 
 
-def trim(h: int, count: int, offset: int, flags: int) -> None:
-    for i in range(offset // PAGE, (offset + count) // PAGE):
-        pages.pop(i, None)
+def trim(h: Ceiling, count: int, offset: int, flags: int) -> None:
+    h.discard(offset, count)
 
 
-def zero(h: int, count: int, offset: int, flags: int) -> None:
-    trim(h, count, offset, flags)
+def zero(h: Ceiling, count: int, offset: int, flags: int) -> None:
+    h.discard(offset, count)

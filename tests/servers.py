@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,8 +12,8 @@ from pathlib import Path
 
 import nbd
 
-from zramd.cli import plugin_env, plugin_path
-from zramd.fusefs import mount_state
+from zramd.runstate import mount_state
+from zramd.supervise import end_process, plugin_env, plugin_path, start_nbdkit
 
 PLUGIN = str(plugin_path())
 ZRAMD = [sys.executable, "-m", "zramd.cli"]  #: the CLI, as a process
@@ -51,34 +49,45 @@ def connect_stdio(*config: str) -> nbd.NBD:
 
 @dataclass
 class Server:
+    """A server ``serve`` started. ``mount`` is its control tree (None without one);
+    ``control`` is zram0's directory in it, what the single-device helpers use."""
+
     proc: subprocess.Popen[bytes]
     socket: Path
-    control: Path | None
+    mount: Path | None
     log: Path
+
+    @property
+    def control(self) -> Path | None:
+        return self.device_dir(0) if self.mount is not None else None
+
+    def device_dir(self, dev_id: int) -> Path:
+        assert self.mount is not None
+        return self.mount / f"zram{dev_id}"
 
     @property
     def uri(self) -> str:
         return f"nbd+unix:///?socket={self.socket}"
 
-    def connect(self) -> nbd.NBD:
+    def connect(self, export: str = "") -> nbd.NBD:
         h = nbd.NBD()
         h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+        if export:
+            h.set_export_name(export)
         h.connect_unix(str(self.socket))
         return h
 
-    def attr(self, name: str) -> str:
-        assert self.control is not None
-        return (self.control / name).read_text()
+    def attr(self, name: str, dev_id: int = 0) -> str:
+        return (self.device_dir(dev_id) / name).read_text()
 
-    def mm_stat(self) -> list[int]:
-        return [int(x) for x in self.attr("mm_stat").split()]
+    def mm_stat(self, dev_id: int = 0) -> list[int]:
+        return [int(x) for x in self.attr("mm_stat", dev_id).split()]
 
-    def echo(self, value: str, name: str) -> subprocess.CompletedProcess[str]:
-        """``echo VALUE > control/NAME`` in bash, as an admin would (dash reports every failed
+    def echo(self, value: str, name: str, dev_id: int = 0) -> subprocess.CompletedProcess[str]:
+        """``echo VALUE > zramN/NAME`` in bash, as an admin would (dash reports every failed
         write as "I/O error", hiding the errno)."""
-        assert self.control is not None
         return subprocess.run(
-            ["bash", "-c", 'echo "$1" > "$2"', "bash", value, str(self.control / name)],
+            ["bash", "-c", 'echo "$1" > "$2"', "bash", value, str(self.device_dir(dev_id) / name)],
             capture_output=True,
             text=True,
             check=False,
@@ -87,13 +96,7 @@ class Server:
     def stop(self) -> int:
         """SIGTERM; nbdkit then waits for connected clients, so a test that failed with a
         handle still open gets SIGKILL after 20 s (and the exit check fails loudly)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return end_process(self.proc, 20.0)
 
 
 @contextmanager
@@ -102,12 +105,14 @@ def serve(
     *config: str,
     control: bool = True,
     check_exit: bool = True,
+    refusals: bool = False,
     nbdkit_args: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """nbdkit -f on a Unix socket in ``tmp``, with a control directory unless asked not to.
+    """nbdkit -f on a Unix socket in ``tmp``, with a control tree unless asked not to.
     On exit the server must stop cleanly (status 0, no traceback, control unmounted) unless
-    ``check_exit`` is False (a test that kills it). ``nbdkit_args`` go before the plugin
-    (e.g. ``--threads=1``, what ``zramd serve`` runs)."""
+    ``check_exit`` is False (a test that kills it); with ``refusals`` the log may hold
+    tracebacks (nbdkit logs one for every request or connection the plugin refuses).
+    ``nbdkit_args`` go before the plugin (e.g. ``--threads=1``, what ``zramd serve`` runs)."""
     sock = tmp / "zramd.sock"
     pidfile = tmp / "zramd.pid"
     ctl = tmp / "control" if control else None
@@ -116,15 +121,8 @@ def serve(
     args += plugin_args(*config)
     if ctl is not None:
         args.append(f"control={ctl}")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, env=plugin_env(), stdout=out, stderr=out)
-    server = Server(proc, sock, ctl, log)
-    deadline = time.monotonic() + 60
-    while not (pidfile.exists() and (ctl is None or mount_state(ctl) == "live")):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"nbdkit did not start:\n{log.read_text()}")
-        time.sleep(0.05)
+    nbdkit = start_nbdkit(args, pidfile=pidfile, log=log, control=ctl)  # StartError: its log
+    server = Server(nbdkit.proc, sock, ctl, log)
     try:
         yield server
     finally:
@@ -132,7 +130,7 @@ def serve(
         text = log.read_text()
     if check_exit:
         assert rc == 0, f"nbdkit exited {rc}:\n{text}"
-        assert "Traceback" not in text, text
+        assert refusals or "Traceback" not in text, text
         if ctl is not None:
             assert mount_state(ctl) == "none", "control directory left mounted"
 

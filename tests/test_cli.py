@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from zramd import cli
-from zramd.cli import human_size, main
+from zramd import supervise, zramctl
+from zramd.cli import main
 from zramd.runstate import mount_state, mounts
 from zramd.testing import synthetic_pages
+from zramd.zramctl import human_size
 
 from servers import ZRAMD, Server, serve, zramd_stop
 
@@ -47,12 +48,12 @@ def test_status_table(runner: CliRunner, server: Server) -> None:
     h = server.connect()
     # enough data that the first, partly filled zspage of each class stops mattering
     h.pwrite(b"".join(synthetic_pages(4096, seed=1)), 0)
-    r = runner.invoke(main, ["status", "--control", str(server.control)])
+    r = runner.invoke(main, ["status", "--control", str(server.mount)])
     assert r.exit_code == 0, r.output
     header, row = r.output.splitlines()
-    assert header.split() == cli.DEFAULT_COLUMNS
+    assert header.split() == zramctl.DEFAULT_COLUMNS
     cells = row.split()
-    assert cells[0] == str(server.control)
+    assert cells[0] == "zram0"
     assert cells[1] == "lz4"
     assert cells[2] == "64M"
     assert float(cells[-1]) > 1.0  # COMP-RATIO: data / total
@@ -61,7 +62,7 @@ def test_status_table(runner: CliRunner, server: Server) -> None:
 
 @pytest.mark.e2e
 def test_status_raw_bytes_json_columns(runner: CliRunner, server: Server) -> None:
-    ctl = ["--control", str(server.control)]
+    ctl = ["--control", str(server.mount)]
     r = runner.invoke(main, ["status", *ctl, "--raw", "--bytes", "-n", "-o", "DISKSIZE,ZERO-PAGES"])
     assert r.output == f"{64 << 20} 0\n"
     r = runner.invoke(main, ["status", *ctl, "--json", "--bytes", "-o", "+RSS"])
@@ -77,7 +78,7 @@ def test_status_raw_bytes_json_columns(runner: CliRunner, server: Server) -> Non
 
 @pytest.mark.e2e
 def test_compact_set_reset(runner: CliRunner, server: Server) -> None:
-    ctl = ["--control", str(server.control)]
+    ctl = ["--control", str(server.mount)]
     h = server.connect()
     pages = [p for p in synthetic_pages(2048, seed=3) if p[8:] != p[:-8]]
     h.pwrite(b"".join(pages), 0)
@@ -104,11 +105,11 @@ def test_compact_set_reset(runner: CliRunner, server: Server) -> None:
 def test_no_control_directory(runner: CliRunner, tmp_path: Path) -> None:
     r = runner.invoke(main, ["status", "--control", str(tmp_path / "none")])
     assert r.exit_code == 1
-    assert "no zramd control directory" in r.output
+    assert "no zramd control tree" in r.output
 
 
 def test_serve_without_nbdkit(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(supervise.shutil, "which", lambda *a, **k: None)
     r = runner.invoke(main, ["serve"])
     assert r.exit_code == 1
     assert "nbdkit is not installed (apt-get install nbdkit)" in r.output
@@ -122,7 +123,7 @@ def test_serve_without_python_plugin(runner: CliRunner, monkeypatch: pytest.Monk
             return subprocess.CompletedProcess(args, 0, "plugindir=/nonexistent\n", "")
         return real_run(args, **kw)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    monkeypatch.setattr(supervise.subprocess, "run", fake_run)
     r = runner.invoke(main, ["serve"])
     assert "apt-get install nbdkit-plugin-python" in r.output
 
@@ -150,8 +151,8 @@ def test_serve_status_stop_as_subprocesses(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr + r.stdout
-    assert (ctl / "backing_dev").read_text() == f"{tmp_path / 'wb.img'}\n"  # made absolute
-    assert (ctl / "recomp_algorithm").read_text().count("#") == 2
+    assert (ctl / "zram0" / "backing_dev").read_text() == f"{tmp_path / 'wb.img'}\n"  # absolute
+    assert (ctl / "zram0" / "recomp_algorithm").read_text().count("#") == 2
     assert "nbd-client -unix" in r.stdout
     assert f"file=nbd:unix:{tmp_path / 's.sock'}" in r.stdout
     assert "data path:   C (zramd._zram)" in r.stdout
@@ -159,7 +160,7 @@ def test_serve_status_stop_as_subprocesses(tmp_path: Path) -> None:
     try:
         st = subprocess.run([*ZRAMD, "status", "--control", str(ctl), "--raw", "-n"],
                             capture_output=True, text=True, check=True)  # fmt: skip
-        assert st.stdout.split()[1:3] == ["zstd", "128M"]
+        assert st.stdout.split()[:3] == ["zram0", "zstd", "128M"]
         again = subprocess.run(
             [*ZRAMD, "serve", "--control", str(tmp_path / "ctl2"), *paths(tmp_path)],
             capture_output=True, text=True, timeout=60, check=False,
@@ -351,8 +352,8 @@ def test_a_start_that_times_out_leaves_nothing_behind(
 ) -> None:
     """nbdkit listens and mounts, but serve never sees it ready (as with the escaped mount
     path): serve gives up, and the socket, pidfile and mount go with the server."""
-    monkeypatch.setattr(cli, "READY_TIMEOUT", 3.0)
-    monkeypatch.setattr(cli, "mount_state", lambda path: "none")
+    monkeypatch.setattr(supervise, "READY_TIMEOUT", 3.0)
+    monkeypatch.setattr(supervise, "mount_state", lambda path: "none")
     ctl = tmp_path / "ctl"
     r = CliRunner().invoke(main, ["serve", "--size", "16M", "--control", str(ctl),
                                   *paths(tmp_path)])  # fmt: skip
@@ -383,7 +384,7 @@ def test_foreground_serve_cleans_up_after_stop(tmp_path: Path) -> None:
         ("nbdkit: -U: path too long: length 135 > max 107 bytes\nzramd: nbdkit exited with "
          "status 1\n", "-U: path too long: length 135 > max 107 bytes"),
         ("nbdkit: error: /p/zramd_plugin.py: get_ready: error: Traceback (most recent call "
-         "last):\n   File \"x\", line 1\n zramd.fusefs.ControlDirError: control directory /c is "
+         "last):\n   File \"x\", line 1\n zramd.errors.ControlDirError: control directory /c is "
          "not empty\n\nzramd: nbdkit exited with status 1\n",
          "control directory /c is not empty"),
         ("nbdkit: python[1]: error: cannot open file\n", "cannot open file"),
@@ -393,21 +394,21 @@ def test_foreground_serve_cleans_up_after_stop(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_failure_reason(log: str, reason: str) -> None:
-    assert cli.failure_reason(log) == reason
+    assert supervise.failure_reason(log) == reason
 
 
 def test_kill_after() -> None:
-    assert cli.kill_after(10) == 8
-    assert cli.kill_after(60) == 58
-    assert cli.kill_after(2) == 1
-    assert cli.kill_after(0) == 0
+    assert supervise.kill_after(10) == 8
+    assert supervise.kill_after(60) == 58
+    assert supervise.kill_after(2) == 1
+    assert supervise.kill_after(0) == 0
 
 
 def test_data_path_names_the_loops(monkeypatch: pytest.MonkeyPatch) -> None:
-    from zramd import cli, native  # noqa: PLC0415
+    from zramd import native  # noqa: PLC0415
 
-    assert cli.data_path() == "C (zramd._zram)"
+    assert supervise.data_path() == "C (zramd._zram)"
     monkeypatch.setenv("ZRAMD_NATIVE", "0")
-    assert cli.data_path() == "Python (ZRAMD_NATIVE=0)"
+    assert supervise.data_path() == "Python (ZRAMD_NATIVE=0)"
     monkeypatch.setattr(native, "native_module", lambda: None)
-    assert "not built" in cli.data_path()
+    assert "not built" in supervise.data_path()

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from zramd import control
-from zramd.cli import plugin_env, plugin_path
 from zramd.device import ZramDevice
+from zramd.devices import Devices
 from zramd.fusefs import ControlDir, mount_state
+from zramd.supervise import plugin_env, plugin_path
 from zramd.testing import synthetic_pages
 
 from servers import serve
@@ -129,7 +130,7 @@ def test_control_dir_in_use_is_refused(tmp_path: Path) -> None:
         other.mkdir()
         r = subprocess.run(
             ["nbdkit", "-f", "-U", str(other / "s.sock"), "python", str(plugin_path()),
-             "size=1M", f"control={srv.control}"],
+             "size=1M", f"control={srv.mount}"],
             env=plugin_env(), capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert r.returncode != 0
@@ -145,10 +146,12 @@ def mounted(tmp_path: Path) -> Iterator[tuple[ZramDevice, Path]]:
     a thread of the test process, so a test can watch the device and the store calls)."""
     dev = ZramDevice()
     dev.set_disksize(16 * MiB)
-    ctl = ControlDir(dev, tmp_path / "control")
+    devices = Devices(ZramDevice)
+    devices.add(dev)
+    ctl = ControlDir(devices, tmp_path / "control")
     ctl.start()
     try:
-        yield dev, tmp_path / "control"
+        yield dev, tmp_path / "control" / "zram0"
     finally:
         ctl.stop()
         dev.reset()
@@ -192,9 +195,12 @@ def test_namespace_is_fixed_as_in_sysfs(mounted: tuple[ZramDevice, Path]) -> Non
     assert os.listxattr(ctl / "disksize") == []
     assert sorted(os.listdir(ctl)) == before
     # and as a shell sees it
+    # (cd in the shell, not cwd=: this process serves the mount, and a vfork child that
+    # looks zram0 up would wait for it while the parent holds the GIL)
     r = subprocess.run(
-        ["bash", "-c", "touch x; mkdir d; rm -f reset; mv reset r; ln -s reset l; ln reset h"],
-        cwd=ctl, capture_output=True, text=True, check=False,
+        ["bash", "-c", 'cd "$0" && touch x; mkdir d; rm -f reset; mv reset r; ln -s reset l; '
+         "ln reset h", str(ctl)],
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert r.stderr.count("Permission denied") == 1  # touch
     assert r.stderr.count("Operation not permitted") == 5

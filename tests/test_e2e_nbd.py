@@ -9,7 +9,7 @@ from pathlib import Path
 import nbd
 import pytest
 
-from zramd.cli import plugin_env, plugin_path
+from zramd.supervise import plugin_env, plugin_path
 from zramd.testing import synthetic_pages
 
 from servers import block_status, connect_stdio, serve
@@ -183,3 +183,28 @@ def test_nbdcopy_round_trip(tmp_path: Path) -> None:
             ["nbdinfo", "--map", srv.uri], capture_output=True, text=True, check=True
         )
         assert "data" in m.stdout
+
+
+def test_the_checkout_entry_serves_the_package_plugin() -> None:
+    """``nbdkit python plugin/zramd_plugin.py`` (a checkout, no PYTHONPATH to zramd) runs the
+    plugin zramd ships in its package: the same callbacks, keys and data path."""
+    entry = Path(__file__).resolve().parent.parent / "plugin" / "zramd_plugin.py"
+    env = plugin_env()
+    root = str(entry.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in env["PYTHONPATH"].split(os.pathsep) if p != root)
+    dump = subprocess.run(["nbdkit", "python", str(entry), "--dump-plugin"], env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert "zramd_size=" in dump.stdout
+    h = nbd.NBD()
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        h.connect_command(["nbdkit", "-s", "--exit-with-parent", "python", str(entry), "size=1M"])
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    data = b"".join(synthetic_pages(4, seed=11))
+    h.pwrite(data, 0)
+    assert h.pread(len(data), 0) == data
+    assert h.can_multi_conn()
+    h.shutdown()

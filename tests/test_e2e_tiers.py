@@ -116,7 +116,7 @@ def test_cli_writeback_recompress_and_auto_compaction(tmp_path: Path) -> None:
         f.truncate(64 * MiB)
     config = (f"backing_dev={backing}", "recomp_algorithm=zstd", "size=32M")
     with serve(tmp_path, *config) as srv:
-        ctl = ["--control", str(srv.control)]
+        ctl = ["--control", str(srv.mount)]
         runner = CliRunner()
         h = srv.connect()
         data = b"".join(synthetic_pages(4096, seed=4))

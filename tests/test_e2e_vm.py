@@ -8,6 +8,7 @@ import re
 import threading
 from pathlib import Path
 
+import nbd
 import pytest
 
 from servers import serve
@@ -60,7 +61,7 @@ NBD_CLIENT_SCRIPT = """
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
-nbd-client -N zramd 10.0.2.100 10809 /dev/nbd0 -b 4096
+nbd-client -N zram0 10.0.2.100 10809 /dev/nbd0 -b 4096
 echo "NBD-SECTORS $(cat /sys/block/nbd0/size)"
 mkfs.ext4 -q -F /dev/nbd0
 mount -t ext4 /dev/nbd0 /mnt
@@ -140,3 +141,89 @@ def test_guest_swap_beyond_mem_limit_with_writeback(tmp_path: Path) -> None:
         assert bd_writes * 4096 > swapped - limit  # the rest went to the backing file
         assert bd_reads > 0  # and the guest read some of it back
         assert mm[0] >= swapped
+
+
+TWO_DEVICES_SCRIPT = """
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+nbd-client -N zram0 10.0.2.100 10809 /dev/nbd0 -b 4096
+nbd-client -N zram1 10.0.2.100 10809 /dev/nbd1 -b 4096
+echo "NBD0-SECTORS $(cat /sys/block/nbd0/size) NBD1-SECTORS $(cat /sys/block/nbd1/size)"
+mkswap /dev/nbd0
+swapon /dev/nbd0
+mkfs.ext4 -q -F /dev/nbd1
+mount -t ext4 /dev/nbd1 /mnt
+yes "zramd: the second device holds a filesystem" | head -c 30000000 > /mnt/text
+head -c 8000000 /dev/urandom > /mnt/random
+md5sum /mnt/text /mnt/random > /sums
+mkdir /fill
+mount -t tmpfs -o size=400M tmpfs /fill
+# 120 MB in tmpfs on a 160 MB guest: most of it goes to the swap on the first device
+yes "zramd: the first device is swap" | head -c 120000000 | tee /fill/text | md5sum > /fill.md5
+total=$(awk '/SwapTotal/ {print $2}' /proc/meminfo)
+free=$(awk '/SwapFree/ {print $2}' /proc/meminfo)
+echo "SWAP-USED-KB $((total - free))"
+[ "$(md5sum < /fill/text)" = "$(cat /fill.md5)" ] && echo FILL-OK
+umount /mnt
+e2fsck -f -n /dev/nbd1 && echo FSCK-CLEAN
+mount -t ext4 -o ro /dev/nbd1 /mnt
+md5sum -c /sums && echo SUMS-OK
+umount /mnt
+rm /fill/text
+swapoff /dev/nbd0
+nbd-client -d /dev/nbd0
+nbd-client -d /dev/nbd1
+"""
+
+
+def test_nbd_client_in_guest_uses_two_devices(tmp_path: Path) -> None:
+    """One server, two exports: the guest swaps onto zram0 and keeps an ext4 filesystem on
+    zram1. Each device's data and mm_stat are its own."""
+    with serve(tmp_path, "devices=2", "size=256M") as srv:
+        assert [srv.mm_stat(0)[0], srv.mm_stat(1)[0]] == [0, 0]
+        fwd = f"guestfwd=tcp:10.0.2.100:10809-cmd:socat STDIO UNIX-CONNECT:{srv.socket}"
+        net = ["-netdev", f"user,id=n0,restrict=on,{fwd}", "-device", "virtio-net-pci,netdev=n0"]
+        rc, out = run_vm(TWO_DEVICES_SCRIPT, tmp_path, memory="160M", qemu_args=net)
+        assert rc == 0, out[-3000:]
+        sectors = 256 * MiB // 512
+        assert f"NBD0-SECTORS {sectors} NBD1-SECTORS {sectors}" in out
+        for mark in ("FILL-OK", "FSCK-CLEAN", "SUMS-OK"):
+            assert mark in out, out[-3000:]
+        m = re.search(r"SWAP-USED-KB (\d+)", out)
+        assert m, out[-3000:]
+        swapped = int(m.group(1)) * 1024
+        assert swapped > 20 * MiB  # the guest really swapped onto zram0
+        swap, fs = srv.mm_stat(0), srv.mm_stat(1)
+        assert swap[0] >= swapped  # every swapped page went to zram0 ...
+        assert fs[0] >= 38_000_000  # ... and the files (with ext4's metadata) to zram1
+        for orig, compr in (swap[:2], fs[:2]):
+            assert compr < orig
+        # what is on each: a swap signature and swapped text on zram0 only, an ext4
+        # superblock and the files' text on zram1 only
+        h0, h1 = srv.connect("zram0"), srv.connect("zram1")
+        assert h0.pread(4096, 0)[4086:] == b"SWAPSPACE2"
+        assert h1.pread(4096, 0)[1080:1082] == b"\x53\xef"  # s_magic 0xEF53, little-endian
+        # (a few stray copies may reach the other device: the shell's own memory, which holds
+        # both lines, can be swapped out too)
+        swap_text, fs_text = b"the first device is swap", b"the second device holds"
+        on0, on1 = pages_with(h0, swap_text, fs_text), pages_with(h1, swap_text, fs_text)
+        assert on0[0] > 1000
+        assert on0[1] < 16
+        assert on1[0] == 0
+        assert on1[1] > 1000
+        h0.shutdown()
+        h1.shutdown()
+
+
+def pages_with(h: nbd.NBD, *texts: bytes, chunk: int = 8 * MiB) -> list[int]:
+    """For each of ``texts``, how many 4 KiB pages of the export hold it."""
+    counts = [0] * len(texts)
+    size = h.get_size()
+    for off in range(0, size, chunk):
+        data = h.pread(min(chunk, size - off), off)
+        for p in range(0, len(data), 4096):
+            page = data[p : p + 4096]
+            for i, text in enumerate(texts):
+                counts[i] += text in page
+    return counts

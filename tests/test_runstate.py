@@ -21,6 +21,7 @@ from zramd.runstate import (
     claim_pidfile,
     clean_up,
     find_server,
+    is_plugin,
     open_log,
     private_dir,
     read_pid,
@@ -303,6 +304,20 @@ def test_process_options_as_nbdkit_parses_them() -> None:
     assert p.option("-P", "--pidfile") == "/p"
     assert p.option("-U", "--unix") == "/s"
     assert p.plugin_key("control") is None
+
+
+@pytest.mark.parametrize(
+    ("script", "ours"),
+    [("/venv/lib/python3.11/site-packages/zramd/nbdkit_plugin.py", True),  # zramd serve's
+     ("zramd/nbdkit_plugin.py", True), ("/x/plugin/zramd_plugin.py", True),
+     ("/x/other/nbdkit_plugin.py", False), ("/x/zramd/nbdkit_plugin.pyc", False)],
+)  # fmt: skip
+def test_the_plugin_is_recognised_where_a_wheel_installs_it(script: str, ours: bool) -> None:
+    """``zramd serve`` runs the installed package's script; a key after it is the plugin's,
+    and only an nbdkit running zramd's script counts as a server."""
+    p = Process(1, ("nbdkit", "-P", "/p", "python", script, "control=/c"), 0, 0.0)
+    assert p.plugin_key("control") == ("/c" if ours else None)
+    assert is_plugin(script) is ours
 
 
 def test_clean_up_removes_only_stale_state(

@@ -12,11 +12,13 @@ from zramd.errors import (
     PoolExhaustedError,
     ZramdError,
 )
+from zramd.page import PAGE_SIZE
 from zramd.pool import ZsPool
 from zramd.size_class import ClassSpec, ClassTable, build_class_table
 from zramd.stats import ClassStat, PoolStats
 
 __all__ = [
+    "PAGE_SIZE",
     "ClassSpec",
     "ClassStat",
     "ClassTable",

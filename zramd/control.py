@@ -1,4 +1,5 @@
-"""The control attributes of a zram device, declared in one table (``/sys/block/zramN/``).
+"""The control attributes of a zram device, declared in one table (``/sys/block/zramN/``),
+and of zram-control (``/sys/class/zram-control/``: ``hot_add``, ``hot_remove``) in another.
 
 Each attribute has the kernel's mode and an ``<attr>_show`` / ``<attr>_store`` pair. Shows
 return the exact text the kernel prints; stores take the bytes written and act before they
@@ -15,15 +16,21 @@ Writeback (CONFIG_ZRAM_WRITEBACK, with 7.0's ``writeback_batch_size``) and recom
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from zramd.compress import BACKENDS
 from zramd.device import ZramDevice
-from zramd.postproc import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE
-from zramd.errors import InvalidValueError, OutOfRangeError, ValueTooLongError, ZramdError
+from zramd.devices import Devices
+from zramd.errors import (
+    InvalidValueError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    ValueTooLongError,
+    ZramdError,
+)
 from zramd.parse import (
     kstrtoint,
     kstrtoull,
@@ -33,18 +40,13 @@ from zramd.parse import (
     skip_spaces,
     sysfs_streq,
 )
+from zramd.postproc import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE
 from zramd.stats import BdStat, CompactStat, DebugStat, IoStat, MemStat, MmStat, PoolStats
 
 ZRAM_MAX_ALGO_NAME_SZ = 128
 STORE_MAX = 4096  #: PAGE_SIZE: kernfs hands a store at most this many bytes of one write
 
 RO, WO, RW = 0o444, 0o200, 0o644
-
-
-class PermissionDeniedError(ZramdError):
-    """Reading a write-only attribute or writing a read-only one (kernfs answers EACCES)."""
-
-    errno = errno.EACCES
 
 
 # -- formats (the only place statistics become text) -----------------------------------------
@@ -496,16 +498,44 @@ def classes_show(dev: ZramDevice) -> str:
     return format_classes(pool.stats())
 
 
+# -- zram-control ---------------------------------------------------------------------------
+
+
+def hot_add_show(devices: Devices) -> str:
+    """Reading adds a device (hot_add_show: zram_add under zram_index_mutex)."""
+    return f"{devices.add()}\n"
+
+
+def hot_remove_store(devices: Devices, data: bytes) -> None:
+    # the id is a gendisk's first_minor, an int: kstrtoint's errors, then a negative id
+    dev_id = kstrtoint(data, 10, what="hot_remove")
+    if dev_id < 0:
+        raise InvalidValueError(f"hot_remove: {dev_id} is not a device id")
+    devices.remove(dev_id)
+
+
+T = TypeVar("T")
+
+
 @dataclass(frozen=True, slots=True)
-class Attribute:
+class Attribute(Generic[T]):
+    """One attribute file: its mode, and the handlers that show and store it on its object
+    (a ZramDevice for a device's attributes, the Devices index for zram-control's)."""
+
     name: str
     mode: int
-    show: Callable[[ZramDevice], str] | None
-    store: Callable[[ZramDevice, bytes], None] | None
+    show: Callable[[T], str] | None
+    store: Callable[[T, bytes], None] | None
     doc: str
 
 
-ATTRIBUTES: tuple[Attribute, ...] = (
+#: /sys/class/zram-control/: hot_add is 0400, not the usual 0444 (reading changes the system)
+CONTROL_ATTRIBUTES: tuple[Attribute[Devices], ...] = (
+    Attribute("hot_add", 0o400, hot_add_show, None, "read: add a device, print its id"),
+    Attribute("hot_remove", WO, None, hot_remove_store, "id: reset and remove that device"),
+)
+
+ATTRIBUTES: tuple[Attribute[ZramDevice], ...] = (
     Attribute(
         "disksize",
         RW,
@@ -598,24 +628,24 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("compact_stat", RO, compact_stat_show, None, "zramd: background/direct compaction"),
 )
 BY_NAME = {a.name: a for a in ATTRIBUTES}
+CONTROL_BY_NAME = {a.name: a for a in CONTROL_ATTRIBUTES}
 
 
-def lookup(name: str) -> Attribute:
+def lookup(name: str) -> Attribute[ZramDevice]:
     try:
         return BY_NAME[name]
     except KeyError:
         raise ZramdError(f"no attribute {name!r}") from None
 
 
-def show(dev: ZramDevice, name: str) -> bytes:
+def show_attr(attr: Attribute[T], target: T) -> bytes:
     """The attribute's text, as bytes. EACCES for a write-only attribute."""
-    attr = lookup(name)
     if attr.show is None:
-        raise PermissionDeniedError(f"{name} is write-only")
-    return os.fsencode(attr.show(dev))  # a backing_dev path shows as the bytes it was given
+        raise PermissionDeniedError(f"{attr.name} is write-only")
+    return os.fsencode(attr.show(target))  # a backing_dev path shows as the bytes it was given
 
 
-def store(dev: ZramDevice, name: str, data: bytes) -> int:
+def store_attr(attr: Attribute[T], target: T, data: bytes) -> int:
     """Write ``data`` to the attribute as one sysfs write does; returns the byte count the
     write reports: ``min(len(data), 4096)``.
 
@@ -623,11 +653,30 @@ def store(dev: ZramDevice, name: str, data: bytes) -> int:
     many as written; every zram store reads them as a C string, so a NUL byte ends the value.
     An empty write reports 0 without running the store. EACCES for a read-only attribute;
     otherwise the attribute's own errno on a bad value, with nothing changed."""
-    attr = lookup(name)
     if attr.store is None:
-        raise PermissionDeniedError(f"{name} is read-only")
+        raise PermissionDeniedError(f"{attr.name} is read-only")
     data = bytes(data[:STORE_MAX])
     if not data:
         return 0
-    attr.store(dev, data.split(b"\0", 1)[0])
+    attr.store(target, data.split(b"\0", 1)[0])
     return len(data)
+
+
+def show(dev: ZramDevice, name: str) -> bytes:
+    """``show_attr`` of the device attribute ``name``."""
+    return show_attr(lookup(name), dev)
+
+
+def store(dev: ZramDevice, name: str, data: bytes) -> int:
+    """``store_attr`` of the device attribute ``name``."""
+    return store_attr(lookup(name), dev, data)
+
+
+def class_show(devices: Devices, name: str) -> bytes:
+    """``show_attr`` of the zram-control attribute ``name``."""
+    return show_attr(CONTROL_BY_NAME[name], devices)
+
+
+def class_store(devices: Devices, name: str, data: bytes) -> int:
+    """``store_attr`` of the zram-control attribute ``name``."""
+    return store_attr(CONTROL_BY_NAME[name], devices, data)

@@ -2,6 +2,8 @@
 
 Each exception carries the errno the kernel's zram would return for the same condition, so the
 edges (the nbdkit plugin, the control directory) translate without a lookup table of their own.
+The last group are the serving side's errors (configuration, control mount, runtime state,
+starting nbdkit); their messages name the path or key and say why.
 """
 
 from __future__ import annotations
@@ -89,6 +91,45 @@ class OutOfRangeError(ControlError):
     """ERANGE: a number does not fit the attribute's type."""
 
     errno = _errno.ERANGE
+
+
+class PermissionDeniedError(ControlError):
+    """EACCES: reading a write-only attribute or writing a read-only one (kernfs's answer)."""
+
+    errno = _errno.EACCES
+
+
+class TooManyDevicesError(ControlError):
+    """ENOSPC: ``hot_add`` with every device id taken (idr_alloc's answer when its range is
+    full)."""
+
+    errno = _errno.ENOSPC
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+
+class ConfigError(ZramdError):
+    """A bad or unknown configuration key of the nbdkit plugin."""
+
+
+class ControlDirError(ZramdError):
+    """The control directory cannot be mounted (missing FUSE, busy path, ...)."""
+
+
+class RunStateError(ZramdError):
+    """A runtime path (socket, pidfile, log, runtime directory, control mount) is unsafe or in
+    the way; the message names it and says why."""
+
+
+class ControlFileError(ZramdError):
+    """A control-file client (``zramd status``, ``set`` ...) could not read or write an
+    attribute; the message names it and the errno."""
+
+
+class ServeError(ZramdError):
+    """nbdkit cannot be started, or did not get ready, or a serve option is wrong; the message
+    says why in one line."""
 
 
 class BackingError(ZramdError):

@@ -39,23 +39,22 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zramd.errors import RunStateError
+
 #: sun_path holds 108 bytes with the terminating NUL (unix(7))
 SUN_PATH_MAX = 107
 #: how long a probe ``connect`` waits before calling a socket live (a full backlog blocks)
 PROBE_TIMEOUT = 2.0
 #: the fstype of a control mount (FUSE, fsname and subtype ``zramd``)
 CONTROL_FSTYPE = "fuse.zramd"
-PLUGIN_NAME = "zramd_plugin.py"
+#: how nbdkit's argv names zramd's plugin: the package's script, or a checkout's entry
+PLUGIN_SCRIPTS = ("/zramd/nbdkit_plugin.py", "zramd_plugin.py")
 #: ``$0`` of the supervising shell (``sh -c SCRIPT zramd-serve nbdkit ...``)
 SUPERVISOR_NAME = "zramd-serve"
 #: kernel filesystems where a pidfile cannot be created (named in the error)
 PSEUDO_FILESYSTEMS = frozenset(
     {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "debugfs", "securityfs", "configfs", "bpf"}
 )
-
-
-class RunStateError(Exception):
-    """A runtime path is unsafe or in the way; the message names it and says why."""
 
 
 # -- describing what is at a path -------------------------------------------------------------
@@ -101,6 +100,22 @@ def runtime_dir() -> Path:
         return Path(xdg) / "zramd"
     tmp = os.environ.get("TMPDIR", "")
     return Path(tmp if os.path.isabs(tmp) else "/tmp") / f"zramd-{os.geteuid()}"  # noqa: S108
+
+
+def default_socket() -> Path:
+    return runtime_dir() / "zramd.sock"
+
+
+def default_control() -> Path:
+    return runtime_dir() / "control"
+
+
+def default_pidfile() -> Path:
+    return runtime_dir() / "zramd.pid"
+
+
+def default_log() -> Path:
+    return runtime_dir() / "zramd.log"
 
 
 def check_private_dir(path: Path) -> None:
@@ -374,6 +389,11 @@ def _btime() -> float:
     return 0.0
 
 
+def is_plugin(arg: str) -> bool:
+    """Whether an nbdkit argument names zramd's plugin script."""
+    return arg.endswith(PLUGIN_SCRIPTS) or arg == PLUGIN_SCRIPTS[0][1:]
+
+
 @dataclass(frozen=True)
 class Process:
     """A process as /proc shows it: argv, parent, and start time (seconds since the epoch,
@@ -406,7 +426,7 @@ class Process:
 
     def _script(self) -> int:
         """Index of zramd's plugin script in argv (len(argv) if absent)."""
-        return next((i for i, a in enumerate(self.argv) if a.endswith(PLUGIN_NAME)), len(self.argv))
+        return next((i for i, a in enumerate(self.argv) if is_plugin(a)), len(self.argv))
 
     def option(self, short: str, long: str) -> str | None:
         """The value of an nbdkit server option, given before the plugin (``-P X``, ``-PX``,
@@ -482,7 +502,7 @@ def find_server(pid: int, pidfile: Path) -> tuple[Server | None, str]:
     if proc is None:
         return None, f"process {pid} is gone"
     name = os.path.basename(proc.argv[0])
-    if name != "nbdkit" or not any(a.endswith(PLUGIN_NAME) for a in proc.argv):
+    if name != "nbdkit" or not any(is_plugin(a) for a in proc.argv):
         return None, f"process {pid} is not a zramd server (it runs {name})"
     named = proc.option("-P", "--pidfile")
     if named is None or not _same_file(Path(f"/proc/{pid}/cwd") / named, pidfile):

@@ -1,8 +1,16 @@
-"""What the nbdkit plugin serves: configuration, the device, its control directory and
+"""What the nbdkit plugin serves: configuration, the devices, their control tree and
 background compaction, independent of nbdkit itself (the plugin only delegates here).
 
-Configuration keys (``nbdkit python plugin/zramd_plugin.py KEY=VALUE ...``) are listed with
-their help in ``CONFIG_KEYS``.
+Configuration keys (``nbdkit python zramd/nbdkit_plugin.py KEY=VALUE ...``) are listed with
+their help in ``CONFIG_KEYS``. ``devices=N`` creates zram0..zramN-1 at start, as the kernel's
+``num_devices`` does; the device keys (``size``, ``comp_algorithm``, ``level``, ``mem_limit``,
+``backing_dev``, ``recomp_algorithm``) configure each of them, and a device added later
+through ``zram-control/hot_add`` starts uninitialised with the kernel's defaults, as the
+kernel's does. ``chain`` and the ``auto_compact*`` keys are the process's own settings and
+apply to every device, hot-added ones too.
+
+Each device is exported under its name (``zram0`` ...); the default export (an empty name) is
+``zram0``.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from zramd.compress import DEFAULT, available
 from zramd.device import ZramDevice
-from zramd.errors import ZramdError
+from zramd.devices import MAX_DEVICES, Devices, Entry, device_name, parse_device_name
+from zramd.errors import ConfigError, NoDeviceError, ZramdError
 from zramd.parse import parse_size
 from zramd.shrinker import Shrinker
 from zramd.size_class import DEFAULT_CHAIN_SIZE, MAX_CHAIN_SIZE, MIN_CHAIN_SIZE
@@ -25,10 +34,12 @@ if TYPE_CHECKING:
 #: key -> help text (also printed by ``--dump-plugin``)
 CONFIG_KEYS: dict[str, str] = {
     "size": "disksize (e.g. 1G); without it the device starts uninitialised, like a fresh zram",
+    "devices": f"devices created at start, zram0..zramN-1 (like num_devices; 0..{MAX_DEVICES}, "
+    "default 1), each with the keys above and below",
     "comp_algorithm": f"compression algorithm: {' '.join(available())} (default {DEFAULT})",
     "level": "compression level of the algorithm (backend-specific; default: the kernel's)",
     "mem_limit": "pool memory limit (e.g. 512M; 0 = none); writes beyond it fail with ENOSPC",
-    "control": "directory to mount the live control directory on (like /sys/block/zramN)",
+    "control": "directory to mount the control tree on: zram-control/ and zramN/ (like sysfs)",
     "allow_other": "true to let other users into the control directory (needs fuse.conf)",
     "chain": f"zsmalloc chain size {MIN_CHAIN_SIZE}..{MAX_CHAIN_SIZE} "
     f"(default {DEFAULT_CHAIN_SIZE})",
@@ -38,10 +49,6 @@ CONFIG_KEYS: dict[str, str] = {
     "backing_dev": "file or NBD URI that writeback sends cold pages to (like zram's backing_dev)",
     "recomp_algorithm": "secondary algorithms for recompress, priority 1 first (e.g. zstd,deflate)",
 }
-
-
-class ConfigError(ZramdError):
-    """A bad or unknown configuration key."""
 
 
 def _bool(key: str, value: str) -> bool:
@@ -63,8 +70,13 @@ def _int(key: str, value: str, lo: int, hi: int) -> int:
     return n
 
 
+#: the export an NBD client gets when it names none
+DEFAULT_EXPORT = device_name(0)
+
+
 @dataclass
 class Settings:
+    devices: int = 1
     size: int | None = None
     comp_algorithm: str = DEFAULT
     level: int | None = None
@@ -82,13 +94,15 @@ class Settings:
 
 class Service:
     """Lifecycle: ``config``* -> ``config_complete`` -> ``prepare`` (before nbdkit forks)
-    -> ``start`` (in the serving process) -> ``stop``."""
+    -> ``start`` (in the serving process) -> ``stop``. Between start and stop, devices come
+    and go through ``devices`` (hot_add/hot_remove), each with its own shrinker."""
 
     def __init__(self) -> None:
         self.settings = Settings()
-        self.device: ZramDevice | None = None
+        self.devices = Devices(self._fresh_device, on_add=self._added, on_remove=self._removed)
         self.control: ControlDir | None = None
-        self.shrinker: Shrinker | None = None
+        self.shrinkers: dict[int, Shrinker] = {}  # by serial
+        self._started = False
 
     def config(self, key: str, value: str) -> None:
         s = self.settings
@@ -98,7 +112,9 @@ class Service:
             raise ConfigError(f"{key} given twice")
         s.seen.add(key)
         try:
-            if key == "size":
+            if key == "devices":
+                s.devices = _int(key, value, 0, MAX_DEVICES)
+            elif key == "size":
                 s.size = parse_size(value, what="size")
                 if s.size <= 0:
                     raise ConfigError("size=0: the device needs at least one page")
@@ -141,10 +157,32 @@ class Service:
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
-    def config_complete(self) -> None:
-        """Build the device (and initialise it when ``size`` was given)."""
+    def _fresh_device(self, algorithm: str = DEFAULT) -> ZramDevice:
+        """A device as hot_add makes it: uninitialised, the kernel's defaults (``algorithm``
+        aside), the process's chain size and background compaction policy."""
         s = self.settings
-        dev = ZramDevice(s.comp_algorithm, chain=s.chain)
+        dev = ZramDevice(algorithm, chain=s.chain)
+        dev.set_auto_compact(
+            interval=s.auto_compact,
+            min_bytes=s.auto_compact_min,
+            min_percent=s.auto_compact_percent,
+        )
+        return dev
+
+    def config_complete(self) -> None:
+        """Build the ``devices`` devices (each initialised when ``size`` was given)."""
+        s = self.settings
+        if s.backing_dev is not None and s.devices > 1:
+            raise ConfigError(
+                f"backing_dev: a store belongs to one device, and devices={s.devices}; set "
+                "each device's backing_dev in its control directory instead"
+            )
+        for _ in range(s.devices):
+            self.devices.add(self._configured_device())
+
+    def _configured_device(self) -> ZramDevice:
+        s = self.settings
+        dev = self._fresh_device(s.comp_algorithm)
         if s.level is not None:
             try:
                 dev.set_algorithm_params(level=s.level)
@@ -156,11 +194,6 @@ class Service:
             raise ConfigError(f"mem_limit={s.mem_limit}: {e}") from None
         for prio, name in enumerate(s.recomp_algorithm, 1):
             dev.set_recomp_algorithm(name, prio)
-        dev.set_auto_compact(
-            interval=s.auto_compact,
-            min_bytes=s.auto_compact_min,
-            min_percent=s.auto_compact_percent,
-        )
         if s.backing_dev is not None:
             try:
                 dev.set_backing_dev(s.backing_dev)
@@ -168,30 +201,65 @@ class Service:
                 raise ConfigError(str(e)) from None
         if s.size is not None:
             dev.set_disksize(s.size)
-        self.device = dev
+        return dev
+
+    @property
+    def device(self) -> ZramDevice | None:
+        """zram0, if it exists (what a single-device server serves)."""
+        entry = self.devices.get(0)
+        return entry.device if entry is not None else None
+
+    def export_names(self) -> list[str]:
+        """The NBD exports: one per device, by id."""
+        return [e.name for e in self.devices.entries()]
+
+    def open(self, export: str) -> ZramDevice:
+        """A client attaches to the device named ``export`` (``""`` is zram0); ENODEV (the
+        client is refused) if there is no such device."""
+        dev_id = parse_device_name(export or DEFAULT_EXPORT)
+        if dev_id is None:
+            raise NoDeviceError(f"no export {export!r}: the exports are zram0, zram1, ...")
+        return self.devices.open(dev_id)
+
+    def _added(self, entry: Entry) -> None:
+        if self._started:
+            self._start_shrinker(entry)
+
+    def _removed(self, entry: Entry) -> None:
+        shrinker = self.shrinkers.pop(entry.serial, None)
+        if shrinker is not None:
+            shrinker.stop()
+
+    def _start_shrinker(self, entry: Entry) -> None:
+        shrinker = Shrinker(entry.device)
+        self.shrinkers[entry.serial] = shrinker
+        shrinker.start()
 
     def prepare(self) -> None:
         """Checks, while errors can still reach the user's terminal (before nbdkit forks)."""
-        assert self.device is not None
         if self.settings.control is not None:
             from zramd.fusefs import ControlDir  # noqa: PLC0415 - FUSE only when asked for
 
             self.control = ControlDir(
-                self.device, self.settings.control, allow_other=self.settings.allow_other
+                self.devices, self.settings.control, allow_other=self.settings.allow_other
             )
             self.control.check()
 
     def start(self) -> None:
         """Start the threads (the process that serves: after nbdkit's fork)."""
-        assert self.device is not None
         if self.control is not None:
             self.control.start()
-        self.shrinker = Shrinker(self.device)
-        self.shrinker.start()
+        self._started = True
+        for entry in self.devices.entries():
+            self._start_shrinker(entry)
 
     def stop(self) -> None:
-        if self.shrinker is not None:
-            self.shrinker.stop()
+        """Unmount the control tree (no hot_add can start another shrinker after it), then
+        stop every shrinker."""
+        self._started = False
         if self.control is not None:
             self.control.stop()
             self.control = None
+        for shrinker in list(self.shrinkers.values()):
+            shrinker.stop()
+        self.shrinkers.clear()

@@ -313,9 +313,10 @@ def test_a_store_bug_is_eio_not_the_end_of_the_mount() -> None:
     letting it end pyfuse3's main loop (and with it the mount)."""
     import trio  # noqa: PLC0415 - the FUSE edge only
 
+    from zramd.devices import Devices  # noqa: PLC0415
     from zramd.fusefs import _Ops  # noqa: PLC0415
 
-    ops = _Ops(ZramDevice(), os.getuid(), os.getgid())
+    ops = _Ops(Devices(ZramDevice), os.getuid(), os.getgid())
 
     def broken(dev: ZramDevice, name: str, data: bytes) -> None:
         raise ValueError("a bug")
@@ -323,5 +324,5 @@ def test_a_store_bug_is_eio_not_the_end_of_the_mount() -> None:
     import pyfuse3  # noqa: PLC0415
 
     with pytest.raises(pyfuse3.FUSEError) as info:
-        trio.run(ops._call, broken, ops.device, "backing_dev", b"x")
+        trio.run(ops._call, broken, ZramDevice(), "backing_dev", b"x")
     assert info.value.errno == errno.EIO

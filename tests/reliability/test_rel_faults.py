@@ -274,7 +274,7 @@ def test_sigkilled_server_is_replaced_by_the_next_serve(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     try:
         assert mount_state(tmp_path / "ctl") == "live"
-        assert (tmp_path / "ctl" / "initstate").read_text() == "1\n"
+        assert (tmp_path / "ctl" / "zram0" / "initstate").read_text() == "1\n"
         h = nbd.NBD()
         h.connect_unix(str(tmp_path / "s.sock"))
         assert h.get_size() == 16 * MiB

@@ -17,7 +17,8 @@ import nbd
 import pytest
 from click.testing import CliRunner
 
-from zramd.cli import main, parse_tcp
+from zramd.cli import main
+from zramd.supervise import parse_tcp
 
 from relkit import wait_for
 from servers import ZRAMD, zramd_stop
@@ -133,7 +134,9 @@ def test_defaults_owner_only_and_no_tcp(served: Served) -> None:
     assert "allow_other" not in super_opts
     assert "allow_other" not in opts
     assert f"user_id={os.getuid()}" in super_opts
-    modes = {p.name: p.stat().st_mode & 0o777 for p in served.ctl.iterdir()}
+    paths = [*served.ctl.iterdir(), *served.ctl.glob("*/*")]  # zram-control, zram0, files
+    modes = {str(p.relative_to(served.ctl)): p.stat().st_mode & 0o777 for p in paths}
+    assert "zram0/compact" in modes
     assert all(m & 0o022 == 0 for m in modes.values()), modes
     assert served.ctl.stat().st_mode & 0o022 == 0
     # another user can neither attach, nor read statistics, nor change a knob (who can reach
@@ -143,10 +146,10 @@ def test_defaults_owner_only_and_no_tcp(served: Served) -> None:
     attach = as_nobody("/usr/bin/python3", "-c", connect)
     assert attach.returncode != 0
     assert "PermissionError: [Errno 13] Permission denied" in attach.stderr
-    stats = as_nobody("cat", str(served.ctl / "mm_stat"))
+    stats = as_nobody("cat", str(served.ctl / "zram0" / "mm_stat"))
     assert stats.returncode != 0
     assert "Permission denied" in stats.stderr
-    knob = as_nobody("sh", "-c", f"echo 1 > {served.ctl / 'compact'}")
+    knob = as_nobody("sh", "-c", f"echo 1 > {served.ctl / 'zram0' / 'compact'}")
     assert knob.returncode != 0
     assert "Permission denied" in knob.stderr
     listing = as_nobody("ls", str(served.ctl))

@@ -1,0 +1,42 @@
+"""attach.setup/teardown for real: a VM on this machine's userland runs two zramd servers, reads
+a zram-generator configuration, swaps to one device, mounts ext4 from the other, uses both,
+and takes them down again (tests/guest_attach.py runs in the guest; tests/vmhost.py boots it)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from vmhost import run_host_vm
+
+pytestmark = [pytest.mark.e2e, pytest.mark.vm]
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+# fuse: the control directories; nbd: the kernel's client; ext4 (crc32c for its checksums)
+MODULES = ["fuse", "nbd", "ext4", "crc32c_generic"]
+
+
+@pytest.mark.timeout(1800)  # minutes under TCG: the guest swaps through Python
+def test_setup_swap_and_ext4_then_teardown(tmp_path: Path) -> None:
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.fail(f"{ROOT}/.venv is missing: run scripts/test first")
+    payload = (
+        "mount -t cgroup2 none /sys/fs/cgroup\n"
+        f"{ROOT}/.venv/bin/python {ROOT}/tests/guest_attach.py {tmp_path}\n"
+    )
+    rc, out = run_host_vm(
+        payload, tmp_path, modules=MODULES, paths=[tmp_path], memory="1024M", timeout=1500
+    )
+    guest = dict(re.findall(r"^GUEST (\S+) ?(.*)$", out, re.MULTILINE))
+    assert rc == 0, out[-5000:]
+    ram = int(guest["RAM"])
+    assert json.loads(guest["DEVICES"]) == [["zram0", 96 * MiB], ["zram1", ram // 8 * MiB]]
+    nbd = json.loads(guest["NBD"])
+    assert guest["SWAP"].split()[0] == nbd["zram0"]
+    assert guest["SWAP"].split()[4] == "42"  # swap-priority
+    assert guest["FS-DATA"].startswith("ok")
+    assert guest["SWAP-DATA"].startswith("ok")
+    assert guest["TEARDOWN"] == "ok"
