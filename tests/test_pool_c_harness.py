@@ -4,7 +4,6 @@ and AddressSanitizer + UBSan too."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -13,8 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_stress_harness_passes(tmp_path: Path) -> None:
     run = subprocess.run(
-        [str(ROOT / "scripts/c-stress"), "--only", "plain", "3000"],
-        env={**os.environ, "ZRAMD_C_BUILD": str(tmp_path)},
+        [str(ROOT / "scripts/c-stress"), "--quick", "--out", str(tmp_path), "plain"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -22,4 +20,4 @@ def test_stress_harness_passes(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "single-thread checks: ok" in run.stdout
-    assert run.stdout.rstrip().endswith("stress_pool: ok")
+    assert "stress_pool: ok" in run.stdout
