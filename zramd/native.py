@@ -17,7 +17,7 @@ from zramd.size_class import DEFAULT_CHAIN_SIZE
 
 #: the version of zramd/csrc's Python interface this code expects (module.c's ABI_VERSION);
 #: a stale build is not used
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 def native_module() -> ModuleType | None:
@@ -44,6 +44,22 @@ def why_not_native() -> str | None:
     if not native_default():
         return "ZRAMD_NATIVE=0"
     return None
+
+
+def pin_thread() -> None:
+    """Keep the calling (nbdkit) thread's Python thread state until ``unpin_thread``, so that
+    its requests do not each create and destroy one (``_zram.pin_thread_state``); nothing
+    without the extension."""
+    module = native_module()
+    if module is not None:
+        module.pin_thread_state()
+
+
+def unpin_thread() -> None:
+    """Give back what ``pin_thread`` took in this thread."""
+    module = native_module()
+    if module is not None:
+        module.unpin_thread_state()
 
 
 def new_pool(max_bytes: int, *, chain: int = DEFAULT_CHAIN_SIZE, native: bool) -> PoolAPI:
