@@ -52,8 +52,12 @@ CODECS: tuple[tuple[str, str | None], ...]
 class Codec:
     """A compression algorithm run in C (zcomp.c), shareable between threads.
 
-    ValueError for an unknown or unavailable name or a bad parameter; ``dict`` is a zstd
-    dictionary (raw content or a zstd-format dictionary).
+    Takes the parameters ``algorithm_params`` stores, as the Python backends do (None,
+    -2147483648 or an empty ``dict``: the default): every algorithm takes every parameter and
+    ignores what it has no use for; ``dict`` primes zstd (raw content or a zstd-format
+    dictionary), lz4 and lz4hc. ValueError for an unknown or unavailable name, a value beyond
+    32 bits for a parameter the backend uses, a deflate level outside -1..9 or window outside
+    -15..-9 and 9..15, or a dictionary zstd cannot use.
     """
 
     def __new__(

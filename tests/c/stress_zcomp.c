@@ -5,8 +5,9 @@
  *
  *   stress_zcomp [-t THREADS] [-n ROUNDS]
  *
- * For every available algorithm and several parameter sets (levels, a deflate window, a zstd
- * dictionary), THREADS threads share one zcomp and, ROUNDS times each: compress a page on one
+ * For every available algorithm and several parameter sets (levels in and out of the
+ * library's range, deflate windows raw and zlib-wrapped, zstd, lz4 and lz4hc dictionaries,
+ * parameters a backend ignores), THREADS threads share one zcomp and, ROUNDS times each: compress a page on one
  * stream, decompress it on another and compare; decompress it truncated (must fail) and with
  * a flipped bit (may fail, must not crash); hold two streams at once (they must differ, and the
  * pool must grow rather than wait). Meanwhile other threads create and destroy zcomps of their
@@ -242,20 +243,22 @@ static void check_bad_parameters(void)
         {"snappy", ZCOMP_PARAM_NOT_SET, ZCOMP_PARAM_NOT_SET, 0, -EINVAL, "unknown"},
         {"lzo-rle", ZCOMP_PARAM_NOT_SET, ZCOMP_PARAM_NOT_SET, 0, -EOPNOTSUPP, "unavailable"},
         {"842", ZCOMP_PARAM_NOT_SET, ZCOMP_PARAM_NOT_SET, 0, -EOPNOTSUPP, "unavailable"},
-        {"lzo", 1, ZCOMP_PARAM_NOT_SET, 0, -EINVAL, "lzo takes no level"},
-        {"lz4", 0, ZCOMP_PARAM_NOT_SET, 0, -EINVAL, "lz4 acceleration 0 must be >= 1"},
-        {"lz4hc", 13, ZCOMP_PARAM_NOT_SET, 0, -EINVAL, "lz4hc level 13 outside 1..12"},
-        {"zstd", 23, ZCOMP_PARAM_NOT_SET, 0, -EINVAL, "zstd level 23 outside"},
-        {"zstd", -(1 << 17) - 1, ZCOMP_PARAM_NOT_SET, 0, -EINVAL, "outside -131072..22"},
-        {"deflate", ZCOMP_PARAM_NOT_SET, 16, 0, -EINVAL, "deflate.winbits 16 outside 9..15"},
-        {"lz4", ZCOMP_PARAM_NOT_SET, 11, 0, -EINVAL, "lz4 does not take winbits"},
-        {"deflate", ZCOMP_PARAM_NOT_SET, ZCOMP_PARAM_NOT_SET, 8, -EINVAL, "dictionary"},
+        {"deflate", 10, ZCOMP_PARAM_NOT_SET, 0, -EINVAL, "deflate level 10 outside -1..9"},
+        {"deflate", -2, ZCOMP_PARAM_NOT_SET, 0, -EINVAL, "deflate level -2 outside -1..9"},
+        {"deflate", ZCOMP_PARAM_NOT_SET, 16, 0, -EINVAL, "deflate.winbits 16 outside"},
+        {"deflate", ZCOMP_PARAM_NOT_SET, 8, 0, -EINVAL, "deflate.winbits 8 outside"},
+        {"deflate", ZCOMP_PARAM_NOT_SET, -8, 0, -EINVAL, "deflate.winbits -8 outside"},
+        {"deflate", ZCOMP_PARAM_NOT_SET, -16, 0, -EINVAL, "deflate.winbits -16 outside"},
+        {"zstd", ZCOMP_PARAM_NOT_SET, ZCOMP_PARAM_NOT_SET, 8, -EINVAL,
+         "zstd: the dictionary is not usable"},
     };
     struct zcomp_error err;
 
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        /* the zstd dictionary magic (0xEC30A437), then an ID and no valid tables */
         struct zcomp *comp = zcomp_create(cases[i].alg, cases[i].level, cases[i].winbits,
-                                          "12345678", cases[i].dict_sz, &err);
+                                          "\x37\xa4\x30\xec\x01\x02\x03\x04",
+                                          cases[i].dict_sz, &err);
         CHECK(!comp, "%s accepted a bad parameter", cases[i].alg);
         CHECK(err.code == cases[i].code && strstr(err.msg, cases[i].msg),
               "%s: got %d \"%s\", want %d \"%s\"", cases[i].alg, err.code, err.msg,
@@ -299,8 +302,18 @@ int main(int argc, char **argv)
     configs[nr++] = (struct config){"zstd", 19, NOT_SET, NULL, 0};
     configs[nr++] = (struct config){"zstd", 3, NOT_SET, dict, sizeof(dict)};
     configs[nr++] = (struct config){"zstd", NOT_SET, NOT_SET, dict, sizeof(dict)};
-    configs[nr++] = (struct config){"deflate", 9, 9, NULL, 0};
-    configs[nr++] = (struct config){"deflate", 0, 15, NULL, 0};
+    configs[nr++] = (struct config){"lz4", -5, 99, dict, sizeof(dict)}; /* acts as 1 */
+    configs[nr++] = (struct config){"lz4", 8, NOT_SET, dict + 3 * P, P};
+    configs[nr++] = (struct config){"lz4", NOT_SET, NOT_SET, dict, 5}; /* too short to hash */
+    configs[nr++] = (struct config){"lz4hc", 0, NOT_SET, dict, sizeof(dict)}; /* acts as 9 */
+    configs[nr++] = (struct config){"lz4hc", 100, NOT_SET, dict + 6 * P, 2 * P}; /* 12 */
+    configs[nr++] = (struct config){"lzo", 5, -3, dict, sizeof(dict)}; /* all ignored */
+    configs[nr++] = (struct config){"zstd", 23, 12, NULL, 0}; /* acts as 22 */
+    configs[nr++] = (struct config){"zstd", 0, NOT_SET, dict, sizeof(dict)}; /* acts as 3 */
+    configs[nr++] = (struct config){"deflate", 9, -9, NULL, 0};
+    configs[nr++] = (struct config){"deflate", 0, -15, NULL, 0};
+    configs[nr++] = (struct config){"deflate", 1, 9, NULL, 0};
+    configs[nr++] = (struct config){"deflate", NOT_SET, 15, dict, sizeof(dict)}; /* zlib */
 
     for (int i = 0; i < nr; i++) {
         long n = run_config(&configs[i]);

@@ -1,8 +1,11 @@
 /*
- * deflate (zlib): raw deflate (no zlib header), window 2^winbits, memLevel 9, the kernel
- * backend's parameters and those of the Python twin's zlib.compressobj. Each stream keeps a
- * deflate and an inflate z_stream and resets them per page (deflateReset / inflateReset), as
- * the kernel's backend_deflate.c does, instead of allocating them per page.
+ * deflate (zlib): memLevel 9 and deflate.winbits passed to zlib as given, as the kernel's
+ * backend_deflate.c passes them: negative for a raw stream of window 2^-winbits (the
+ * default, -11), positive for a zlib-wrapped one (a 2-byte header and an Adler-32 trailer),
+ * the Python twin's zlib.compressobj parameters. The dictionary is kept unused, as the
+ * kernel's deflate keeps it. Each stream keeps a deflate and an inflate z_stream and resets
+ * them per page (deflateReset / inflateReset), as the kernel's backend does, instead of
+ * allocating them per page.
  */
 #include <errno.h>
 #include <limits.h>
@@ -31,8 +34,10 @@ static void deflate_release_params(struct zcomp_params *params)
 
 static size_t deflate_compress_bound(const struct zcomp_params *params, size_t src_len)
 {
-    /* deflateBound's conservative form (any window and memLevel), raw: no wrapper bytes */
-    return src_len + ((src_len + 7) >> 3) + ((src_len + 63) >> 6) + 5;
+    /* deflateBound's conservative form (any window and memLevel), plus the zlib wrapper's
+     * 6 bytes when there is one */
+    return src_len + ((src_len + 7) >> 3) + ((src_len + 63) >> 6) + 5 +
+           (params->deflate.winbits > 0 ? 6 : 0);
 }
 
 static void deflate_destroy(struct zcomp_ctx *ctx)
@@ -57,9 +62,9 @@ static int deflate_create(const struct zcomp_params *params, struct zcomp_ctx *c
     ctx->context = zctx;
     if (!zctx)
         return -ENOMEM;
-    zctx->c_init = deflateInit2(&zctx->cctx, params->level, Z_DEFLATED, -winbits,
+    zctx->c_init = deflateInit2(&zctx->cctx, params->level, Z_DEFLATED, winbits,
                                 DEFLATE_DEF_MEMLEVEL, Z_DEFAULT_STRATEGY) == Z_OK;
-    zctx->d_init = zctx->c_init && inflateInit2(&zctx->dctx, -winbits) == Z_OK;
+    zctx->d_init = zctx->c_init && inflateInit2(&zctx->dctx, winbits) == Z_OK;
     if (!zctx->d_init) {
         deflate_destroy(ctx);
         return -ENOMEM;

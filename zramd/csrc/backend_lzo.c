@@ -1,7 +1,8 @@
 /*
  * lzo (liblzo2): LZO1X-1 compression and the bounds-checking LZO1X decoder, the kernel's
- * "lzo" and python-lzo's compress(data, 1, False). Each stream owns the compressor's work
- * memory. The kernel's "lzo-rle" is a different bitstream that liblzo2 does not implement;
+ * "lzo" and python-lzo's compress(data, 1, False). LZO1X-1 has no level and no dictionary:
+ * like the kernel's lzo backend, this one takes every parameter and uses none (zcomp.c's
+ * table drops them). Each stream owns the compressor's work memory. The kernel's "lzo-rle" is a different bitstream that liblzo2 does not implement;
  * the registry lists it as unavailable.
  */
 #include <errno.h>

@@ -3,6 +3,10 @@
  * ID, as python-zstandard's ZstdCompressor(write_checksum=False, write_dict_id=False) writes
  * them. Each stream owns a ZSTD_CCtx and a ZSTD_DCtx whose parameters are set once.
  *
+ * Levels, as the kernel's zstd_get_params makes them: 0 is the default (3), above
+ * ZSTD_maxCLevel() the maximum, negative levels trade ratio for speed down to
+ * ZSTD_minCLevel() (lower acts as that). deflate.winbits is ignored.
+ *
  * Dictionaries: built once per zcomp, as the kernel's backend_zstd.c builds them (a CDict
  * with the parameters zstd picks for a page-sized input and this dictionary, and a DDict,
  * both loaded with ZSTD_dct_auto: a zstd-format dictionary brings its entropy tables, any
@@ -46,6 +50,12 @@ static int zstd_setup_params(struct zcomp_params *params)
     ZSTD_compressionParameters cparams;
     struct zstd_params *zp;
 
+    if (params->level == 0)
+        params->level = ZSTD_CLEVEL_DEFAULT;
+    else if (params->level > ZSTD_maxCLevel())
+        params->level = ZSTD_maxCLevel();
+    else if (params->level < ZSTD_minCLevel())
+        params->level = ZSTD_minCLevel();
     if (!params->dict_sz)
         return 0;
     zp = calloc(1, sizeof(*zp));

@@ -56,8 +56,14 @@ static PyObject *raise_compression_error(const char *fmt, ...)
     return NULL;
 }
 
-/* None -> ZCOMP_PARAM_NOT_SET; an int that fits; else ValueError / TypeError */
-static int param_value(PyObject *obj, const char *alg, const char *what, int *out)
+/*
+ * None -> ZCOMP_PARAM_NOT_SET; an int that fits the kernel's s32 fields (INT_MIN is the
+ * kernel's own "not set", so it means the default too); else ValueError / TypeError. As for
+ * the Python backends, a value beyond 32 bits is an error only where the backend uses the
+ * parameter (ignored: whatever it is, it means nothing).
+ */
+static int param_value(PyObject *obj, const char *alg, const char *what, bool ignored,
+                       int *out)
 {
     long v;
     int overflow;
@@ -66,15 +72,18 @@ static int param_value(PyObject *obj, const char *alg, const char *what, int *ou
     if (obj == Py_None)
         return 0;
     if (!PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s %s must be an int or None, not %.50s", alg, what,
+        PyErr_Format(PyExc_TypeError, "%s%s must be an int or None, not %.50s", alg, what,
                      Py_TYPE(obj)->tp_name);
         return -1;
     }
     v = PyLong_AsLongAndOverflow(obj, &overflow);
     if (v == -1 && PyErr_Occurred())
         return -1;
-    if (overflow || v <= INT_MIN || v > INT_MAX) {
-        PyErr_Format(PyExc_ValueError, "%s %s %R is out of range", alg, what, obj);
+    if (overflow || v < INT_MIN || v > INT_MAX) {
+        if (ignored)
+            return 0;
+        PyErr_Format(PyExc_ValueError, "%s%s %R does not fit a 32-bit signed integer", alg,
+                     what, obj);
         return -1;
     }
     *out = (int)v;
@@ -94,18 +103,19 @@ static PyObject *codec_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|OOO:Codec", kwlist, &name, &level_obj,
                                      &winbits_obj, &dict_obj))
         return NULL;
-    if (param_value(level_obj, name, "level", &level) < 0 ||
-        param_value(winbits_obj, name, "winbits", &winbits) < 0)
+    /* the name first: an unknown or unavailable one is the error, whatever the values */
+    if (!zcomp_available_algorithm(name)) {
+        zcomp_create(name, ZCOMP_PARAM_NOT_SET, ZCOMP_PARAM_NOT_SET, NULL, 0, &err);
+        PyErr_SetString(PyExc_ValueError, err.msg);
         return NULL;
-    if (dict_obj != Py_None) {
-        if (PyObject_GetBuffer(dict_obj, &dict, PyBUF_SIMPLE) < 0)
-            return NULL;
-        if (dict.len == 0) {
-            PyBuffer_Release(&dict);
-            PyErr_Format(PyExc_ValueError, "%s dictionary is empty", name);
-            return NULL;
-        }
     }
+    /* named as in the Python backends' messages: "zstd level", "deflate.winbits" */
+    if (param_value(level_obj, name, " level", zcomp_ignores_level(name), &level) < 0 ||
+        param_value(winbits_obj, name, ".winbits", zcomp_ignores_winbits(name), &winbits) < 0)
+        return NULL;
+    /* an empty dictionary is none, as for the Python backends */
+    if (dict_obj != Py_None && PyObject_GetBuffer(dict_obj, &dict, PyBUF_SIMPLE) < 0)
+        return NULL;
     self = (CodecObject *)type->tp_alloc(type, 0);
     if (self)
         self->comp = zcomp_create(name, level, winbits, dict.buf, (size_t)dict.len, &err);
@@ -512,9 +522,11 @@ static PyMethodDef codec_methods[] = {
 static PyGetSetDef codec_getset[] = {
     {"name", (getter)codec_get_name, NULL, "The kernel's name for the algorithm.", NULL},
     {"level", (getter)codec_get_level, NULL,
-     "The level in use (the backend's default when none was given); None for lzo.", NULL},
+     "The level as given (the backend's default when none was given; what the backend\n"
+     "makes of it may differ, as lz4hc's 0 acts as 9); None for lzo.", NULL},
     {"winbits", (getter)codec_get_winbits, NULL,
-     "deflate's window bits in use; None for the other algorithms.", NULL},
+     "deflate's window bits as zlib takes them (negative: a raw stream); None for the other\n"
+     "algorithms.", NULL},
     {"streams", (getter)codec_get_streams, NULL,
      "(streams made and not freed, of which idle): a snapshot of the stream pool.", NULL},
     {NULL},
@@ -528,8 +540,14 @@ static PyTypeObject CodecType = {
     .tp_repr = (reprfunc)codec_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Codec(name, level=None, winbits=None, dict=None): a compression algorithm\n"
-              "run in C (zcomp), safe to share between threads. dict (bytes-like) is a zstd\n"
-              "dictionary. ValueError for a bad name or parameter.",
+              "run in C (zcomp), safe to share between threads, with the parameters\n"
+              "algorithm_params stores (None, -2147483648 or an empty dict: the default):\n"
+              "level, deflate's winbits and a dictionary (bytes-like; zstd, lz4 and lz4hc use\n"
+              "it). Every algorithm takes every parameter and ignores what it has no use\n"
+              "for, as the kernel's backends and zramd.compress do. ValueError for an\n"
+              "unknown or unavailable name, a value beyond 32 bits, a deflate level outside\n"
+              "-1..9 or window outside -15..-9 and 9..15, or a zstd dictionary zstd cannot\n"
+              "use.",
     .tp_methods = codec_methods,
     .tp_getset = codec_getset,
     .tp_new = codec_new,

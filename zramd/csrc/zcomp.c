@@ -12,46 +12,56 @@
 #include <string.h>
 
 /*
- * The one table of backends and the values each accepts, in the kernel's order. It mirrors
- * the Python backends (zramd/compress/) range for range, so a device configured on either
- * path accepts the same parameters; change a range here and there together.
+ * The one table of backends and what each makes of the parameters algorithm_params stores,
+ * in the kernel's order. As in the kernel, every backend accepts every parameter: a value
+ * the backend has no use for is ignored (lzo's level, deflate.winbits for all but deflate, a
+ * dictionary for lzo and deflate), and a level outside the library's range acts as its
+ * nearest sensible value (the backend's setup_params applies the kernel's rules). Only
+ * deflate refuses values: levels outside -1..9 and windows zlib cannot take. It mirrors the
+ * Python backends (zramd/compress/) rule for rule, so a device configured on either path
+ * behaves the same; change a rule here and there together.
  */
 struct zcomp_backend {
     const char *name;
     const struct zcomp_ops *ops; /* NULL: unavailable, for the reason in why */
     const char *why;
-    bool takes_level;
-    int level_min, level_max, level_default;
-    const char *level_word; /* what the level means, for messages */
-    bool takes_winbits;
-    int winbits_min, winbits_max, winbits_default;
-    bool takes_dict;
+    bool uses_level; /* false: a given level is ignored and the level reads as not set */
+    int level_default;
+    bool level_checked; /* true: outside level_min..level_max is an error */
+    int level_min, level_max;
+    bool uses_winbits; /* deflate.winbits: only deflate's window; checked (deflate_winbits_ok) */
+    int winbits_default;
+    bool uses_dict; /* false: a given dictionary is kept unused */
 };
 
-#define NO_LEVEL false, 0, 0, ZCOMP_PARAM_NOT_SET, NULL
-#define NO_WINBITS false, 0, 0, ZCOMP_PARAM_NOT_SET
+#define IGNORES_LEVEL false, ZCOMP_PARAM_NOT_SET, false, 0, 0
+#define LEVEL(def) true, (def), false, 0, 0
+#define IGNORES_WINBITS false, ZCOMP_PARAM_NOT_SET
 
 static const struct zcomp_backend backends[] = {
-    {"lzo-rle", NULL, "no library implements the kernel's lzo-rle format", NO_LEVEL, NO_WINBITS,
-     false},
-    {"lzo", &backend_lzo, NULL, NO_LEVEL, NO_WINBITS, false},
-    /* lz4's level is the acceleration: 1 = best ratio (LZ4_ACCELERATION_DEFAULT) */
-    {"lz4", &backend_lz4, NULL, true, 1, INT_MAX, 1, "acceleration", NO_WINBITS, false},
-    /* LZ4HC_DEFAULT_CLEVEL 9, LZ4HC_CLEVEL_MAX 12 */
-    {"lz4hc", &backend_lz4hc, NULL, true, 1, 12, 9, "level", NO_WINBITS, false},
-    /* ZSTD_minCLevel() = -(1 << 17) .. ZSTD_maxCLevel() = 22, ZSTD_CLEVEL_DEFAULT 3 */
-    {"zstd", &backend_zstd, NULL, true, -(1 << 17), 22, 3, "level", NO_WINBITS, true},
-    /* Z_DEFAULT_COMPRESSION (-1) .. 9; raw deflate windows of 2^9 .. 2^15 bytes, default
-     * 2^11 as the kernel backend (a page is 4 KiB: a larger window buys little) */
-    {"deflate", &backend_deflate, NULL, true, -1, 9, -1, "level", true, 9, 15, 11, false},
-    {"842", NULL, "no userspace library implements the 842 compressor", NO_LEVEL, NO_WINBITS,
-     false},
+    {"lzo-rle", NULL, "no library implements the kernel's lzo-rle format", IGNORES_LEVEL,
+     IGNORES_WINBITS, false},
+    {"lzo", &backend_lzo, NULL, IGNORES_LEVEL, IGNORES_WINBITS, false},
+    /* the acceleration, LZ4_ACCELERATION_DEFAULT 1 */
+    {"lz4", &backend_lz4, NULL, LEVEL(1), IGNORES_WINBITS, true},
+    /* LZ4HC_DEFAULT_CLEVEL 9 */
+    {"lz4hc", &backend_lz4hc, NULL, LEVEL(9), IGNORES_WINBITS, true},
+    /* ZSTD_CLEVEL_DEFAULT 3 */
+    {"zstd", &backend_zstd, NULL, LEVEL(3), IGNORES_WINBITS, true},
+    /* Z_DEFAULT_COMPRESSION (-1) .. 9; a raw stream with a 2^11-byte window, as the kernel
+     * backend (a page is 4 KiB: a larger window buys little) */
+    {"deflate", &backend_deflate, NULL, true, -1, true, -1, 9, true, -11, false},
+    {"842", NULL, "no userspace library implements the 842 compressor", IGNORES_LEVEL,
+     IGNORES_WINBITS, false},
 };
 
 #define NR_BACKENDS ((int)(sizeof(backends) / sizeof(backends[0])))
 
 struct zcomp {
     const struct zcomp_backend *be;
+    /* the level and deflate window as given (or the backend's default), what zcomp_level
+     * and zcomp_winbits report; params holds what the backend makes of them */
+    int level, winbits;
     struct zcomp_params params;
     pthread_mutex_t lock; /* protects idle, nr_idle, nr_total */
     struct zcomp_strm *idle;
@@ -89,6 +99,18 @@ bool zcomp_available_algorithm(const char *alg)
     return be && be->ops;
 }
 
+bool zcomp_ignores_level(const char *alg)
+{
+    const struct zcomp_backend *be = lookup_backend(alg);
+    return be && !be->uses_level;
+}
+
+bool zcomp_ignores_winbits(const char *alg)
+{
+    const struct zcomp_backend *be = lookup_backend(alg);
+    return be && !be->uses_winbits;
+}
+
 static void set_error(struct zcomp_error *err, int code, const char *fmt, ...)
 {
     va_list ap;
@@ -99,42 +121,43 @@ static void set_error(struct zcomp_error *err, int code, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Check level, winbits and dict against the table; fill params with the values in use. */
-static bool validate(const struct zcomp_backend *be, int level, int winbits, size_t dict_sz,
-                     struct zcomp_params *params, struct zcomp_error *err)
+/* zlib's window sizes: -15..-9 a raw stream, 9..15 a zlib-wrapped one (zlib refuses a raw
+ * 8 and makes a wrapped 8 a 9 its inflate then rejects; the Python twin refuses both) */
+static bool deflate_winbits_ok(int winbits)
 {
-    if (!be->takes_level && level != ZCOMP_PARAM_NOT_SET) {
-        set_error(err, -EINVAL, "%s takes no level", be->name);
-        return false;
-    }
-    if (level == ZCOMP_PARAM_NOT_SET) {
+    return (winbits >= 9 && winbits <= 15) || (winbits >= -15 && winbits <= -9);
+}
+
+/*
+ * Fill comp->level/winbits (as given, else the default; NOT_SET where unused) and the
+ * backend's params (the same values, which setup_params then maps as the kernel's backends
+ * do). false with *err filled for the only values refused: deflate's.
+ */
+static bool validate(struct zcomp *comp, int level, int winbits, struct zcomp_error *err)
+{
+    const struct zcomp_backend *be = comp->be;
+
+    if (!be->uses_level)
+        level = ZCOMP_PARAM_NOT_SET;
+    else if (level == ZCOMP_PARAM_NOT_SET)
         level = be->level_default;
-    } else if (level < be->level_min || level > be->level_max) {
-        if (be->level_max == INT_MAX)
-            set_error(err, -EINVAL, "%s %s %d must be >= %d", be->name, be->level_word, level,
-                      be->level_min);
-        else
-            set_error(err, -EINVAL, "%s %s %d outside %d..%d", be->name, be->level_word,
-                      level, be->level_min, be->level_max);
+    if (be->level_checked && (level < be->level_min || level > be->level_max)) {
+        set_error(err, -EINVAL, "%s level %d outside %d..%d", be->name, level, be->level_min,
+                  be->level_max);
         return false;
     }
-    if (!be->takes_winbits && winbits != ZCOMP_PARAM_NOT_SET) {
-        set_error(err, -EINVAL, "%s does not take winbits", be->name);
-        return false;
-    }
-    if (winbits == ZCOMP_PARAM_NOT_SET) {
+    if (!be->uses_winbits)
+        winbits = ZCOMP_PARAM_NOT_SET;
+    else if (winbits == ZCOMP_PARAM_NOT_SET)
         winbits = be->winbits_default;
-    } else if (winbits < be->winbits_min || winbits > be->winbits_max) {
-        set_error(err, -EINVAL, "%s.winbits %d outside %d..%d", be->name, winbits,
-                  be->winbits_min, be->winbits_max);
+    if (be->uses_winbits && !deflate_winbits_ok(winbits)) {
+        set_error(err, -EINVAL,
+                  "%s.winbits %d outside -15..-9 (raw) and 9..15 (zlib stream)", be->name,
+                  winbits);
         return false;
     }
-    if (dict_sz && !be->takes_dict) {
-        set_error(err, -EINVAL, "%s does not take a dictionary", be->name);
-        return false;
-    }
-    params->level = level;
-    params->deflate.winbits = winbits;
+    comp->level = comp->params.level = level;
+    comp->winbits = comp->params.deflate.winbits = winbits;
     return true;
 }
 
@@ -143,6 +166,7 @@ struct zcomp *zcomp_create(const char *alg, int level, int winbits, const void *
 {
     const struct zcomp_backend *be = lookup_backend(alg);
     struct zcomp *comp;
+    size_t used_dict_sz;
     int ret;
 
     err->code = 0;
@@ -162,19 +186,15 @@ struct zcomp *zcomp_create(const char *alg, int level, int winbits, const void *
                   be->why);
         return NULL;
     }
-    if (dict_sz > ZCOMP_MAX_BUF) {
-        set_error(err, -EINVAL, "%s dictionary of %zu bytes is too large", be->name, dict_sz);
-        return NULL;
-    }
     comp = calloc(1, sizeof(*comp));
     if (!comp)
         goto nomem;
     comp->be = be;
-    if (!validate(be, level, winbits, dict_sz, &comp->params, err)) {
+    if (!validate(comp, level, winbits, err)) {
         free(comp);
         return NULL;
     }
-    if (dict_sz) {
+    if (dict_sz && be->uses_dict) {
         void *copy = malloc(dict_sz);
         if (!copy) {
             free(comp);
@@ -184,13 +204,18 @@ struct zcomp *zcomp_create(const char *alg, int level, int winbits, const void *
         comp->params.dict = copy;
         comp->params.dict_sz = dict_sz;
     }
+    used_dict_sz = comp->params.dict_sz;
     ret = be->ops->setup_params(&comp->params);
     if (ret) {
         free((void *)comp->params.dict);
         free(comp);
         if (ret == -ENOMEM)
             goto nomem;
-        set_error(err, ret, "%s rejects the dictionary (%zu bytes)", be->name, dict_sz);
+        if (used_dict_sz)
+            set_error(err, ret, "%s: the dictionary is not usable (%zu bytes)", be->name,
+                      used_dict_sz);
+        else
+            set_error(err, ret, "%s: the library failed to initialise", be->name);
         return NULL;
     }
     if (pthread_mutex_init(&comp->lock, NULL)) {
@@ -252,12 +277,12 @@ const char *zcomp_name(const struct zcomp *comp)
 
 int zcomp_level(const struct zcomp *comp)
 {
-    return comp->params.level;
+    return comp->level;
 }
 
 int zcomp_winbits(const struct zcomp *comp)
 {
-    return comp->params.deflate.winbits;
+    return comp->winbits;
 }
 
 void zcomp_stream_counts(struct zcomp *comp, unsigned int *total, unsigned int *idle)

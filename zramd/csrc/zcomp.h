@@ -14,7 +14,9 @@
  *
  * Formats are the Python backends' (zramd/compress/), so objects move freely between the
  * C and Python paths: lz4 and lz4hc blocks with no size prefix, zstd frames with the content
- * size and neither checksum nor dictionary ID, raw deflate, LZO1X-1.
+ * size and neither checksum nor dictionary ID, deflate as zlib makes it for the window given
+ * (raw by default), LZO1X-1. Parameters mean what they mean to the kernel's backends and the
+ * Python twins (zcomp.c's table), dictionaries included.
  *
  * Nothing here touches Python: the same files build the extension module and the plain C
  * stress harness (tests/c/stress_zcomp.c).
@@ -27,7 +29,8 @@
 #include <stddef.h>
 
 #define ZCOMP_PAGE_SIZE 4096
-/* a level or window that was not given: the backend's default applies */
+/* a level or window that was not given: the backend's default applies (the kernel's value
+ * for it, so algorithm_params' level=-2147483648 means the default here too) */
 #define ZCOMP_PARAM_NOT_SET INT_MIN
 /* idle streams a zcomp keeps; a burst of more concurrent users frees the extra on put */
 #define ZCOMP_MAX_IDLE 64
@@ -35,9 +38,11 @@
 #define ZCOMP_MAX_BUF (1 << 30)
 
 /*
- * Immutable backend parameters, shared by every stream of a zcomp. setup_params resolves
- * ZCOMP_PARAM_NOT_SET to the backend's default and may attach private data (drv_data: a
- * zstd CDict/DDict pair, for example); nothing changes them afterwards.
+ * Immutable backend parameters, shared by every stream of a zcomp. zcomp_create fills level
+ * (the default when not given) and deflate.winbits (deflate only); setup_params maps the level
+ * as the kernel's backend does (lz4hc's 0 is 9, for example) and may attach private data
+ * (drv_data: a zstd CDict/DDict pair, a preloaded lz4 dictionary state); nothing changes them
+ * afterwards. dict is set only for the backends that use a dictionary (zstd, lz4, lz4hc).
  */
 struct zcomp_params {
     const void *dict; /* owned by the zcomp; NULL when dict_sz == 0 */
@@ -72,7 +77,7 @@ struct zcomp_req {
  *                   dst + dst_len, whatever src holds.
  *   create_ctx      -ENOMEM (ctx->context is left NULL or fully torn down).
  *   destroy_ctx     accepts a ctx that create_ctx failed to fill.
- *   setup_params    called once per zcomp after the registry's table validated the values;
+ *   setup_params    called once per zcomp after the registry's table resolved the values;
  *                   -ENOMEM or -EINVAL (a dictionary the library rejects).
  *   release_params  frees what setup_params attached.
  *   compress_bound  the largest output compress can produce for src_len bytes.
@@ -118,11 +123,19 @@ const char *zcomp_backend_name(int i);
 /* NULL when the backend is available here, else why it is not */
 const char *zcomp_backend_unavailable(int i);
 bool zcomp_available_algorithm(const char *alg);
+/* whether alg names a backend that ignores a level / deflate.winbits: whatever is given for
+ * it, even a value beyond 32 bits, means nothing (false for unknown names) */
+bool zcomp_ignores_level(const char *alg);
+bool zcomp_ignores_winbits(const char *alg);
 
 /*
- * A configured algorithm, or NULL with *err filled. level and winbits are a value or
- * ZCOMP_PARAM_NOT_SET; dict (dict_sz > 0) is copied. Validation follows the registry's one
- * table of accepted values (zcomp.c), so a bad value never reaches a library.
+ * A configured algorithm, or NULL with *err filled. level and winbits (deflate.winbits) are
+ * a value or ZCOMP_PARAM_NOT_SET; dict (dict_sz > 0) is copied for the backends that use one
+ * and ignored by the others. As the kernel's backends, every backend takes every value and
+ * makes of it what the registry's table (zcomp.c) says: a level it has no use for or outside
+ * the library's range acts as the kernel's backend makes it act. Errors: -EINVAL for an
+ * unknown name, a deflate level outside -1..9 or a deflate.winbits outside -15..-9 and
+ * 9..15, a dictionary zstd cannot use; -EOPNOTSUPP for an unavailable algorithm; -ENOMEM.
  */
 struct zcomp *zcomp_create(const char *alg, int level, int winbits, const void *dict,
                            size_t dict_sz, struct zcomp_error *err);
@@ -130,9 +143,11 @@ struct zcomp *zcomp_create(const char *alg, int level, int winbits, const void *
 void zcomp_destroy(struct zcomp *comp);
 
 const char *zcomp_name(const struct zcomp *comp);
-/* the level in use (the default when none was given); ZCOMP_PARAM_NOT_SET for lzo */
+/* the level as given (the default when none was given; what the backend makes of it may
+ * differ, as lz4hc's 0 acts as 9); ZCOMP_PARAM_NOT_SET for lzo, which has none */
 int zcomp_level(const struct zcomp *comp);
-/* deflate's window bits in use; ZCOMP_PARAM_NOT_SET for other backends */
+/* deflate's window bits as zlib takes them (negative: a raw stream); ZCOMP_PARAM_NOT_SET
+ * for the other backends, which ignore them */
 int zcomp_winbits(const struct zcomp *comp);
 /* streams created and not yet freed, and how many of them are idle (a snapshot) */
 void zcomp_stream_counts(struct zcomp *comp, unsigned int *total, unsigned int *idle);
