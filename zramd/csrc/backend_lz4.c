@@ -8,12 +8,16 @@
  * 1 it acts as 1; liblz4 caps it at LZ4_ACCELERATION_MAX), lz4hc's the compression level
  * (below 1 it acts as 9, above 12 as 12). deflate.winbits is ignored.
  *
- * lz4 compresses with LZ4_compress_fast_extState, which is what the kernel's
- * LZ4_compress_fast(..., wrkmem) runs: for an input under 64 KiB it indexes 16-bit positions
- * with a 4-byte hash. python-lz4 goes through the streaming entry point (32-bit positions, a
- * 5-byte hash on 64-bit machines), so the two make different bytes of the same format:
- * either decodes the other's blocks, and their sizes differ by a fraction of a percent on a
- * swap-like image (docs/performance.md). lz4hc's bytes are the same as python-lz4's.
+ * The bytes are python-lz4's (4.x, block.compress), so the C and Python data paths store
+ * the same objects and report the same mm_stat. lz4 starts every page from a fresh stream
+ * (LZ4_initStream) and compresses with LZ4_compress_fast_continue, python-lz4's two calls;
+ * on a fresh stream that indexes 32-bit positions with a 5-byte hash (on 64-bit machines).
+ * The kernel's LZ4_compress_fast runs LZ4_compress_fast_extState, which for an input under
+ * 64 KiB indexes 16-bit positions with a 4-byte hash: another valid encoding of the page
+ * (either decoder takes both). Kernel zram's compr_data_size on a swap-like image matches
+ * that routine's total almost to the byte and this one's within 0.3 % (docs/performance.md),
+ * at the same speed. lz4hc's LZ4_compress_HC_extStateHC makes the same bytes as python-lz4's
+ * LZ4_resetStreamHC + LZ4_compress_HC_continue.
  *
  * Dictionaries (algorithm_params dict=): LZ4 reaches back 64 KiB at most, so only the
  * dictionary's last 64 KiB is used. The encoder starts every page from the state that
@@ -168,15 +172,13 @@ static int lz4_compress(const struct zcomp_params *params, struct zcomp_ctx *ctx
 
     if (req->src_len > LZ4_MAX_INPUT_SIZE)
         return -EINVAL;
-    if (d) {
-        /* the state LZ4_loadDict leaves, then python-lz4's call */
+    /* a fresh state, or the one LZ4_loadDict leaves, then python-lz4's call */
+    if (d)
         memcpy(ctx->context, d->loaded, sizeof(LZ4_stream_t));
-        ret = LZ4_compress_fast_continue(ctx->context, src, (char *)req->dst,
-                                         (int)req->src_len, dst_cap(req), params->level);
-    } else {
-        ret = LZ4_compress_fast_extState(ctx->context, src, (char *)req->dst,
-                                         (int)req->src_len, dst_cap(req), params->level);
-    }
+    else
+        LZ4_initStream(ctx->context, sizeof(LZ4_stream_t));
+    ret = LZ4_compress_fast_continue(ctx->context, src, (char *)req->dst, (int)req->src_len,
+                                     dst_cap(req), params->level);
     return lz4_result(req, ret);
 }
 
