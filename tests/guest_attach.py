@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from zramd import attach, genconf
-from zramd.cli import plugin_env, plugin_path
 from zramd.runstate import mount_state
+from zramd.supervise import plugin_env, plugin_path
 
 MiB = 1 << 20
 RUN = Path("/run/zramd-test")

@@ -40,3 +40,32 @@ def test_setup_swap_and_ext4_then_teardown(tmp_path: Path) -> None:
     assert guest["FS-DATA"].startswith("ok")
     assert guest["SWAP-DATA"].startswith("ok")
     assert guest["TEARDOWN"] == "ok"
+
+
+@pytest.mark.timeout(1800)
+def test_serve_config_sets_up_signals_ready_and_takes_down_on_sigterm(tmp_path: Path) -> None:
+    """`zramd serve --foreground --config` as the unit runs it (tests/guest_serve.py): READY=1
+    once zram0 is swap (a process really swapped to it) and zram2 is mounted (no zram1); on
+    SIGTERM, STOPPING=1, and a swapoff refused for lack of memory keeps nbdkit serving the swap
+    (STATUS says so) until a retry succeeds; then everything is down and the server gone."""
+    if not (ROOT / ".venv" / "bin" / "zramd").exists():
+        pytest.fail(f"{ROOT}/.venv is missing: run scripts/test first")
+    payload = (
+        "mount -t cgroup2 none /sys/fs/cgroup\n"
+        f"{ROOT}/.venv/bin/python {ROOT}/tests/guest_serve.py {tmp_path}\n"
+    )
+    rc, out = run_host_vm(
+        payload, tmp_path, modules=MODULES, paths=[tmp_path], memory="1024M", timeout=1500
+    )
+    guest = dict(re.findall(r"^GUEST (\S+) ?(.*)$", out, re.MULTILINE))
+    assert rc == 0, out[-6000:]
+    nbd = json.loads(guest["NBD"])
+    assert sorted(nbd) == ["zram0", "zram2"]
+    assert guest["SWAP"].split()[4] == "42"  # swap-priority
+    assert guest["FS-DATA"] == "ok"
+    assert int(guest["SWAP-USED-KB"]) > 12 * 1024
+    assert "swapoff" in guest["REFUSED"]
+    assert "Cannot allocate memory" in guest["REFUSED"]
+    assert guest["SERVE-RC"] == "0"
+    assert guest["HOG"] == "HOG again True"
+    assert guest["STOPPED"] == "ok"
