@@ -82,6 +82,7 @@ def test_the_service_is_type_notify_and_stops_through_serve() -> None:
     assert "ExecStop" not in s
     assert s["RuntimeDirectory"] == ["zramd"]
     assert s["RuntimeDirectoryMode"] == ["0700"]  # what runstate.private_dir requires
+    assert s["RuntimeDirectoryPreserve"] == ["yes"]  # a crashed service's attach record stays
     assert s["TimeoutStopSec"] == ["90"]  # zramd stop's 60 s, plus cleanup
     assert s["OOMScoreAdjust"] == ["-1000"]
     assert s["LimitMEMLOCK"] == ["infinity"]
