@@ -540,3 +540,18 @@ def test_stop_takes_the_devices_down_first_and_refuses_when_it_cannot(
         assert f"stopped server {srv.proc.pid}" in r.output
         assert not record.exists()
         assert srv.proc.wait(10) == 0
+
+
+def test_a_configuration_of_skipped_devices_sets_nothing_up(tmp_path: Path) -> None:
+    """Every section skipped (host-memory-limit below this host's RAM, a size of 0): no
+    modprobe, no command, no record."""
+    conf = tmp_path / "z.conf"
+    conf.write_text("[zram0]\nhost-memory-limit = 1\n\n[zram1]\nzram-size = 0\n")
+    config = daemon.read_config(conf)
+    assert config.devices == ()
+    assert daemon.plugin_keys(config) == ["device_ids="]
+    host = FakeHost()
+    record = tmp_path / "s.attached.json"
+    assert daemon.set_up(config, CONTROL, sock=SOCK, record=record, host=host, log=print) == []
+    assert host.log == []
+    assert not record.exists()

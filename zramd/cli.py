@@ -202,6 +202,8 @@ def serve(
         config = daemon.read_config(config_file.absolute())
         for message in config.messages:
             _err(f"zramd: warning: {message}")
+        if not config.devices:
+            _err(f"zramd: warning: {config_file} configures no device: serving none")
     elif no_attach:
         raise click.UsageError("--no-attach goes with --config")
     nbdkit = supervise.check_nbdkit()

@@ -135,7 +135,10 @@ def set_up(
 ) -> list[attach.Attached]:
     """Configure every device of ``config`` through ``control`` and set it up on this host
     through ``sock`` (attach.setup, recorded in ``record``); with ``record`` None, only
-    configure (attach.configure) and return []. AttachError as those raise it."""
+    configure (attach.configure) and return []. Nothing at all without devices (all of them
+    skipped by host-memory-limit, say). AttachError as those raise it."""
+    if not config.devices:
+        return []
     if record is None:
         attach.configure(config.devices, control, host=host, log=log)
         return []
