@@ -260,13 +260,10 @@ def serve(
             tell.status("starting nbdkit")
         running = supervise.start_server(opts)
         attached: list[attach.Attached] = []
+        names = [device_name(i) for i in range(devices)]
         if config is not None:
-            assert control is not None  # _check_config_options
             attached = _set_up(config, running, record, tell if foreground else None)
-        if config is not None:
             names = [d.name for d in config.devices]
-        else:
-            names = [device_name(i) for i in range(devices)]
         where = str(sock) if sock is not None else f"{tcp[0]}:{tcp[1]}" if tcp else ""
         status = daemon.status_line(names, where, attached)
         _print_serving(running, size, algorithm, devices, sock, tcp, tls_opts, control, logfile,
@@ -279,7 +276,7 @@ def serve(
             )
         if signals.take() is not None:  # interrupted while starting in the background
             if record is not None:
-                daemon.tear_down(record, log=lambda m: _err(f"zramd: {m}"))
+                daemon.tear_down(record, log=_log)
             daemon.stop_started(running, _err)
             raise click.ClickException("interrupted: the server is stopped")
 
@@ -320,7 +317,7 @@ def _set_up(
 ) -> list[attach.Attached]:
     """serve --config's setup once nbdkit is ready; a failure stops the server again."""
     opts = running.options
-    assert opts.control is not None
+    assert opts.control is not None  # _check_config_options refused --no-control
 
     def log(line: str) -> None:
         _err(f"zramd: {line}")
@@ -501,6 +498,8 @@ def setup(config_file: Path, pidfile: Path | None, dry_run: bool) -> None:
                     )
         click.echo("\n".join([*lines[:2], *notes, *lines[2:]]))
         return
+    if os.geteuid() != 0:
+        raise click.ClickException("setting devices up (nbd-client, swapon, mount) needs root")
     daemon.ensure_devices(ControlTree(control), [d.id for d in config.devices], _log)
     attached = daemon.set_up(
         config, control, sock=sock, record=daemon.record_path(pidfile), log=_log
