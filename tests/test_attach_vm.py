@@ -1,4 +1,4 @@
-"""attach.setup/teardown for real: a VM on this machine's userland runs two zramd servers, reads
+"""attach.setup/teardown for real: a VM on this machine's userland runs a zramd server, reads
 a zram-generator configuration, swaps to one device, mounts ext4 from the other, uses both,
 and takes them down again (tests/guest_attach.py runs in the guest; tests/vmhost.py boots it)."""
 
