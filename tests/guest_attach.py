@@ -1,5 +1,6 @@
-"""Runs inside the VM of test_attach_vm.py (as root, on the host's userland): two zramd servers,
-a zram-generator configuration, attach.setup, real use of both devices, attach.teardown.
+"""Runs inside the VM of test_attach_vm.py (as root, on the host's userland): a zramd server
+with two devices, a zram-generator configuration, attach.setup, real use of both devices,
+attach.teardown.
 
 Every check is an assert (a failure ends the payload with a non-zero status); ``GUEST KEY
 VALUE`` lines report what the test on the host asserts again.
@@ -16,8 +17,8 @@ import time
 from pathlib import Path
 
 from zramd import attach, genconf
-from zramd.cli import plugin_env, plugin_path
 from zramd.runstate import mount_state
+from zramd.supervise import plugin_env, plugin_path
 
 MiB = 1 << 20
 RUN = Path("/run/zramd-test")
@@ -62,28 +63,26 @@ def say(key: str, value: object = "") -> None:
     print(f"GUEST {key} {value}", flush=True)
 
 
-def start_servers(
+def start_server(
     names: list[str], servers: list[subprocess.Popen[bytes]]
 ) -> dict[str, attach.Target]:
-    """One nbdkit per name, each serving one uninitialised device (no size: attach configures
-    it), started together (each spends most of its start importing Python under TCG)."""
-    where = {}
-    for name in names:
-        d = RUN / name
-        d.mkdir(parents=True)
-        sock, control, pidfile = d / "sock", d / "control", d / "pid"
-        pidfile.write_text("")
-        argv = ["nbdkit", "-f", "--threads=1", "-U", str(sock), "-P", str(pidfile)]
-        argv += ["python", str(plugin_path()), f"control={control}", "auto_compact=0"]
-        servers.append(subprocess.Popen(argv, env=plugin_env()))
-        where[name] = attach.Target(sock, name, control)
+    """One nbdkit serving one uninitialised device per name (no size: attach configures
+    them), exports zram0, zram1, ... with control directories CONTROL/zramN."""
+    RUN.mkdir(parents=True)
+    sock, control, pidfile = RUN / "sock", RUN / "control", RUN / "pid"
+    pidfile.write_text("")
+    argv = ["nbdkit", "-f", "--threads=1", "-U", str(sock), "-P", str(pidfile)]
+    argv += ["python", str(plugin_path()), f"devices={len(names)}", f"control={control}"]
+    argv += ["auto_compact=0"]
+    proc = subprocess.Popen(argv, env=plugin_env())
+    servers.append(proc)
+    where = {name: attach.Target(sock, name, control / name) for name in names}
     deadline = time.monotonic() + 600
-    for proc, target in zip(servers, where.values(), strict=True):
-        pidfile = target.socket.parent / "pid"
-        while not (pidfile.read_text().strip() and mount_state(target.control) == "live"):
-            assert proc.poll() is None, f"nbdkit for {target.export} exited: {proc.returncode}"
-            assert time.monotonic() < deadline, f"nbdkit for {target.export} not ready"
-            time.sleep(0.2)
+    while not (pidfile.read_text().strip() and mount_state(control) == "live"):
+        assert proc.poll() is None, f"nbdkit exited: {proc.returncode}"
+        assert time.monotonic() < deadline, "nbdkit not ready"
+        time.sleep(0.2)
+    for target in where.values():
         assert (target.control / "initstate").read_text() == "0\n"
     return where
 
@@ -109,8 +108,8 @@ def main() -> None:
     say("DEVICES", json.dumps([[d.name, d.disksize] for d in config.devices]))
     servers: list[subprocess.Popen[bytes]] = []
     try:
-        where = start_servers(["zram0", "zram1"], servers)
-        say("SERVERS", f"ready after {time.monotonic() - t0:.0f} s")
+        where = start_server(["zram0", "zram1"], servers)
+        say("SERVER", f"ready after {time.monotonic() - t0:.0f} s")
         state = RUN / "attached.json"
         print(attach.setup_script(config.devices, where), flush=True)
         done = attach.setup(config.devices, where, state=state, log=lambda m: say("LOG", m))

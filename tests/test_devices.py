@@ -243,3 +243,42 @@ def test_each_device_has_its_own_shrinker_while_serving() -> None:
     finally:
         s.stop()
     assert s.shrinkers == {}
+
+
+def test_device_ids_create_exactly_those_devices() -> None:
+    """serve --config's [zram0] and [zram5]: zram0 and zram5 and nothing between; hot_add
+    then fills the gap from the bottom, as the kernel's lowest free id would."""
+    s = service("device_ids=5,0", "size=1M")
+    assert s.export_names() == ["zram0", "zram5"]
+    assert [e.device.size for e in s.devices.entries()] == [1 * MiB, 1 * MiB]
+    assert hot_add(s.devices) == b"1\n"
+    assert service("device_ids=").export_names() == []
+    assert service("device_ids=3").export_names() == ["zram3"]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (["device_ids=1,1"], "an id is given twice"),
+        (["device_ids=-1"], "outside 0..9999"),
+        (["device_ids=10000"], "outside 0..9999"),
+        (["device_ids=zram1"], "expected an integer"),
+        (["devices=2", "device_ids=0,1"], "devices and device_ids: give one or the other"),
+        (["device_ids=0,2", "size=1M", "backing_dev=/tmp/x.img"],
+         "a store belongs to one device, and device_ids=0,2"),
+    ],
+)  # fmt: skip
+def test_device_ids_key_is_checked(config: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        service(*config)
+
+
+def test_adding_a_taken_id_is_eexist(devices: Devices) -> None:
+    assert devices.add(dev_id=4) == 4
+    with pytest.raises(ZramdError, match="zram4 exists already") as info:
+        devices.add(dev_id=4)
+    assert info.value.errno == errno.EEXIST
+    with pytest.raises(ValueError, match="outside"):
+        devices.add(dev_id=10000)
+    assert devices.add() == 0
+    assert [e.id for e in devices.entries()] == [0, 4]

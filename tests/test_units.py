@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from zramd import units
+from zramd import genconf, units
+from zramd.cli import main
 
 ZRAMD = Path(sys.executable).parent / "zramd"  # the console script of this environment
 # options that put the service in its own mount namespace, hiding its mounts from the host
@@ -80,6 +82,7 @@ def test_the_service_is_type_notify_and_stops_through_serve() -> None:
     assert "ExecStop" not in s
     assert s["RuntimeDirectory"] == ["zramd"]
     assert s["RuntimeDirectoryMode"] == ["0700"]  # what runstate.private_dir requires
+    assert s["RuntimeDirectoryPreserve"] == ["yes"]  # a crashed service's attach record stays
     assert s["TimeoutStopSec"] == ["90"]  # zramd stop's 60 s, plus cleanup
     assert s["OOMScoreAdjust"] == ["-1000"]
     assert s["LimitMEMLOCK"] == ["infinity"]
@@ -108,3 +111,47 @@ def test_text_substitutes_the_executable_in_commands_only() -> None:
             units.text(exe=bad)
     with pytest.raises(ValueError, match=r"zramd ships zramd\.service"):
         units.text("nope.service")
+
+
+def test_install_unit_writes_the_unit_for_this_zramd_and_an_example_config(
+    tmp_path: Path,
+) -> None:
+    """`zramd install-unit`: ExecStart= names this installation's zramd (the console script of
+    this environment), the unit verifies, and the example configuration reads as one swap
+    device with zram-generator's defaults; an existing configuration is never touched."""
+    r = CliRunner().invoke(main, ["install-unit", "--root", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    unit = tmp_path / "etc/systemd/system/zramd.service"
+    conf = tmp_path / "etc/zramd/zramd.conf"
+    assert settings(unit.read_text())["ExecStart"] == [
+        f"{ZRAMD} serve --foreground --config /etc/zramd/zramd.conf"
+    ]
+    assert oct(unit.stat().st_mode & 0o777) == "0o644"
+    assert verify(unit) == ""
+    config = genconf.read_config([conf], ram_mib=2048)
+    (dev,) = config.devices
+    assert (dev.name, dev.disksize, dev.fs_type, dev.swap_priority) == ("zram0", 1024 << 20,
+                                                                        "swap", 100)  # fmt: skip
+    assert [a.name for a in dev.algorithms] == ["zstd"]
+    assert config.messages == ()
+
+    conf.write_text("[zram0]\nzram-size = 64\n")
+    r = CliRunner().invoke(main, ["install-unit", "--root", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert f"{unit} is up to date" in r.output
+    assert f"{conf} exists: left as it is" in r.output
+    assert conf.read_text() == "[zram0]\nzram-size = 64\n"
+
+    unit.write_text(unit.read_text() + "# edited\n")
+    r = CliRunner().invoke(main, ["install-unit", "--root", str(tmp_path)])
+    assert r.exit_code == 1
+    assert f"{unit} exists and differs (it was edited?); --force replaces it" in r.output
+    r = CliRunner().invoke(
+        main, ["install-unit", "--root", str(tmp_path), "--force", "--exe", "/opt/z/bin/zramd"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "ExecStart=/opt/z/bin/zramd serve --foreground" in unit.read_text()
+    assert "# edited" not in unit.read_text()
+    r = CliRunner().invoke(main, ["install-unit", "--root", str(tmp_path), "--exe", "zramd"])
+    assert r.exit_code == 1
+    assert "absolute path without spaces" in r.output

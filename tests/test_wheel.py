@@ -74,6 +74,12 @@ def test_a_wheel_installed_in_a_fresh_venv_serves(tmp_path: Path) -> None:
                     cwd=tmp_path).strip())  # fmt: skip
     assert (site / "zramd" / "nbdkit_plugin.py").is_file()
     assert list((site / "zramd").glob("_zram*.so")), "the C extension is not in the wheel"
+    # the unit and the example configuration are package data of the wheel
+    image = tmp_path / "image"
+    run(venv / "bin" / "zramd", "install-unit", "--root", image, cwd=tmp_path)
+    unit = (image / "etc/systemd/system/zramd.service").read_text()
+    assert f"ExecStart={venv}/bin/zramd serve --foreground --config" in unit
+    assert "[zram0]" in (image / "etc/zramd/zramd.conf").read_text()
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = CLEAN_PATH

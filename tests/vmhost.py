@@ -11,7 +11,8 @@ bash payload as PID 1. The payload's console output comes back, ended by ``ZRAMD
 <status>``; the guest then powers off.
 
 Modules load before switch_root (the host has no /lib/modules for this kernel), so the list
-given here is all the guest gets.
+given here is all the guest gets. With ``systemd=True`` the host's systemd becomes PID 1
+instead, and the payload runs as the one service of the default target (zramd's unit tests).
 """
 
 from __future__ import annotations
@@ -83,6 +84,28 @@ def _load_order(tree: Path, kver: str, names: list[str]) -> list[Path]:
     return [moddir / p for p in order]
 
 
+# With systemd as PID 1: the payload is a oneshot service of its own target (the default
+# target), writing to the console directly; it powers the guest off when done.
+SYSTEMD_TEST_TARGET = """[Unit]
+Description=zramd VM test
+Wants=zramd-vm-test.service
+AllowIsolate=yes
+"""
+SYSTEMD_TEST_SERVICE = """[Unit]
+Description=zramd VM test payload
+After=basic.target
+
+[Service]
+Type=oneshot
+Environment=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/console
+ExecStart=/bin/bash -c 'echo ZRAMD-VM-START; bash -e {payload}; rc=$?; \
+    echo "ZRAMD-VM-RESULT $rc"; sync; echo o > /proc/sysrq-trigger'
+"""
+
+
 def run_host_vm(
     payload: str,
     work: Path,
@@ -91,10 +114,13 @@ def run_host_vm(
     paths: list[Path],
     memory: str = "1024M",
     timeout: float = 900,
+    systemd: bool = False,
 ) -> tuple[int, str]:
     """Boot, run ``payload`` (bash -e) as the guest's only job, return (its exit status, the
     console output). ``paths`` (absolute, on the host) are overlaid back in at the same place,
-    writable in the guest only; ``work`` should be one of them."""
+    writable in the guest only; ``work`` should be one of them. With ``systemd``, the host's
+    systemd is PID 1 and the payload runs as the only service of the default target
+    (sysinit.target and what it pulls in start first)."""
     tree, kver = kernel_tree()
     kernel = tree / "boot" / f"vmlinuz-{kver}"
     root = work / "initramfs"
@@ -108,12 +134,26 @@ def run_host_vm(
     (root / "etc" / "modorder").write_text(" ".join(names) + "\n")
     (root / "etc" / "paths").write_text(" ".join(str(p) for p in paths) + "\n")
     (work / "payload.sh").write_text(payload)
-    # the init runs /run/payload.sh: a wrapper that runs the real payload from the work dir
-    init = INIT.replace(
-        "exec switch_root /newroot /bin/bash /run/payload.sh",
-        f"cat > /newroot/run/payload.sh <<'EOF'\n{WRAPPER.format(payload=work / 'payload.sh')}"
-        "EOF\nexec switch_root /newroot /bin/bash /run/payload.sh",
-    )
+    if systemd:
+        units = root / "units"
+        units.mkdir(exist_ok=True)
+        (units / "zramd-vm-test.target").write_text(SYSTEMD_TEST_TARGET)
+        (units / "zramd-vm-test.service").write_text(
+            SYSTEMD_TEST_SERVICE.format(payload=work / "payload.sh")
+        )
+        etc = "/newroot/etc/systemd/system"
+        init = INIT.replace(
+            "exec switch_root /newroot /bin/bash /run/payload.sh",
+            f"cp /units/* {etc}/ && ln -sf zramd-vm-test.target {etc}/default.target\n"
+            "exec switch_root /newroot /lib/systemd/systemd",
+        )
+    else:
+        # the init runs /run/payload.sh: a wrapper that runs the real payload from the work dir
+        init = INIT.replace(
+            "exec switch_root /newroot /bin/bash /run/payload.sh",
+            f"cat > /newroot/run/payload.sh <<'EOF'\n{WRAPPER.format(payload=work / 'payload.sh')}"
+            "EOF\nexec switch_root /newroot /bin/bash /run/payload.sh",
+        )
     (root / "init").write_text(init)
     (root / "init").chmod(0o755)
     initrd = work / "initrd.cpio"

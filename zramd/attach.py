@@ -29,7 +29,8 @@ A setup that fails undoes everything it did, in reverse, and raises AttachError;
 with devices recorded as attached is refused until teardown. Mount points setup creates are
 left in place (as systemd's mount units leave theirs).
 
-setup_script() and teardown_script() print what setup and teardown would run, as a shell
+configure() does step 1 alone, for devices served to other machines. setup_script() and
+teardown_script() print what setup and teardown would run, as a shell
 script (``zramd setup --dry-run``).
 """
 
@@ -58,6 +59,8 @@ SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NBD_BLOCK_SIZE = 4096
 #: seconds nbd-client may take to connect or disconnect (a wedged server must not hang setup)
 NBD_TIMEOUT = 60.0
+#: seconds between two ``Host.progress`` calls while a command runs
+PROGRESS_INTERVAL = 5.0
 #: seconds teardown retries ``reset`` while the server still counts the closing NBD connection
 RESET_WAIT = 10.0
 PAGE_SIZE = 4096
@@ -96,7 +99,19 @@ def targets(devices: Iterable[DeviceConfig], socket: Path, control: Path) -> dic
 
 
 class Host:
-    """The commands and files setup and teardown use. Tests replace it with a fake."""
+    """The commands and files setup and teardown use. Tests replace it with a fake.
+
+    ``progress(argv)`` is called every ``interval`` seconds while a command runs (the service
+    extends its stop timeout while a long swapoff makes progress); it must not raise."""
+
+    def __init__(
+        self,
+        *,
+        progress: Callable[[Sequence[str]], None] | None = None,
+        interval: float = PROGRESS_INTERVAL,
+    ) -> None:
+        self.progress = progress
+        self.interval = interval
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None) -> str:
         """Run a command (found in the sbin directories); its stdout. AttachError if it cannot
@@ -105,24 +120,43 @@ class Host:
         if exe is None:
             raise AttachError(f"{argv[0]} is not installed")
         try:
-            done = subprocess.run(
+            proc = subprocess.Popen(
                 [exe, *argv[1:]],
                 stdin=subprocess.DEVNULL,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
-                timeout=timeout,
                 env=notify.child_environ(),
-                check=False,
             )
-        except subprocess.TimeoutExpired:
-            raise AttachError(f"{shlex.join(argv)}: no answer within {timeout:g} s") from None
         except OSError as e:
             raise AttachError(f"{shlex.join(argv)}: {e.strerror}") from None
-        if done.returncode:
-            why = " ".join(done.stderr.strip().splitlines()[-3:]) or "no message"
-            raise AttachError(f"{shlex.join(argv)} failed (exit {done.returncode}): {why}")
-        return done.stdout
+        with proc:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                step = self.interval if self.progress is not None else None
+                if deadline is not None:
+                    left = max(deadline - time.monotonic(), 0.0)
+                    step = left if step is None else min(step, left)
+                try:
+                    out, err = proc.communicate(timeout=step)
+                    break
+                except subprocess.TimeoutExpired:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        proc.kill()
+                        proc.communicate()
+                        raise AttachError(
+                            f"{shlex.join(argv)}: no answer within {timeout:g} s"
+                        ) from None
+                    if self.progress is not None:
+                        self.progress(argv)
+                except BaseException:
+                    proc.kill()  # a signal's exception: the command must not outlive us
+                    raise
+        if proc.returncode:
+            why = " ".join(err.strip().splitlines()[-3:]) or "no message"
+            raise AttachError(f"{shlex.join(argv)} failed (exit {proc.returncode}): {why}")
+        return out
 
     def which(self, name: str) -> str | None:
         return shutil.which(name, path=f"{SBIN_PATH}:{os.environ.get('PATH', '')}")
@@ -151,14 +185,19 @@ class Host:
     def module_loaded(self, name: str) -> bool:
         return Path("/sys/module", name).is_dir()
 
-    def active_swaps(self) -> set[str]:
-        """The files and devices in /proc/swaps (names decoded)."""
-        out = set()
+    def swaps(self) -> dict[str, int]:
+        """The files and devices in /proc/swaps (names decoded) and the KiB each holds."""
+        out = {}
         with open("/proc/swaps", "rb") as f:
             for line in f.read().splitlines()[1:]:
-                if line.split():
-                    out.add(unescape_mount_field(line.split()[0]))
+                fields = line.split()
+                if len(fields) >= 4:
+                    out[unescape_mount_field(fields[0])] = int(fields[3])
         return out
+
+    def active_swaps(self) -> set[str]:
+        """The files and devices in /proc/swaps (names decoded)."""
+        return set(self.swaps())
 
     def mount_source(self, point: str) -> str | None:
         """``MAJOR:MINOR`` of the file system mounted last at ``point``, or None."""
@@ -383,6 +422,31 @@ def _connect(dev: DeviceConfig, target: Target, host: Host) -> str:
     if device is None:
         raise AttachError(f"{dev.name}: nbd-client did not say which device it connected")
     return device
+
+
+def configure(
+    devices: Sequence[DeviceConfig],
+    control: Path,
+    *,
+    host: Host | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> None:
+    """Only setup's first step: write each device's attributes in ``control/zramN`` (a device
+    already initialised with the configured disksize is left as it is), for devices that are
+    served but attached elsewhere (a VM, another machine). Nothing is recorded: nothing on
+    this host needs undoing. AttachError for a device without a control directory or a
+    refused write; the devices configured before it stay configured."""
+    host = host or Host()
+    for dev in devices:
+        target = Target(Path(), dev.name, control / dev.name)
+        if not host.exists(target.control / "disksize"):
+            raise AttachError(
+                f"{dev.name}: no control directory at {target.control} (is the server serving it?)"
+            )
+        if _initialised(dev, target, host):
+            log(f"{dev.name}: already initialised with this disksize; not reconfigured")
+        else:
+            _configure(dev, target, host, log)
 
 
 def setup(

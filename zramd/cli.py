@@ -9,6 +9,7 @@ status 1.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,12 +17,14 @@ from typing import Any, TypeVar
 import click
 
 import zramd
-from zramd import supervise, zramctl
+from zramd import attach, daemon, supervise, units, zramctl
 from zramd.compress import DEFAULT, available
 from zramd.devices import MAX_DEVICES, device_name
-from zramd.errors import ZramdError
+from zramd.errors import ServeError, ZramdError
+from zramd.genconf import Config
 from zramd.parse import parse_size
 from zramd.runstate import (
+    Server,
     default_control,
     default_log,
     default_pidfile,
@@ -35,13 +38,18 @@ T = TypeVar("T")
 
 
 class _Group(click.Group):
-    """Turns a ZramdError into click's one-line error (``Error: ...``, exit status 1)."""
+    """Turns a ZramdError or AttachError into click's one-line error (``Error: ...``, exit
+    status 1)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ZramdError as e:
+        except (ZramdError, attach.AttachError) as e:
             raise click.ClickException(str(e)) from None
+
+
+def _err(line: str) -> None:
+    click.echo(line, err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,7 +144,26 @@ _device = _parsed(lambda value, name: zramctl.parse_device(value))
     help="nbdkit worker threads per connection (above 1, nbdkit 1.32 can abort when a client "
     "vanishes mid-request: docs/reliability.md).",
 )
-@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (Ctrl-C stops).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="Serve the devices of this zram-generator-style file (e.g. /etc/zramd/zramd.conf) "
+    "and set each up on this host as it says; --devices and the device options do not apply.",
+)
+@click.option(
+    "--no-attach",
+    is_flag=True,
+    help="With --config: configure the devices but set none up on this host (clients "
+    "elsewhere attach them).",
+)
+@click.option(
+    "--foreground",
+    "-f",
+    is_flag=True,
+    help="Stay in the foreground: a service's main process (sd_notify READY=1); SIGTERM or "
+    "Ctrl-C takes the devices down, then stops nbdkit.",
+)
 def serve(
     devices: int,
     size: int,
@@ -157,14 +184,28 @@ def serve(
     logfile: Path | None,
     auto_compact: int,
     threads: int,
+    config_file: Path | None,
+    no_attach: bool,
     foreground: bool,
 ) -> None:
     """Serve compressed RAM block devices over NBD on a Unix socket (owner only), or over TCP
     when asked (--tcp; loopback unless a host is given; TLS with --tls-*).
 
     Each device is an export named zramN (an empty export name is zram0); the control tree
-    holds zram-control/ and one zramN/ directory per device.
+    holds zram-control/ and one zramN/ directory per device. With --config, the devices are
+    the file's [zramN] sections, configured and set up on this host (nbd-client, then swapon
+    or mkfs and mount) before serve reports ready; `zramd stop` takes them down first.
     """
+    config = None
+    if config_file is not None:
+        _check_config_options(click.get_current_context(), tcp, no_control, no_attach)
+        config = daemon.read_config(config_file.absolute())
+        for message in config.messages:
+            _err(f"zramd: warning: {message}")
+        if not config.devices:
+            _err(f"zramd: warning: {config_file} configures no device: serving none")
+    elif no_attach:
+        raise click.UsageError("--no-attach goes with --config")
     nbdkit = supervise.check_nbdkit()
     tls_opts = supervise.tls_args(tls, tls_certificates, tls_psk, tls_verify_peer)
     if tcp is not None and sock is not None:
@@ -186,7 +227,20 @@ def serve(
                 "who can reach it can read and write the device",
                 err=True,
             )
-    keys = [f"devices={devices}", f"size={size}", f"comp_algorithm={algorithm}"]
+    record = None
+    if config is not None and not no_attach:
+        record = daemon.record_path(pidfile)
+        left = daemon.recorded(record)
+        if left:
+            busy = ", ".join(f"{r.name} ({r.nbd or 'not connected'})" for r in left)
+            raise ServeError(
+                f"{record} records devices still set up on this host: {busy}; take them down "
+                "first: zramd teardown"
+            )
+    if config is not None:
+        keys = daemon.plugin_keys(config)
+    else:
+        keys = [f"devices={devices}", f"size={size}", f"comp_algorithm={algorithm}"]
     keys.append(f"auto_compact={auto_compact}")
     if level is not None:
         keys.append(f"level={level}")
@@ -200,10 +254,103 @@ def serve(
     opts = supervise.ServeOptions(
         nbdkit, listen, pidfile, sock, control, logfile, threads, tls_opts, keys, foreground
     )
-    running = supervise.start_server(opts)
+    tell = daemon.Notifier(_err)
+    with daemon.Signals() as signals:
+        if foreground:
+            tell.status("starting nbdkit")
+        running = supervise.start_server(opts)
+        attached: list[attach.Attached] = []
+        names = [device_name(i) for i in range(devices)]
+        if config is not None:
+            attached = _set_up(config, running, record, tell if foreground else None)
+            names = [d.name for d in config.devices]
+        where = str(sock) if sock is not None else f"{tcp[0]}:{tcp[1]}" if tcp else ""
+        status = daemon.status_line(names, where, attached)
+        _print_serving(running, size, algorithm, devices, sock, tcp, tls_opts, control, logfile,
+                       config, status)  # fmt: skip
+        if foreground:
+            raise SystemExit(
+                daemon.serve_foreground(
+                    running, signals, record=record, status=status, report=_err, tell=tell
+                )
+            )
+        if signals.take() is not None:  # interrupted while starting in the background
+            if record is not None:
+                daemon.tear_down(record, log=_log)
+            daemon.stop_started(running, _err)
+            raise click.ClickException("interrupted: the server is stopped")
+
+
+def _check_config_options(
+    ctx: click.Context, tcp: tuple[str, int] | None, no_control: bool, no_attach: bool
+) -> None:
+    """--config describes the devices itself: the device options do not go with it, and
+    setting devices up on this host needs the socket, the control tree and root."""
+    device_options = ("devices", "size", "algorithm", "level", "mem_limit", "backing_dev")
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in (*device_options, "recomp_algorithm")
+        if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+    ]
+    if given:
+        raise click.UsageError(
+            f"--config describes the devices; {', '.join(given)} cannot go with it (write "
+            "them into the file: zram-size, compression-algorithm, zram-resident-limit, "
+            "writeback-device)"
+        )
+    if no_control:
+        raise click.UsageError("--config configures the devices through the control tree: "
+                               "--no-control cannot go with it")  # fmt: skip
+    if tcp is not None and not no_attach:
+        raise click.UsageError("--config sets the devices up on this host through the Unix "
+                               "socket: --tcp needs --no-attach")  # fmt: skip
+    if not no_attach and os.geteuid() != 0:
+        raise click.UsageError("setting devices up on this host (nbd-client, swapon, mount) "
+                               "needs root; --no-attach only configures them")  # fmt: skip
+
+
+def _set_up(
+    config: Config,
+    running: supervise.Running,
+    record: Path | None,
+    tell: daemon.Notifier | None,
+) -> list[attach.Attached]:
+    """serve --config's setup once nbdkit is ready; a failure stops the server again."""
+    opts = running.options
+    assert opts.control is not None  # _check_config_options refused --no-control
+
+    def log(line: str) -> None:
+        _err(f"zramd: {line}")
+        if tell is not None:
+            tell.status(line)
+
+    if tell is not None:
+        tell.status("configuring the devices" if record is None else "setting the devices up")
+    try:
+        return daemon.set_up(config, opts.control, sock=opts.socket, record=record, log=log)
+    except (attach.AttachError, OSError) as e:
+        daemon.stop_started(running, _err)
+        raise click.ClickException(f"{e}; the server is stopped") from None
+
+
+def _print_serving(
+    running: supervise.Running,
+    size: int,
+    algorithm: str,
+    devices: int,
+    sock: Path | None,
+    tcp: tuple[str, int] | None,
+    tls_opts: list[str],
+    control: Path | None,
+    logfile: Path | None,
+    config: Config | None,
+    status: str,
+) -> None:
     pid = running.pid
     what = f"{human_size(size)} ({algorithm})"
-    if devices != 1:
+    if config is not None:
+        what = f"{len(config.devices)} devices of {config.files[0]}"
+    elif devices != 1:
         last = device_name(devices - 1)
         what = f"{devices} devices (zram0..{last}), {human_size(size)} each ({algorithm})"
     if sock is not None:
@@ -226,21 +373,39 @@ def serve(
     if control is not None:
         info.append(f"  control:     {control}   (cat zram0/mm_stat; echo 1 > zram0/compact)")
     info.append(f"  data path:   {supervise.data_path()}")
+    if config is not None:
+        info.append(f"  status:      {status}")
     if logfile is not None:
         info.append(f"  log:         {logfile}      stop: zramd stop")
     click.echo("\n".join(info))
-    if foreground:
-        raise SystemExit(supervise.serve_foreground(running, lambda x: click.echo(x, err=True)))
+
+
+pidfile_option = click.option(
+    "--pidfile", type=click.Path(path_type=Path), help="The server's pidfile (default: serve's)."
+)
+
+
+def _pidfile(pidfile: Path | None) -> Path:
+    """--pidfile, or the default one once the runtime directory has passed its checks."""
+    if pidfile is None:
+        if not private_dir(runtime_dir(), create=False):
+            raise click.ClickException(f"no server: {runtime_dir()} does not exist")
+        pidfile = default_pidfile()
+    return pidfile.absolute()
+
+
+def _log(line: str) -> None:
+    _err(f"zramd: {line}")
 
 
 @main.command()
-@click.option("--pidfile", type=click.Path(path_type=Path), help="The server's pidfile.")
+@pidfile_option
 @click.option(
     "--socket", "sock", type=click.Path(path_type=Path), help="Its socket, if it is stale."
 )
 @click.option(
     "--timeout",
-    default=60.0,
+    default=supervise.STOP_TIMEOUT,
     show_default=True,
     type=click.FloatRange(0),
     help="Seconds until stop returns: SIGTERM, then SIGKILL 2 s before the end.",
@@ -248,30 +413,156 @@ def serve(
 def stop(pidfile: Path | None, sock: Path | None, timeout: float) -> None:
     """Stop a server started by `zramd serve` within TIMEOUT, whatever its clients do.
 
-    The pid is signalled only if /proc shows the nbdkit serving this pidfile. A server still
-    there 2 s before the timeout (nbdkit waits for connected clients) is killed; its socket,
-    pidfile and control mount are removed either way. A stale pidfile is removed and reported,
-    and so is --socket if it is a stale socket; nothing else is ever deleted.
+    What `serve --config` or `zramd setup` set up on this host is taken down first (swapoff
+    or umount, nbd-client -d); if that fails (a swapoff refused for lack of memory), the
+    server is left running and stop fails. The pid is signalled only if /proc shows the nbdkit
+    serving this pidfile. A server still there 2 s before the timeout (nbdkit waits for
+    connected clients) is killed; its socket, pidfile and control mount are removed either
+    way. A stale pidfile is removed and reported, and so is --socket if it is a stale socket;
+    nothing else is ever deleted.
     """
     if (pidfile is None or sock is None) and not private_dir(runtime_dir(), create=False):
         raise click.ClickException(f"no server: {runtime_dir()} does not exist")
     pidfile = (pidfile or default_pidfile()).absolute()
     given = sock is not None
     sock = (sock or default_socket()).absolute()
-    stopped = supervise.stop(pidfile, sock, timeout)
+
+    def take_down(server: Server) -> None:
+        try:
+            daemon.tear_down(daemon.record_path(pidfile), log=_log)
+        except attach.AttachError as e:
+            raise ServeError(f"not stopped: {e}") from None
+
+    stopped = supervise.stop(pidfile, sock, timeout, before=take_down)
     if stopped.killed:
-        click.echo(
+        _err(
             f"zramd: server {stopped.pid} did not exit within {stopped.grace:g} s of SIGTERM "
-            "(nbdkit waits for every connected client); killed it (SIGKILL)",
-            err=True,
+            "(nbdkit waits for every connected client); killed it (SIGKILL)"
         )
     for line in stopped.cleanup.lines():
-        click.echo(f"zramd: {line}", err=True)
+        _log(line)
     if given and sock != stopped.socket:
-        click.echo(f"zramd: --socket {sock} is not this server's socket: left alone", err=True)
+        _err(f"zramd: --socket {sock} is not this server's socket: left alone")
     if stopped.cleanup.failed:
         raise click.ClickException(f"server {stopped.pid} stopped, but its state is left behind")
     click.echo(f"zramd: stopped server {stopped.pid}" + (" (killed)" if stopped.killed else ""))
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=daemon.DEFAULT_CONFIG,
+    show_default=True,
+    help="zram-generator-style configuration ([zramN] sections).",
+)
+@pidfile_option
+@click.option("--dry-run", is_flag=True, help="Print what would run, as a shell script.")
+def setup(config_file: Path, pidfile: Path | None, dry_run: bool) -> None:
+    """Set a running server's devices up on this host as the configuration says.
+
+    For each [zramN] section: the device is added if the server lacks it (zram-control/
+    hot_add), configured through its control files in zram-generator's order, attached with
+    nbd-client, then mkswap + swapon or mkfs + mount. What was done is recorded beside the
+    pidfile for `zramd teardown` and `zramd stop`; a setup that fails undoes itself.
+    """
+    config = daemon.read_config(config_file)
+    for message in config.messages:
+        _err(f"zramd: warning: {message}")
+    if pidfile is None and dry_run and not private_dir(runtime_dir(), create=False):
+        pidfile = default_pidfile()  # nothing runs: show serve's default paths
+    pidfile = _pidfile(pidfile)
+    try:
+        server = daemon.find_running(pidfile)
+    except ServeError:
+        if not dry_run:
+            raise
+        sock, control, present = default_socket(), default_control(), None
+    else:
+        sock, control = _served_paths(server)
+        present = set(ControlTree(control).device_ids())
+    if dry_run:
+        lines = attach.setup_script(
+            config.devices, attach.targets(config.devices, sock, control)
+        ).splitlines()
+        notes = []
+        if present is None:
+            notes.append(f"# no server runs with pidfile {pidfile}: serve's default paths")
+        else:
+            for d in config.devices:
+                if d.id not in present:
+                    notes.append(
+                        f"# {d.name} is not served yet: added first "
+                        f"(cat {control}/zram-control/hot_add until it exists)"
+                    )
+        click.echo("\n".join([*lines[:2], *notes, *lines[2:]]))
+        return
+    if os.geteuid() != 0:
+        raise click.ClickException("setting devices up (nbd-client, swapon, mount) needs root")
+    daemon.ensure_devices(ControlTree(control), [d.id for d in config.devices], _log)
+    attached = daemon.set_up(
+        config, control, sock=sock, record=daemon.record_path(pidfile), log=_log
+    )
+    names = [d.name for d in config.devices]
+    click.echo(f"zramd: {daemon.status_line(names, str(sock), attached)}")
+
+
+def _served_paths(server: Server) -> tuple[Path, Path]:
+    """The running server's socket and control tree, which setup needs."""
+    if server.socket is None or server.control is None:
+        raise ServeError(
+            f"server {server.pid} serves without a Unix socket or without a control tree: "
+            "setting devices up on this host needs both"
+        )
+    return server.socket, server.control
+
+
+@main.command()
+@pidfile_option
+@click.option("--dry-run", is_flag=True, help="Print what would run, as a shell script.")
+def teardown(pidfile: Path | None, dry_run: bool) -> None:
+    """Take down what `serve --config` or `zramd setup` set up on this host, last device
+    first: swapoff or umount, nbd-client -d, then reset the device. The server keeps running.
+
+    Only what the record names and the system still shows is undone. A device whose swapoff
+    or umount fails stays set up and recorded, and teardown fails naming it.
+    """
+    record = daemon.record_path(_pidfile(pidfile))
+    if dry_run:
+        click.echo(attach.teardown_script(record), nl=False)
+        return
+    daemon.tear_down(record, log=_log)
+
+
+@main.command(name="install-unit")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/"),
+    show_default=True,
+    help="Install under this directory (an image being built).",
+)
+@click.option(
+    "--exe",
+    help="The zramd command the unit runs (default: the one of this installation).",
+)
+@click.option("--force", is_flag=True, help="Replace a unit file that differs.")
+def install_unit(root: Path, exe: str | None, force: bool) -> None:
+    """Install the systemd unit and, if there is none, an example configuration.
+
+    Writes ROOT/etc/systemd/system/zramd.service running this installation's zramd, and
+    ROOT/etc/zramd/zramd.conf (one swap device, zram-generator's defaults) only when that file
+    does not exist. Then: systemctl daemon-reload && systemctl enable --now zramd.
+    """
+    try:
+        done = units.install(root, exe=exe, force=force)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    for line in done:
+        click.echo(f"zramd: {line}")
+    if root == Path("/"):
+        click.echo("zramd: now: systemctl daemon-reload && systemctl enable --now zramd")
 
 
 control_option = click.option(

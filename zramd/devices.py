@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zramd.device import ZramDevice
-from zramd.errors import DeviceBusyError, NoDeviceError, TooManyDevicesError
+from zramd.errors import DeviceBusyError, DeviceExistsError, NoDeviceError, TooManyDevicesError
 
 #: nbdkit lists at most 10000 exports (server/exports.c, MAX_EXPORTS), and every device must
 #: be one; the kernel's range is [0, INT_MAX]
@@ -84,11 +84,20 @@ class Devices:
         self._by_serial: dict[int, Entry] = {}
         self._next_serial = 0
 
-    def add(self, device: ZramDevice | None = None) -> int:
+    def add(self, device: ZramDevice | None = None, *, dev_id: int | None = None) -> int:
         """``zram_add``: a new device (``device``, else a fresh one) under the lowest free id;
-        the id. ENOSPC when all MAX_DEVICES ids are taken."""
+        the id. ENOSPC when all MAX_DEVICES ids are taken.
+
+        ``dev_id`` asks for that id instead (``idr_alloc(id, id + 1)``), for a server that
+        serves a configuration's ``[zramN]`` sections, gaps included: DeviceExistsError (EEXIST)
+        if it is taken, ValueError outside 0..MAX_DEVICES-1."""
+        if dev_id is not None and not 0 <= dev_id < MAX_DEVICES:
+            raise ValueError(f"device id {dev_id}: outside 0..{MAX_DEVICES - 1}")
         with self._lock:
-            dev_id = next(i for i in range(len(self._by_id) + 1) if i not in self._by_id)
+            if dev_id is None:
+                dev_id = next(i for i in range(len(self._by_id) + 1) if i not in self._by_id)
+            elif dev_id in self._by_id:
+                raise DeviceExistsError(f"{device_name(dev_id)} exists already")
             if dev_id >= MAX_DEVICES:
                 raise TooManyDevicesError(f"hot_add: all {MAX_DEVICES} device ids are in use")
             entry = Entry(dev_id, self._next_serial, device or self._make())

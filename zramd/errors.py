@@ -106,6 +106,13 @@ class TooManyDevicesError(ControlError):
     errno = _errno.ENOSPC
 
 
+class DeviceExistsError(ControlError):
+    """EEXIST: a device was asked for under an id another device holds (idr_alloc's answer
+    for a taken id)."""
+
+    errno = _errno.EEXIST
+
+
 # -- serving ----------------------------------------------------------------------------------
 
 

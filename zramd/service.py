@@ -3,11 +3,13 @@ background compaction, independent of nbdkit itself (the plugin only delegates h
 
 Configuration keys (``nbdkit python zramd/nbdkit_plugin.py KEY=VALUE ...``) are listed with
 their help in ``CONFIG_KEYS``. ``devices=N`` creates zram0..zramN-1 at start, as the kernel's
-``num_devices`` does; the device keys (``size``, ``comp_algorithm``, ``level``, ``mem_limit``,
-``backing_dev``, ``recomp_algorithm``) configure each of them, and a device added later
-through ``zram-control/hot_add`` starts uninitialised with the kernel's defaults, as the
-kernel's does. ``chain`` and the ``auto_compact*`` keys are the process's own settings and
-apply to every device, hot-added ones too.
+``num_devices`` does; ``device_ids=0,2`` creates exactly those ids instead (what ``zramd serve
+--config`` asks for: one device per ``[zramN]`` section, gaps included). The device keys
+(``size``, ``comp_algorithm``, ``level``, ``mem_limit``, ``backing_dev``, ``recomp_algorithm``)
+configure each of them, and a device added later through ``zram-control/hot_add`` starts
+uninitialised with the kernel's defaults, as the kernel's does. ``chain`` and the
+``auto_compact*`` keys are the process's own settings and apply to every device, hot-added
+ones too.
 
 Each device is exported under its name (``zram0`` ...); the default export (an empty name) is
 ``zram0``.
@@ -36,6 +38,8 @@ CONFIG_KEYS: dict[str, str] = {
     "size": "disksize (e.g. 1G); without it the device starts uninitialised, like a fresh zram",
     "devices": f"devices created at start, zram0..zramN-1 (like num_devices; 0..{MAX_DEVICES}, "
     "default 1), each with the keys above and below",
+    "device_ids": "instead of devices=N: the ids of the devices created at start, e.g. 0,2 "
+    "(zram0 and zram2, as a configuration's [zramN] sections name them)",
     "comp_algorithm": f"compression algorithm: {' '.join(available())} (default {DEFAULT})",
     "level": "compression level of the algorithm (backend-specific; default: the kernel's)",
     "mem_limit": "pool memory limit (e.g. 512M; 0 = none); writes beyond it fail with ENOSPC",
@@ -70,6 +74,17 @@ def _int(key: str, value: str, lo: int, hi: int) -> int:
     return n
 
 
+def _ids(key: str, value: str) -> list[int]:
+    """``device_ids``: distinct ids in 0..MAX_DEVICES-1, comma-separated, in any order (the
+    devices are created in ascending order); an empty value is no device."""
+    if not value.strip():
+        return []
+    ids = [_int(key, word.strip(), 0, MAX_DEVICES - 1) for word in value.split(",")]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{key}={value}: an id is given twice")
+    return sorted(ids)
+
+
 #: the export an NBD client gets when it names none
 DEFAULT_EXPORT = device_name(0)
 
@@ -77,6 +92,7 @@ DEFAULT_EXPORT = device_name(0)
 @dataclass
 class Settings:
     devices: int = 1
+    device_ids: list[int] | None = None
     size: int | None = None
     comp_algorithm: str = DEFAULT
     level: int | None = None
@@ -114,6 +130,8 @@ class Service:
         try:
             if key == "devices":
                 s.devices = _int(key, value, 0, MAX_DEVICES)
+            elif key == "device_ids":
+                s.device_ids = _ids(key, value)
             elif key == "size":
                 s.size = parse_size(value, what="size")
                 if s.size <= 0:
@@ -170,15 +188,26 @@ class Service:
         return dev
 
     def config_complete(self) -> None:
-        """Build the ``devices`` devices (each initialised when ``size`` was given)."""
+        """Build the ``devices`` devices, or those of ``device_ids`` (each initialised when
+        ``size`` was given)."""
         s = self.settings
-        if s.backing_dev is not None and s.devices > 1:
+        if s.device_ids is not None and "devices" in s.seen:
+            raise ConfigError("devices and device_ids: give one or the other")
+        count = s.devices if s.device_ids is None else len(s.device_ids)
+        if s.backing_dev is not None and count > 1:
+            given = f"devices={count}"
+            if s.device_ids is not None:
+                given = "device_ids=" + ",".join(map(str, s.device_ids))
             raise ConfigError(
-                f"backing_dev: a store belongs to one device, and devices={s.devices}; set "
-                "each device's backing_dev in its control directory instead"
+                f"backing_dev: a store belongs to one device, and {given}; set each "
+                "device's backing_dev in its control directory instead"
             )
-        for _ in range(s.devices):
-            self.devices.add(self._configured_device())
+        if s.device_ids is None:
+            for _ in range(s.devices):
+                self.devices.add(self._configured_device())
+        else:
+            for dev_id in s.device_ids:
+                self.devices.add(self._configured_device(), dev_id=dev_id)
 
     def _configured_device(self) -> ZramDevice:
         s = self.settings

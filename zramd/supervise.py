@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zramd
+from zramd import notify
 from zramd.errors import RunStateError, ServeError
 from zramd.native import why_not_native
 from zramd.runstate import (
@@ -46,7 +47,6 @@ from zramd.runstate import (
     check_socket_path,
     claim_pidfile,
     clean_up,
-    exit_text,
     find_server,
     mount_state,
     open_log,
@@ -60,6 +60,8 @@ from zramd.runstate import (
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: seconds a start may take before it is given up (and stopped)
 READY_TIMEOUT = 60.0
+#: seconds ``zramd stop`` (and a foreground serve that was told to stop) gives nbdkit to exit
+STOP_TIMEOUT = 60.0
 #: seconds between two looks at the pidfile and the mount while waiting for readiness
 READY_POLL = 0.05
 # One nbdkit worker thread per connection: Python requests serialise on the GIL anyway, and
@@ -89,8 +91,9 @@ def plugin_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment nbdkit needs to run the plugin: the embedded /usr/bin/python3 gets the
     directory holding the zramd package and this interpreter's site-packages (its
     dependencies) in front of PYTHONPATH, and a PATH without pyenv shims (the embedded
-    interpreter derives sys.prefix from PATH)."""
-    env = dict(os.environ if base is None else base)
+    interpreter derives sys.prefix from PATH). No NOTIFY_SOCKET: only ``zramd serve``, the
+    service's main process, speaks for the service."""
+    env = notify.child_environ(base)
     paths = [str(package_root()), sysconfig.get_paths()["purelib"]]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
@@ -448,7 +451,9 @@ class Running:
 def _launch(opts: ServeOptions, log_fd: int | None) -> subprocess.Popen[bytes]:
     env = plugin_env()
     if log_fd is None:
-        return subprocess.Popen(opts.argv(), env=env)
+        # its own process group: a Ctrl-C reaches serve alone, which takes the devices down
+        # before it stops nbdkit (daemon.py)
+        return subprocess.Popen(opts.argv(), env=env, stdin=subprocess.DEVNULL, process_group=0)
     env.update(
         ZRAMD_PYTHON=sys.executable,
         ZRAMD_SOCKET=str(opts.socket or ""),
@@ -513,24 +518,6 @@ def start_server(opts: ServeOptions, timeout: float | None = None) -> Running:
     return Running(proc, pid, opts)
 
 
-def serve_foreground(running: Running, report: Callable[[str], None]) -> int:
-    """Wait for a foreground nbdkit (Ctrl-C stops it), clean up after it like the supervisor
-    does (each line to ``report``), and return its exit status as a shell would report it."""
-    proc = running.proc
-    try:
-        rc = proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait()
-    status = 128 - rc if rc < 0 else rc
-    opts = running.options
-    for line in clean_up(opts.pidfile, opts.socket, opts.control).lines():
-        report(f"zramd: {line}")
-    if status:
-        report(f"zramd: {exit_text(status)}")
-    return status
-
-
 # -- zramd stop -------------------------------------------------------------------------------
 
 
@@ -580,12 +567,21 @@ def stop_server(server: Server, fd: int, timeout: float) -> Stopped:
     return Stopped(server.pid, killed, grace, done, server.socket)
 
 
-def stop(pidfile: Path, sock: Path, timeout: float) -> Stopped:
+def stop(
+    pidfile: Path,
+    sock: Path | None,
+    timeout: float,
+    *,
+    before: Callable[[Server], None] | None = None,
+) -> Stopped:
     """``zramd stop``: stop the server holding ``pidfile`` within ``timeout`` seconds. The pid
     is signalled only if /proc shows the nbdkit serving this pidfile. ServeError (naming the
     pidfile) when there is no server: no pidfile, an empty one (a server starting: left
     alone), or a stale one, which is removed along with ``sock`` if that is a stale socket
-    (the message lists what was removed). RunStateError from the runtime-state checks."""
+    (the message lists what was removed). RunStateError from the runtime-state checks.
+
+    ``before(server)`` runs once the server is found and before it is signalled (the host
+    teardown); whatever it raises leaves the server running and propagates."""
     try:
         pid = read_pid(pidfile)
     except FileNotFoundError:
@@ -605,6 +601,8 @@ def stop(pidfile: Path, sock: Path, timeout: float) -> Stopped:
         done = clean_up(pidfile, sock, None)
         raise ServeError("\n".join([f"no server: {pidfile} is stale ({why})", *done.lines()]))
     try:
+        if before is not None:
+            before(server)
         stopped = stop_server(server, fd, timeout)
     finally:
         os.close(fd)
