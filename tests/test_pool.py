@@ -215,19 +215,19 @@ def test_compaction_visits_classes_largest_first(
     pool: PoolAPI, make_pool: PoolFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the C pool's order is held to this one by the differential test (same moves, same pages)
-    make_pool.python_only("spies on compaction.compact_class")
+    make_pool.python_only("spies on compaction.Compactor.compact_class")
     for size in (40, 1624, 600, 3000):
         handles = list(fill(pool, size, 1200, seed=size))
         for h in handles[::2]:
             pool.free(h)
     order: list[int] = []
-    real = compaction_module.compact_class
+    real = compaction_module.Compactor.compact_class
 
-    def spy(p: ZsPool, cls: object, *, gentle: bool = False) -> int:
+    def spy(c: compaction_module.Compactor, cls: object, *, gentle: bool = False) -> int:
         order.append(cls.size)  # type: ignore[attr-defined]
-        return real(p, cls, gentle=gentle)  # type: ignore[arg-type]
+        return real(c, cls, gentle=gentle)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("zramd.pool.compact_class", spy)
+    monkeypatch.setattr(compaction_module.Compactor, "compact_class", spy)
     assert pool.compact() > 0
     assert order == sorted(order, reverse=True)
     assert len(order) == 4
@@ -340,5 +340,5 @@ def test_frees_are_released_in_batches(make_pool: PoolFactory) -> None:
     assert max(cached) == 15
     assert cached.count(0) == 100 // 16  # the cache empties once per batch
     if isinstance(pool, ZsPool):  # the C pool counts its madvise calls in stress_pool.c
-        assert pool.arena.releases <= 100 // 16 + 1  # one madvise per batch (contiguous)
+        assert pool._arena.releases <= 100 // 16 + 1  # one madvise per batch (contiguous)
     pool.close()

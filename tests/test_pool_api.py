@@ -16,9 +16,9 @@ from zramd._zram import Pool
 from zramd.pool_api import PoolAPI
 from zramd.size_class import MAX_CHAIN_SIZE, MIN_CHAIN_SIZE, ZS_MAX_ALLOC_SIZE
 
-#: ZsPool's public names that are its implementation, not the contract: its structures, used
-#: by compaction.py and zramd.testing. The C pool keeps the same structures in C.
-PYTHON_INTERNALS = {"arena", "classes", "free_zspage", "move_object", "words", "zspages"}
+#: ZsPool's public names beyond the contract: none (its structures are private, as the C
+#: pool's are)
+PYTHON_INTERNALS: set[str] = set()
 
 P = inspect.Parameter
 

@@ -97,14 +97,14 @@ def test_thread_runs_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
     # the pass's clock reads the source zspages migrated so far, as µs: a slice that holds
     # the class lock for one source zspage lasts exactly 1
     migrated = 0
-    real_migrate = compaction.migrate_zspage
+    real_migrate = compaction.Compactor.migrate_zspage
 
     def migrate(*args: Any) -> None:
         nonlocal migrated
         migrated += 1
         real_migrate(*args)
 
-    monkeypatch.setattr(compaction, "migrate_zspage", migrate)
+    monkeypatch.setattr(compaction.Compactor, "migrate_zspage", migrate)
     monkeypatch.setattr(
         compaction,
         "time",

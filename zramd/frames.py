@@ -24,8 +24,9 @@ import mmap
 import struct
 from typing import Literal, TypeAlias
 
+from zramd._types import BytesLike
 from zramd.errors import PoolExhaustedError
-from zramd.page import PAGE_SHIFT, PAGE_SIZE
+from zramd.page import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 
 IntCode: TypeAlias = Literal["B", "H", "i", "I", "q", "Q"]
 
@@ -171,6 +172,30 @@ class FrameArena:
     def _release_run(self, first: int, last: int) -> None:
         self.map.madvise(mmap.MADV_DONTNEED, first << PAGE_SHIFT, (last - first + 1) << PAGE_SHIFT)
         self.releases += 1
+
+    def read(self, off: int, n: int) -> bytes:
+        """``n`` bytes at arena offset ``off``, following the chain to the next frame when they
+        cross a frame boundary (objects straddle frames)."""
+        end = (off | PAGE_MASK) + 1
+        if off + n <= end:
+            return self.map[off : off + n]  # one copy, straight into a bytes object
+        view = self.view
+        nxt = self.links[off >> PAGE_SHIFT] << PAGE_SHIFT
+        return b"".join((view[off:end], view[nxt : nxt + n - (end - off)]))
+
+    def write(self, off: int, data: BytesLike) -> None:
+        """Write ``data`` at arena offset ``off``, its tail in the chain's next frame when it
+        crosses a frame boundary: two copies, no join."""
+        n = len(data)
+        end = (off | PAGE_MASK) + 1
+        if off + n <= end:
+            self.map[off : off + n] = data
+            return
+        src = memoryview(data)
+        first = end - off
+        self.map[off:end] = src[:first]
+        nxt = self.links[off >> PAGE_SHIFT] << PAGE_SHIFT
+        self.map[nxt : nxt + n - first] = src[first:]
 
     def metadata_bytes(self) -> int:
         """Link words of every frame ever handed out (the part of ``links`` that is resident)."""

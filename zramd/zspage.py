@@ -44,6 +44,15 @@ from zramd.frames import lazy_array
 from zramd.page import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from zramd.size_class import SizeClass
 
+#: a handle is ``slot << HANDLE_CLASS_BITS | class index``: the entry of its class's handle
+#: table that holds the object's location
+HANDLE_CLASS_BITS = 8  # 255 class slots
+HANDLE_CLASS_MASK = (1 << HANDLE_CLASS_BITS) - 1
+#: a location is ``zspage id << LOC_SHIFT | arena offset`` (huge: ``size << LOC_SHIFT | frame
+#: offset``): arena offsets stay below 2**37 (MAX_FRAMES frames)
+LOC_SHIFT = 37
+LOC_OFF_MASK = (1 << LOC_SHIFT) - 1
+
 OBJ_ALLOCATED_TAG = 1
 HDR_HANDLE_SHIFT = 1
 HDR_SIZE_SHIFT = 48
