@@ -14,10 +14,10 @@ Users hold *handles*, never locations. A handle names an entry of its class's ha
 entry records where the object is now. Compaction moves an object by copying its bytes and
 rewriting that one entry, so the device's slot table never changes when objects move::
 
-    handle = slot << 8 | class index
+    handle = entry << 8 | class index
        |
        v
-    cls.handles[slot] = zspage id << 37 | arena offset          (the "location"; huge objects:
+    cls.handles[entry] = zspage id << 37 | arena offset          (the "location"; huge objects:
        |                     |                                   size << 37 | frame offset)
        |                     v
        |           zspages: inuse, freeobj, fresh cursor, first frame, prev/next
@@ -187,9 +187,9 @@ class ZsPool:
 
     def _location(self, cls: SizeClass, handle: int) -> int:
         """The live location of ``handle`` (caller holds ``cls.lock``)."""
-        slot = handle >> HANDLE_CLASS_BITS
+        entry = handle >> HANDLE_CLASS_BITS
         handles = cls.handles
-        if slot >= len(handles) or (loc := handles[slot]) < 0:
+        if entry >= len(handles) or (loc := handles[entry]) < 0:
             raise InvalidHandleError(f"handle {handle} is not allocated (freed, or never returned)")
         return loc
 
@@ -260,7 +260,7 @@ class ZsPool:
         return handles
 
     def _alloc(self, cls: SizeClass, size: int) -> tuple[int, int]:
-        """``obj_malloc``: an object slot and a handle (caller holds ``cls.lock``).
+        """``obj_malloc``: an object and a handle (caller holds ``cls.lock``).
 
         Returns the handle and the object's arena offset (of its header, or of the frame for a
         huge object). Takes from the fullest non-full zspage; carves a new one only when none
@@ -295,14 +295,14 @@ class ZsPool:
                     zspages.link(cls, zid, new_group)
             loc = (zid << LOC_SHIFT) | off
         handles = cls.handles
-        slot = cls.free_slot
-        if slot:
-            cls.free_slot = -1 - handles[slot]
-            handles[slot] = loc
+        entry = cls.free_entry
+        if entry:
+            cls.free_entry = -1 - handles[entry]
+            handles[entry] = loc
         else:
-            slot = len(handles)
+            entry = len(handles)
             handles.append(loc)
-        handle = (slot << HANDLE_CLASS_BITS) | cls.index
+        handle = (entry << HANDLE_CLASS_BITS) | cls.index
         if not cls.huge:
             if handle > MAX_HANDLE:  # 2**39 live objects in one class: unreachable in practice
                 raise PoolExhaustedError(f"class {cls.size} has no handle left")
@@ -340,15 +340,15 @@ class ZsPool:
 
     def _free_locked(self, cls: SizeClass, handle: int) -> None:
         """``obj_free`` + ``fix_fullness_group`` (caller holds ``cls.lock``)."""
-        slot = handle >> HANDLE_CLASS_BITS
+        entry = handle >> HANDLE_CLASS_BITS
         table = cls.handles
-        loc = table[slot] if slot < len(table) else -1
+        loc = table[entry] if entry < len(table) else -1
         if loc < 0:
             self._location(cls, handle)  # raises InvalidHandleError
         off = loc & LOC_OFF_MASK
         if cls.huge:
-            table[slot] = -1 - cls.free_slot
-            cls.free_slot = slot
+            table[entry] = -1 - cls.free_entry
+            cls.free_entry = entry
             cls.counts[FULL] -= 1
             cls.obj_allocated -= 1
             cls.obj_used -= 1
@@ -357,8 +357,8 @@ class ZsPool:
             return
         if self._words[off >> 3] & HDR_HANDLE_MASK != (handle << 1) | OBJ_ALLOCATED_TAG:
             self._header(cls, handle, off)  # raises CorruptionError
-        table[slot] = -1 - cls.free_slot
-        cls.free_slot = slot
+        table[entry] = -1 - cls.free_entry
+        cls.free_entry = entry
         zid = loc >> LOC_SHIFT
         zspages = self._zspages
         zspages.put_object(zid, off, self._words)
@@ -409,9 +409,9 @@ class ZsPool:
             cls = class_of(handle)
             with cls.lock:
                 # the checks of _location/_header, inline on the hot path; they raise
-                slot = handle >> HANDLE_CLASS_BITS
+                entry = handle >> HANDLE_CLASS_BITS
                 table = cls.handles
-                loc = table[slot] if slot < len(table) else -1
+                loc = table[entry] if entry < len(table) else -1
                 if loc < 0:
                     self._location(cls, handle)
                 off = loc & LOC_OFF_MASK
@@ -512,9 +512,9 @@ class ZsPool:
         zspages_seen = 0
         for cls in self._classes:
             live = {}
-            for slot, loc in enumerate(cls.handles):
-                if slot and loc >= 0:
-                    live[(slot << HANDLE_CLASS_BITS) | cls.index] = loc
+            for entry, loc in enumerate(cls.handles):
+                if entry and loc >= 0:
+                    live[(entry << HANDLE_CLASS_BITS) | cls.index] = loc
             assert cls.obj_used == len(live), (cls.size, cls.obj_used, len(live))
             if cls.huge:
                 assert cls.counts[11] == cls.obj_used == cls.obj_allocated

@@ -34,7 +34,7 @@ typedef struct {
     pthread_rwlock_t gate;  /* read: a call in flight; write: close() */
     int closing;            /* set (atomically) when close() starts */
     PyObject *class_table;  /* zramd.size_class.ClassTable of this pool's classes */
-    PyObject *by_slot;      /* class_table.by_slot: ClassSpec per slot index */
+    PyObject *by_index;     /* class_table.by_index: ClassSpec per class index */
     unsigned huge_class_size;
     Py_ssize_t users;       /* device cores working on this pool (zram_pool_get) */
 } PoolObject;
@@ -466,7 +466,7 @@ static PyObject *Pool_class_for_size(PoolObject *self, PyObject *arg)
         return NULL;
     int index = zs_lookup_class_index(self->pool, size);
     pool_leave(self);
-    return Py_NewRef(PyTuple_GET_ITEM(self->by_slot, index));
+    return Py_NewRef(PyTuple_GET_ITEM(self->by_index, index));
 }
 
 /* -- compaction, statistics, lifecycle ------------------------------------------------------- */
@@ -618,12 +618,12 @@ static PyObject *Pool_get_class_table(PoolObject *self, void *Py_UNUSED(closure)
     return Py_NewRef(self->class_table);
 }
 
-/* ClassTable(chain, classes, by_slot, huge_class_size) from the C pool's own classes. */
+/* ClassTable(chain, classes, by_index, huge_class_size) from the C pool's own classes. */
 static PyObject *make_class_table(struct zs_pool *pool, int chain)
 {
     unsigned nr = zs_nr_classes(pool);
-    PyObject *classes = PyTuple_New(nr), *by_slot = PyTuple_New(255), *table = NULL;
-    if (!classes || !by_slot)
+    PyObject *classes = PyTuple_New(nr), *by_index = PyTuple_New(255), *table = NULL;
+    if (!classes || !by_index)
         goto out;
     for (unsigned i = 0; i < nr; i++) {
         const struct zs_class_spec *c = zs_class_spec(pool, i);
@@ -633,17 +633,17 @@ static PyObject *make_class_table(struct zs_pool *pool, int chain)
             goto out;
         PyTuple_SET_ITEM(classes, i, spec);
     }
-    /* a merged slot belongs to the smallest class at or above it */
-    for (unsigned slot = 0, i = 0; slot < 255; slot++) {
-        while (zs_class_spec(pool, i)->index < slot)
+    /* a merged index belongs to the smallest class at or above it */
+    for (unsigned index = 0, i = 0; index < 255; index++) {
+        while (zs_class_spec(pool, i)->index < index)
             i++;
-        PyTuple_SET_ITEM(by_slot, slot, Py_NewRef(PyTuple_GET_ITEM(classes, i)));
+        PyTuple_SET_ITEM(by_index, index, Py_NewRef(PyTuple_GET_ITEM(classes, i)));
     }
-    table = PyObject_CallFunction(ClassTable, "iOOI", chain, classes, by_slot,
+    table = PyObject_CallFunction(ClassTable, "iOOI", chain, classes, by_index,
                                   zs_huge_class_size(pool));
 out:
     Py_XDECREF(classes);
-    Py_XDECREF(by_slot);
+    Py_XDECREF(by_index);
     return table;
 }
 
@@ -691,12 +691,12 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->huge_class_size = zs_huge_class_size(self->pool);
     self->class_table = make_class_table(self->pool, chain);
     if (!self->class_table
-        || !(self->by_slot = PyObject_GetAttrString(self->class_table, "by_slot"))) {
+        || !(self->by_index = PyObject_GetAttrString(self->class_table, "by_index"))) {
         Py_DECREF(self);
         return NULL;
     }
-    if (!PyTuple_Check(self->by_slot) || PyTuple_GET_SIZE(self->by_slot) != 255) {
-        PyErr_SetString(PyExc_TypeError, "ClassTable.by_slot must be a tuple of 255 classes");
+    if (!PyTuple_Check(self->by_index) || PyTuple_GET_SIZE(self->by_index) != 255) {
+        PyErr_SetString(PyExc_TypeError, "ClassTable.by_index must be a tuple of 255 classes");
         Py_DECREF(self);
         return NULL;
     }
@@ -708,7 +708,7 @@ static void Pool_dealloc(PoolObject *self)
     zs_destroy_pool(self->pool); /* no call can be in flight: nothing references self */
     pthread_rwlock_destroy(&self->gate);
     Py_XDECREF(self->class_table);
-    Py_XDECREF(self->by_slot);
+    Py_XDECREF(self->by_index);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

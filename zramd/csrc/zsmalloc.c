@@ -15,10 +15,10 @@
  * table; the entry holds where the object is now, so compaction moves an object by copying
  * it and rewriting that one entry:
  *
- *     handle = slot << 8 | class index
+ *     handle = entry << 8 | class index
  *        |
  *        v
- *     class->handles[slot] = zspage id << 37 | arena offset      (the location; huge objects:
+ *     class->handles[entry] = zspage id << 37 | arena offset      (the location; huge objects:
  *        |                         |                              size << 37 | frame offset)
  *        |                         v
  *        |        zspages[id]: inuse, freeobj, fresh cursor, first frame, prev/next
@@ -28,7 +28,7 @@
  *            [hdr|obj 0 ...][hdr|obj 1 .....|..... obj 1][hdr|obj 2 ...] ...
  *              ^ header = size << 48 | handle << 1 | 1: the way back from object to handle
  *
- * Free handle-table entries hold -1 - next free slot (slot 0 is never used, so no handle is
+ * Free handle-table entries hold -1 - next free entry (entry 0 is never used, so no handle is
  * 0). A free object's header holds the arena offset of the next free object << 1 (tag bit
  * clear). Objects are carved lazily: a new zspage costs O(1); objects past the `fresh`
  * cursor have never held a header. Huge classes (one object per one-frame zspage) keep no
@@ -78,7 +78,7 @@
 #define ZS_SIZE_CLASS_DELTA (PAGE_SIZE >> 8) /* 16: rounding wastes < 16 B per object */
 #define ZS_SIZE_CLASSES 255
 
-#define HANDLE_CLASS_BITS 8 /* 255 class slots */
+#define HANDLE_CLASS_BITS 8 /* 255 class indices */
 #define HANDLE_CLASS_MASK ((1u << HANDLE_CLASS_BITS) - 1)
 #define LOC_SHIFT 37 /* arena offsets below 2^37; zspage id (or huge size) above */
 #define LOC_OFF_MASK ((UINT64_C(1) << LOC_SHIFT) - 1)
@@ -116,10 +116,10 @@ struct size_class {
     uint32_t fullness_list[NR_FULLNESS_GROUPS]; /* first zspage of each group (0: empty) */
     uint64_t nr_zspages[NR_FULLNESS_GROUPS];    /* zspages in each group */
     uint32_t fullness_mask; /* bit g set while list g is non-empty */
-    int64_t *handles;       /* location (>= 0) or -1 - next free slot */
-    uint64_t nr_handles;    /* entries in use, slot 0 included */
+    int64_t *handles;       /* location (>= 0) or -1 - next free entry */
+    uint64_t nr_handles;    /* entries in use, entry 0 included */
     uint64_t max_handles;   /* entries allocated */
-    uint64_t free_slot;     /* first free entry (0: none) */
+    uint64_t free_entry;     /* first free entry (0: none) */
     uint64_t obj_allocated;
     uint64_t obj_used;
     /* constant */
@@ -195,7 +195,7 @@ static unsigned calculate_zspage_chain_size(unsigned class_size, unsigned max_ch
     return best;
 }
 
-/* get_size_class_index: slot for an object of `size` bytes, header included. */
+/* get_size_class_index: the class index for an object of `size` bytes, header included. */
 static unsigned get_size_class_index(unsigned size)
 {
     if (size <= ZS_MIN_ALLOC_SIZE)
@@ -224,9 +224,9 @@ static uint64_t class_can_compact(const struct size_class *class)
 static int init_classes(struct zs_pool *pool, unsigned chain)
 {
     struct zs_class_spec specs[ZS_SIZE_CLASSES];
-    unsigned slot_pos[ZS_SIZE_CLASSES]; /* slot -> position in specs (built largest first) */
+    unsigned index_pos[ZS_SIZE_CLASSES]; /* class index -> position in specs (built largest first) */
     unsigned nr = 0;
-    /* walk from the largest slot down, merging neighbours of the same geometry into the
+    /* walk from the largest index down, merging neighbours of the same geometry into the
      * larger class; the first class from the top that is not huge bounds the huge ones */
     for (int i = ZS_SIZE_CLASSES - 1; i >= 0; i--) {
         unsigned size = ZS_MIN_ALLOC_SIZE + (unsigned)i * ZS_SIZE_CLASS_DELTA;
@@ -238,11 +238,11 @@ static int init_classes(struct zs_pool *pool, unsigned chain)
             pool->huge_class_size = size - (ZS_HANDLE_SIZE - 1);
         if (nr && specs[nr - 1].pages_per_zspage == pages
             && specs[nr - 1].objs_per_zspage == objs) {
-            slot_pos[i] = nr - 1;
+            index_pos[i] = nr - 1;
             continue;
         }
         specs[nr] = (struct zs_class_spec){(unsigned)i, size, pages, objs};
-        slot_pos[i] = nr++;
+        index_pos[i] = nr++;
     }
     pool->classes = aligned_alloc(64, nr * sizeof(struct size_class));
     if (!pool->classes)
@@ -258,7 +258,7 @@ static int init_classes(struct zs_pool *pool, unsigned chain)
         struct size_class *class = &pool->classes[k];
         class->spec = specs[nr - 1 - k]; /* ascending */
         class->huge = class->spec.pages_per_zspage == 1 && class->spec.objs_per_zspage == 1;
-        class->nr_handles = 1; /* slot 0 is never used */
+        class->nr_handles = 1; /* entry 0 is never used */
         pthread_mutex_init(&class->lock, &attr);
         pool->by_index[class->spec.index] = class;
     }
@@ -266,7 +266,7 @@ static int init_classes(struct zs_pool *pool, unsigned chain)
     pool->nr_classes = nr;
     for (unsigned size = 1; size <= ZS_MAX_ALLOC_SIZE; size++)
         pool->class_of_size[size] =
-            (uint8_t)(nr - 1 - slot_pos[get_size_class_index(size + ZS_HANDLE_SIZE)]);
+            (uint8_t)(nr - 1 - index_pos[get_size_class_index(size + ZS_HANDLE_SIZE)]);
     return 0;
 }
 
@@ -618,12 +618,12 @@ static struct size_class *handle_to_class(struct zs_pool *pool, uint64_t handle,
 static int handle_to_location(struct size_class *class, uint64_t handle, uint64_t *loc,
                               struct zs_fault *fault)
 {
-    uint64_t slot = handle >> HANDLE_CLASS_BITS;
-    if (slot >= class->nr_handles || class->handles[slot] < 0) {
+    uint64_t entry = handle >> HANDLE_CLASS_BITS;
+    if (entry >= class->nr_handles || class->handles[entry] < 0) {
         set_fault(fault, ZS_FAULT_NOT_ALLOCATED, handle);
         return -EINVAL;
     }
-    *loc = (uint64_t)class->handles[slot];
+    *loc = (uint64_t)class->handles[entry];
     return 0;
 }
 
@@ -643,11 +643,11 @@ static int obj_header(struct zs_pool *pool, struct size_class *class, uint64_t h
     return -EIO;
 }
 
-/* A free handle-table slot, growing the table as CPython's array does (1/16 more), or
+/* A free handle-table entry, growing the table as CPython's array does (1/16 more), or
  * -ENOSPC / -ENOMEM with nothing changed. */
-static int reserve_slot(struct size_class *class, struct zs_fault *fault)
+static int reserve_entry(struct size_class *class, struct zs_fault *fault)
 {
-    if (class->free_slot)
+    if (class->free_entry)
         return 0;
     if (!class->huge && (class->nr_handles << HANDLE_CLASS_BITS | class->spec.index) > MAX_HANDLE) {
         set_fault(fault, ZS_FAULT_NO_HANDLE, 0);
@@ -670,24 +670,24 @@ static int reserve_slot(struct size_class *class, struct zs_fault *fault)
     return 0;
 }
 
-/* record_obj for a new object: a handle-table slot for location `loc` (reserved before). */
+/* record_obj for a new object: a handle-table entry for location `loc` (reserved before). */
 static uint64_t alloc_handle(struct size_class *class, uint64_t loc)
 {
-    uint64_t slot = class->free_slot;
-    if (slot) {
-        class->free_slot = (uint64_t)(-1 - class->handles[slot]);
+    uint64_t entry = class->free_entry;
+    if (entry) {
+        class->free_entry = (uint64_t)(-1 - class->handles[entry]);
     } else {
-        slot = class->nr_handles++;
+        entry = class->nr_handles++;
     }
-    class->handles[slot] = (int64_t)loc;
-    return slot << HANDLE_CLASS_BITS | class->spec.index;
+    class->handles[entry] = (int64_t)loc;
+    return entry << HANDLE_CLASS_BITS | class->spec.index;
 }
 
 static void free_handle(struct size_class *class, uint64_t handle)
 {
-    uint64_t slot = handle >> HANDLE_CLASS_BITS;
-    class->handles[slot] = -1 - (int64_t)class->free_slot;
-    class->free_slot = slot;
+    uint64_t entry = handle >> HANDLE_CLASS_BITS;
+    class->handles[entry] = -1 - (int64_t)class->free_entry;
+    class->free_entry = entry;
 }
 
 /* -- allocation and free (under class->lock) --------------------------------------------------- */
@@ -697,7 +697,7 @@ static void free_handle(struct size_class *class, uint64_t handle)
 static int obj_malloc(struct zs_pool *pool, struct size_class *class, uint32_t size,
                       uint64_t *handle, uint64_t *payload, struct zs_fault *fault)
 {
-    int err = reserve_slot(class, fault);
+    int err = reserve_entry(class, fault);
     if (err)
         return err;
     uint64_t off, loc;
@@ -1260,11 +1260,11 @@ static int check_class(struct zs_pool *pool, struct size_class *class, uint32_t 
 {
     unsigned size = class->spec.size;
     uint64_t live = 0, free = 0;
-    for (uint64_t slot = 1; slot < class->nr_handles; slot++) {
-        if (class->handles[slot] < 0)
+    for (uint64_t entry = 1; entry < class->nr_handles; entry++) {
+        if (class->handles[entry] < 0)
             continue;
-        uint64_t loc = (uint64_t)class->handles[slot], off = loc & LOC_OFF_MASK;
-        uint64_t handle = slot << HANDLE_CLASS_BITS | class->spec.index;
+        uint64_t loc = (uint64_t)class->handles[entry], off = loc & LOC_OFF_MASK;
+        uint64_t handle = entry << HANDLE_CLASS_BITS | class->spec.index;
         live++;
         CHECK(off >> PAGE_SHIFT && off >> PAGE_SHIFT < pool->max_frames,
               "class %u: handle %lu at arena offset %lu", size, (unsigned long)handle,
@@ -1284,9 +1284,9 @@ static int check_class(struct zs_pool *pool, struct size_class *class, uint32_t 
               (unsigned long)handle);
         per_zspage[zid]++;
     }
-    for (uint64_t slot = class->free_slot; slot; slot = (uint64_t)(-1 - class->handles[slot])) {
-        CHECK(slot < class->nr_handles && class->handles[slot] < 0 && free < class->nr_handles,
-              "class %u: broken free handle list at slot %lu", size, (unsigned long)slot);
+    for (uint64_t entry = class->free_entry; entry; entry = (uint64_t)(-1 - class->handles[entry])) {
+        CHECK(entry < class->nr_handles && class->handles[entry] < 0 && free < class->nr_handles,
+              "class %u: broken free handle list at entry %lu", size, (unsigned long)entry);
         free++;
     }
     CHECK(live + free + 1 == class->nr_handles, "class %u: %lu live + %lu free handles of %lu",
