@@ -10,7 +10,7 @@ Every frame has one 32-bit *link* word (``links``), used the way the kernel reus
 it); while the frame is free it threads the free list.
 
 Freed frames are given back to the OS with ``madvise(MADV_DONTNEED)`` so process RSS really falls.
-One madvise per frame costs ~0.7 µs plus a TLB shootdown, so frees are batched: up to
+One madvise per frame costs a system call and a TLB shootdown, so frees are batched: up to
 ``release_batch`` freed frames stay resident ("cached") and are reused first (they are warm, and
 reuse skips a page fault); when the cache fills, it is sorted, coalesced into runs and released
 with one madvise per run. ``release_cached()`` drops the cache at once (compaction calls it).

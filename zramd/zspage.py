@@ -30,9 +30,9 @@ prev, next    i32    neighbours in the class's fullness list; ``next`` also
 
 Free objects are found on the free list first (freed objects, LIFO, as in the kernel), then
 past the *fresh* cursor. The kernel carves every object of a new zspage into its free list up
-front; in Python that is a store per object (~1 µs each), so objects are carved lazily instead:
-a new zspage costs O(1), and only objects below the cursor have ever held a header (compaction
-and the invariant checker look no further).
+front; in Python that is a store per object, so objects are carved lazily instead: a new
+zspage costs O(1), and only objects below the cursor have ever held a header (compaction and
+the invariant checker look no further).
 
 Not locked here: a zspage belongs to one class and is touched only under that class's lock;
 ``alloc_id``/``free_id`` run under the pool's page lock.
