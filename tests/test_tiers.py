@@ -20,6 +20,7 @@ from zramd.errors import (
     BackingError,
     DeviceBusyError,
     InvalidValueError,
+    MemLimitError,
     NoDeviceError,
     TryAgainError,
     ZramdError,
@@ -745,3 +746,24 @@ def test_writeback_to_a_full_filesystem_is_enospc(small_fs: Path, data: bytes) -
         assert d.read(0, len(data)) == data
     finally:
         d.reset()  # closes the file, so the filesystem can go
+
+
+def test_a_refused_write_across_a_written_back_page_keeps_no_pin(tmp_path: Path) -> None:
+    """A write whose first edge page is written back (its block must be fetched) and whose
+    last edge page is refused at mem_limit changes nothing, and the pin its first edge took is
+    dropped: blocks freed afterwards go back to the store (bd_stat)."""
+    d = ZramDevice()
+    d.set_backing_dev(backing_file(tmp_path))
+    d.set_disksize(8 * P)
+    pages = [random_page(1), os.urandom(P), os.urandom(P)]  # page 0 compressible, 1 and 2 huge
+    d.write(0, b"".join(pages))
+    assert d.writeback([(0, 0, 1)]) == 1
+    d.set_mem_limit(P)  # below the two huge pages' frames: no new object fits
+    with pytest.raises(MemLimitError):
+        d.write(P // 2, bytes(range(256)) * (P // 256))  # half of page 0, half of page 1
+    d.set_mem_limit(0)
+    assert d.read(0, 3 * P) == b"".join(pages)
+    assert d.io_stat().failed_writes == 1
+    d.write(0, pages[2])  # frees page 0's block
+    assert d.bd_stat().bd_count == 0  # reclaimed: no reader holds a pin
+    d.reset()

@@ -592,6 +592,8 @@ class ZramCore:
                         edges.append(edit)
         except BaseException:
             self._unwind(locks, values if src is not None else [], flags, edges)
+            if pinned[0]:  # an edge listed before the failure pinned the blocks
+                self._unpin()
             raise
         if need:  # nothing changed: the caller fetches these pages and comes back
             self._unwind(locks, values if src is not None else [], flags, edges)
