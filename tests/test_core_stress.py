@@ -541,25 +541,25 @@ class Background:
             self.dev.bd_stat()
 
     def post_processor(self, stop: threading.Event) -> None:
-        """Idle marking with writeback, or recompression, in turn (one at a time per device)."""
+        """Idle marking with writeback, then recompression, in turn (the device runs one at a
+        time). Writeback takes a random part of each window, so pages stay in memory for
+        recompression too."""
         rng = random.Random(f"{self.seed}-pp")
         while not stop.is_set():
+            self.dev.mark_idle()
+            scans = []
+            for lo, hi in WINDOWS:
+                start = rng.randrange(lo, hi)
+                scans.append((rng.choice((PP_IDLE, PP_IDLE, 0, PP_HUGE)), start, start + 48))
             try:
-                if rng.random() < 0.7:
-                    self.dev.mark_idle()
-                    mode = rng.choice((PP_IDLE, PP_IDLE, 0, PP_HUGE))
-                    scans = [(mode, lo, hi) for lo, hi in WINDOWS]
-                    self.count["written_back"] += self.dev.writeback(scans)
-                    self.count["writebacks"] += 1
-                else:
-                    mode = rng.choice((0, PP_IDLE, PP_HUGE))
-                    threshold = rng.choice((0, 0, 512, 2048))
-                    self.count["recompressed"] += self.dev.recompress(
-                        mode=mode, threshold=threshold
-                    )
-                    self.count["recompressions"] += 1
+                self.count["written_back"] += self.dev.writeback(scans)
+                self.count["writebacks"] += 1
             except BackingFullError:
                 self.count["backing_full"] += 1
+            self.count["recompressed"] += self.dev.recompress(
+                mode=rng.choice((0, 0, PP_IDLE, PP_HUGE)), threshold=rng.choice((0, 0, 512, 2048))
+            )
+            self.count["recompressions"] += 1
 
 
 def run_phase(dev: ZramDevice, bg: Background, plans: list[list[Op]]) -> list[WorkerLog]:
