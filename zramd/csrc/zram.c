@@ -912,7 +912,8 @@ size_t zram_reclaim_blocks(struct zram_core *z, uint64_t *out, size_t max)
     pthread_mutex_lock(&z->freed_lock);
     if (!atomic_load(&z->wb_readers)) {
         n = z->nfreed < max ? z->nfreed : max;
-        memcpy(out, z->freed + (z->nfreed - n), n * sizeof *out);
+        if (n) /* z->freed is NULL until the first block is freed */
+            memcpy(out, z->freed + (z->nfreed - n), n * sizeof *out);
         z->nfreed -= n;
     }
     pthread_mutex_unlock(&z->freed_lock);
