@@ -35,9 +35,12 @@ Written-back pages
 The backing store is Python's (``backing.py``), so no loop reads it under a lock. A read lists
 the written-back pages it meets and reads them through ``backing_read`` once every lock is
 dropped; a write that must patch one goes back, reads it, and tries again. The first such page a
-request meets *pins* the blocks, under that page's stripe lock: blocks freed by overwrites or
-discards queue up (``reclaim_blocks`` hands none out while a pin is held), so a block being read
-cannot be rewritten by a writeback meanwhile.
+request meets *pins* the current generation of freed blocks, under that page's stripe lock:
+blocks freed by overwrites or discards queue up, so a block being read cannot be rewritten by a
+writeback meanwhile. They wait out a grace period, as SRCU's: ``reclaim_blocks`` retires the
+blocks freed so far and starts a new generation, and hands the retired ones out once the
+requests that pinned the old generation are done. Requests that start later pin the new one, so
+a steady stream of them holds no block for long.
 
 Locking
 =======
@@ -187,8 +190,11 @@ class ZramCore:
         self._active = 0
         self._closing = False
         self._freed_lock = threading.Lock()
-        self._freed: list[int] = []
-        self._wb_readers = 0
+        self._freed: list[int] = []  #: blocks freed since the last retirement
+        self._retired: list[int] = []  #: blocks waiting for the readers of _retired_gen
+        self._retired_gen = 0
+        self._wb_gen = 0
+        self._wb_readers = [0, 0]  #: requests that pinned each generation (by parity)
 
     # -- gate -----------------------------------------------------------------------------------
 
@@ -260,7 +266,7 @@ class ZramCore:
                 for k, column in enumerate(columns):
                     sums[k] += column[s]
         with self._freed_lock:
-            pending = len(self._freed)
+            pending = len(self._freed) + len(self._retired)
         return CoreStats(
             stored=sums[0],
             compr=sums[1],
@@ -442,16 +448,18 @@ class ZramCore:
                 self._huge[s] += 1
                 self._huge_since[s] += 1
 
-    def _pin(self, pinned: list[bool]) -> None:
-        """The first written-back page of a request pins the blocks (stripe lock held)."""
+    def _pin(self, pinned: list[int]) -> None:
+        """The first written-back page of a request pins the current generation of freed
+        blocks (stripe lock held); ``pinned[0]`` becomes its parity + 1."""
         if not pinned[0]:
             with self._freed_lock:
-                self._wb_readers += 1
-            pinned[0] = True
+                gen = self._wb_gen & 1
+                self._wb_readers[gen] += 1
+            pinned[0] = gen + 1
 
-    def _unpin(self) -> None:
+    def _unpin(self, pin: int) -> None:
         with self._freed_lock:
-            self._wb_readers -= 1
+            self._wb_readers[pin - 1] -= 1
 
     def _load_locked(self, i: int, have: dict[tuple[int, int], BytesLike]) -> bytes | None:
         """Slot ``i`` as a whole page (its stripe lock held); None when it is written back and
@@ -497,13 +505,13 @@ class ZramCore:
     ) -> None:
         now = int(self._clock())
         have: dict[tuple[int, int], BytesLike] = {}
-        pins = 0
+        pins: list[int] = []  # the pin of each try that listed pages
         try:
             while True:
                 self._begin(offset, length, what)
                 try:
                     need = (
-                        self._apply(offset, offset + length, src, now, have, hole, discard)
+                        self._apply(offset, offset + length, src, now, have, hole, discard, pins)
                         if length
                         else None
                     )
@@ -514,7 +522,6 @@ class ZramCore:
                     self._leave()
                 if not need:
                     return
-                pins += 1
                 try:
                     pages = self._fetch_blocks(need)
                 except BaseException:
@@ -522,8 +529,8 @@ class ZramCore:
                     raise
                 have |= dict(zip(need, pages, strict=True))  # an edge may change meanwhile
         finally:
-            for _ in range(pins):
-                self._unpin()
+            for pin in pins:
+                self._unpin(pin)
 
     def _fetch_blocks(self, need: WbPages) -> Sequence[BytesLike]:
         if self._backing_read is None:
@@ -557,10 +564,11 @@ class ZramCore:
         have: dict[tuple[int, int], BytesLike],
         hole: bool,
         discard: bool,
+        pins: list[int],
     ) -> WbPages | None:
         """Set bytes [offset, end) from ``src``, or to zero when ``src`` is None. Returns None
         when done, or, having changed nothing, the written-back pages an edge must patch and
-        ``have`` lacks (pinned: the caller drops the pin)."""
+        ``have`` lacks, their pin appended to ``pins`` (the caller drops it)."""
         first = offset >> PAGE_SHIFT
         last = (end - 1) >> PAGE_SHIFT
         full_lo = (offset + PAGE_MASK) >> PAGE_SHIFT
@@ -575,7 +583,7 @@ class ZramCore:
         edges: list[tuple[int, int, int]] = []
         locks: list[threading.Lock] = []
         need: WbPages = []
-        pinned = [False]
+        pinned = [0]
         try:
             locks = self._lock_stripes(first, last)
             if (offset | end) & PAGE_MASK and not discard:
@@ -592,9 +600,12 @@ class ZramCore:
                         edges.append(edit)
         except BaseException:
             self._unwind(locks, values if src is not None else [], flags, edges)
+            if pinned[0]:  # an edge listed before the failure pinned the blocks
+                self._unpin(pinned[0])
             raise
         if need:  # nothing changed: the caller fetches these pages and comes back
             self._unwind(locks, values if src is not None else [], flags, edges)
+            pins.append(pinned[0])
             return need
         stale: list[int] = []
         try:
@@ -677,14 +688,14 @@ class ZramCore:
         now = int(self._clock())
         self._begin(offset, length, "read")
         need: WbPages = []
-        pinned = [False]
+        pinned = [0]
         try:
             if length:
                 self._read(offset, buf, now, need, pinned)
         except ZramdError:
             self._count("_failed_reads")
             if pinned[0]:
-                self._unpin()
+                self._unpin(pinned[0])
             raise
         finally:
             self._leave()
@@ -702,10 +713,10 @@ class ZramCore:
             self._count("_failed_reads")
             raise
         finally:
-            self._unpin()
+            self._unpin(pinned[0])
 
     def _read(
-        self, offset: int, buf: memoryview, now: int, need: WbPages, pinned: list[bool]
+        self, offset: int, buf: memoryview, now: int, need: WbPages, pinned: list[int]
     ) -> None:
         end = offset + len(buf)
         handles = self._handle
@@ -762,12 +773,20 @@ class ZramCore:
         )
 
     def reclaim_blocks(self) -> list[int]:
-        """Written-back blocks freed by I/O, once no reader can still be reading them."""
+        """Written-back blocks freed by I/O that no reader can still be reading: retires the
+        blocks freed so far (unless retired ones still wait) and hands out the retired ones
+        once every request in flight when they were retired is done."""
+        blocks: list[int] = []
         with self._freed_lock:
-            if self._wb_readers:
-                return []
-            blocks, self._freed = self._freed, []
-            return blocks
+            while True:
+                if not self._retired and self._freed:
+                    self._retired, self._freed = self._freed, []
+                    self._retired_gen = self._wb_gen
+                    self._wb_gen += 1
+                if not self._retired or self._wb_readers[self._retired_gen & 1]:
+                    return blocks
+                blocks += self._retired
+                self._retired = []
 
     # -- block status ---------------------------------------------------------------------------
 

@@ -283,7 +283,7 @@ static int run_update(CoreObject *self, uint64_t offset, uint64_t len, const str
     struct zram_wb_have have = {0};
     struct zram_wb_page *have_pages = NULL;
     PyObject *data = NULL, *have_data = NULL;
-    int pins = 0, rc;
+    int pins[2] = {0, 0}, rc; /* ZRAM_NEED_BACKING results, by the generation they pinned */
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
         if (u->src)
@@ -294,7 +294,7 @@ static int run_update(CoreObject *self, uint64_t offset, uint64_t len, const str
         Py_END_ALLOW_THREADS
         if (rc != ZRAM_NEED_BACKING)
             break;
-        pins++;
+        pins[need.pinned - 1]++;
         Py_XDECREF(data);
         data = fetch_blocks(self, &need);
         if (!data) {
@@ -323,8 +323,9 @@ static int run_update(CoreObject *self, uint64_t offset, uint64_t len, const str
         have.n += need.n;
         have.data = (const unsigned char *)PyBytes_AS_STRING(have_data);
     }
-    while (pins--)
-        zram_wb_done(self->z);
+    for (int g = 0; g < 2; g++)
+        while (pins[g]--)
+            zram_wb_done(self->z, g + 1);
     Py_XDECREF(data);
     Py_XDECREF(have_data);
     free(have_pages);
@@ -447,7 +448,7 @@ static PyObject *core_read_into(CoreObject *self, PyObject *const *args, Py_ssiz
             zram_count_failed(self->z, 1);
             rc = -1;
         }
-        zram_wb_done(self->z);
+        zram_wb_done(self->z, need.pinned);
     }
     zram_wb_need_free(&need);
     PyBuffer_Release(&b);

@@ -17,9 +17,12 @@
  *
  * Written-back pages live on a store only Python can reach. A read lists them and returns
  * ZRAM_NEED_BACKING; a write that must patch one returns it before changing anything. The
- * first written-back slot a call meets pins `wb_readers`, under that slot's stripe lock, so any
- * block freed after the scan is still queued (zram_reclaim_blocks hands out none while a pin
- * is held) when the caller reads the store with no lock held.
+ * first written-back slot a call meets pins the current generation (`wb_readers[wb_gen & 1]`),
+ * under that slot's stripe lock, so any block freed after the scan is still queued when the
+ * caller reads the store with no lock held. Freed blocks wait out a grace period, as SRCU's:
+ * zram_reclaim_blocks retires the blocks freed so far and starts a new generation, and hands
+ * the retired ones out once the readers of the old generation are gone. Readers that start
+ * later pin the new generation, so a steady stream of them holds no block for long.
  */
 #define _GNU_SOURCE
 #include "zram.h"
@@ -67,11 +70,15 @@ struct zram_core {
     pthread_mutex_t gate_lock;
     pthread_cond_t gate_cond;
 
-    /* written-back blocks freed by overwrite or discard, reclaimed by Python's bitmap */
-    _Atomic long wb_readers;
+    /* written-back blocks freed by overwrite or discard, reclaimed by Python's bitmap: those
+     * freed since the last retirement, and those retired under generation retired_gen, which
+     * wait until wb_readers[retired_gen & 1] drains (see the note at the top) */
+    _Atomic uint64_t wb_gen;
+    _Atomic long wb_readers[2];
     pthread_mutex_t freed_lock;
-    uint64_t *freed;
-    size_t nfreed, freed_cap;
+    uint64_t *freed, *retired;
+    size_t nfreed, freed_cap, nretired, retired_cap;
+    uint64_t retired_gen;
 };
 
 /* -- per-thread scratch ---------------------------------------------------------------------
@@ -231,6 +238,7 @@ void zram_destroy(struct zram_core *z)
     pthread_cond_destroy(&z->gate_cond);
     pthread_mutex_destroy(&z->freed_lock);
     free(z->freed);
+    free(z->retired);
     free(z);
 }
 
@@ -327,7 +335,7 @@ void zram_get_stats(struct zram_core *z, struct zram_stats *out)
     out->max_pages = atomic_load(&z->max_pages);
     out->limit_pages = atomic_load(&z->limit_pages);
     pthread_mutex_lock(&z->freed_lock);
-    out->wb_pending = z->nfreed;
+    out->wb_pending = z->nfreed + z->nretired;
     pthread_mutex_unlock(&z->freed_lock);
 }
 
@@ -541,14 +549,31 @@ static void install_slot(struct zram_core *z, struct scratch *s, uint64_t i, uin
     }
 }
 
+/* Pin the current generation of freed blocks; returns its parity + 1 (need->pinned). A
+ * retirement between reading the generation and counting ourselves in it would leave us
+ * counted in one it no longer waits for: check, and count again in the new one. */
+static int wb_pin(struct zram_core *z)
+{
+    for (;;) {
+        uint64_t gen = atomic_load(&z->wb_gen);
+        atomic_fetch_add(&z->wb_readers[gen & 1], 1);
+        if (atomic_load(&z->wb_gen) == gen)
+            return (int)(gen & 1) + 1;
+        atomic_fetch_sub(&z->wb_readers[gen & 1], 1);
+    }
+}
+
+static void wb_unpin(struct zram_core *z, int pin)
+{
+    atomic_fetch_sub(&z->wb_readers[pin - 1], 1);
+}
+
 /* List a written-back slot (its stripe lock held); the first one pins the blocks. */
 static int need_push(struct zram_core *z, struct zram_wb_need *need, uint64_t index,
                      uint64_t block)
 {
-    if (!need->pinned) {
-        atomic_fetch_add(&z->wb_readers, 1);
-        need->pinned = 1;
-    }
+    if (!need->pinned)
+        need->pinned = wb_pin(z);
     if (need->n == need->cap) {
         size_t cap = need->cap ? 2 * need->cap : 16;
         struct zram_wb_page *p = realloc(need->pages, cap * sizeof *p);
@@ -767,7 +792,7 @@ static int update(struct zram_core *z, uint64_t offset, uint64_t len, const unsi
     if (rc < 0 && rc != -EINVAL)
         atomic_fetch_add(&z->failed_writes, 1);
     if (rc != ZRAM_NEED_BACKING && need->pinned)
-        atomic_fetch_sub(&z->wb_readers, 1);
+        wb_unpin(z, need->pinned);
     gate_leave(z);
     return rc;
 }
@@ -884,7 +909,7 @@ int zram_read(struct zram_core *z, uint64_t offset, unsigned char *dst, size_t l
         rc = ZRAM_NEED_BACKING; /* the pin stays until zram_wb_done */
     } else {
         if (need->pinned)
-            atomic_fetch_sub(&z->wb_readers, 1);
+            wb_unpin(z, need->pinned);
         if (rc)
             atomic_fetch_add(&z->failed_reads, 1);
     }
@@ -892,7 +917,7 @@ int zram_read(struct zram_core *z, uint64_t offset, unsigned char *dst, size_t l
     return rc;
 }
 
-void zram_wb_done(struct zram_core *z) { atomic_fetch_sub(&z->wb_readers, 1); }
+void zram_wb_done(struct zram_core *z, int pin) { wb_unpin(z, pin); }
 
 void zram_count_failed(struct zram_core *z, int read)
 {
@@ -910,10 +935,24 @@ size_t zram_reclaim_blocks(struct zram_core *z, uint64_t *out, size_t max)
 {
     size_t n = 0;
     pthread_mutex_lock(&z->freed_lock);
-    if (!atomic_load(&z->wb_readers)) {
-        n = z->nfreed < max ? z->nfreed : max;
-        memcpy(out, z->freed + (z->nfreed - n), n * sizeof *out);
-        z->nfreed -= n;
+    while (n < max) {
+        if (!z->nretired && z->nfreed) { /* retire the blocks freed so far: a new generation */
+            uint64_t *p = z->retired;
+            size_t cap = z->retired_cap;
+            z->retired = z->freed;
+            z->retired_cap = z->freed_cap;
+            z->nretired = z->nfreed;
+            z->freed = p;
+            z->freed_cap = cap;
+            z->nfreed = 0;
+            z->retired_gen = atomic_fetch_add(&z->wb_gen, 1);
+        }
+        if (!z->nretired || atomic_load(&z->wb_readers[z->retired_gen & 1]))
+            break;
+        size_t k = z->nretired < max - n ? z->nretired : max - n;
+        memcpy(out + n, z->retired + (z->nretired - k), k * sizeof *out);
+        z->nretired -= k;
+        n += k;
     }
     pthread_mutex_unlock(&z->freed_lock);
     return n;

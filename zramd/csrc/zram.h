@@ -94,13 +94,14 @@ struct zram_wb_page {
     uint64_t block; /* backing block */
 };
 
-/* The written-back pages a request needs (ZRAM_NEED_BACKING). Each such result holds one pin:
- * until the caller calls zram_wb_done, no block freed meanwhile is handed out again by
- * zram_reclaim_blocks, so the blocks listed can be read safely with no lock held. */
+/* The written-back pages a request needs (ZRAM_NEED_BACKING). Each such result holds one pin
+ * (`pinned`, to pass to zram_wb_done): until the caller calls zram_wb_done, no block freed
+ * meanwhile is handed out again by zram_reclaim_blocks, so the blocks listed can be read
+ * safely with no lock held. */
 struct zram_wb_need {
     struct zram_wb_page *pages;
     size_t n, cap;
-    int pinned; /* internal: this call took its pin */
+    int pinned; /* the generation this call pinned (1 or 2), 0 for none */
 };
 
 /* What the caller fetched for a retried write: the pages a ZRAM_NEED_BACKING result listed,
@@ -126,7 +127,8 @@ uint64_t zram_pages(const struct zram_core *z);
 /* Write `len` bytes at `offset` (any alignment: partial pages are read-modify-written). All or
  * nothing: on any error no slot changes. Returns 0, a negative errno, or ZRAM_NEED_BACKING
  * when a partially written page is written back and `have` lacks it: `need` lists it; read
- * it, retry with it in `have`, and call zram_wb_done once per ZRAM_NEED_BACKING received. */
+ * it, retry with it in `have`, and call zram_wb_done with need->pinned once per
+ * ZRAM_NEED_BACKING received. */
 int zram_write(struct zram_core *z, uint64_t offset, const unsigned char *src, size_t len,
                uint32_t now, const struct zram_wb_have *have, struct zram_wb_need *need);
 /* Make [offset, offset+len) read as zeros. Whole pages are freed (`hole`) or become
@@ -136,11 +138,12 @@ int zram_zero(struct zram_core *z, uint64_t offset, uint64_t len, int hole, int 
               uint32_t now, const struct zram_wb_have *have, struct zram_wb_need *need);
 /* Fill `dst` from `offset`. Written-back pages are listed in `need` (their destination is
  * left untouched) and ZRAM_NEED_BACKING is returned; the caller fills them from the store
- * and then calls zram_wb_done. */
+ * and then calls zram_wb_done with need->pinned. */
 int zram_read(struct zram_core *z, uint64_t offset, unsigned char *dst, size_t len, uint32_t now,
               struct zram_wb_need *need);
-/* The caller is done with the blocks one ZRAM_NEED_BACKING result listed (drops its pin). */
-void zram_wb_done(struct zram_core *z);
+/* The caller is done with the blocks one ZRAM_NEED_BACKING result listed: drops the pin it
+ * took (`pin`: that result's need->pinned). */
+void zram_wb_done(struct zram_core *z, int pin);
 void zram_wb_need_free(struct zram_wb_need *need);
 /* A request failed outside zram.c (reading the backing store): count it like the others. */
 void zram_count_failed(struct zram_core *z, int read);
@@ -182,8 +185,10 @@ void zram_tried(struct zram_core *z, uint64_t index, uint64_t handle, int incomp
  * changed; returns 1 (the old object is freed) or 0 (the caller frees newh). */
 int zram_complete_recompress(struct zram_core *z, uint64_t index, uint64_t handle, uint64_t newh,
                              uint32_t size, int prio);
-/* Written-back blocks freed by I/O since the last call, once no reader may still be reading
- * them. Returns how many were copied to out (at most max). */
+/* Written-back blocks freed by I/O that no reader may still be reading. A call retires the
+ * blocks freed so far (unless some retired ones are still waiting) and hands out retired ones
+ * once every reader in flight when they were retired is done; readers that started later do
+ * not hold them back. Returns how many were copied to out (at most max). */
 size_t zram_reclaim_blocks(struct zram_core *z, uint64_t *out, size_t max);
 
 /* One slot, for tests and debugging (no lock: a snapshot). */
