@@ -294,14 +294,12 @@ class ZramCore:
         try:
             handle = pool.store_many((obj,))[0]
         except PoolExhaustedError:
-            self._direct_compact()
-            handle = pool.store_many((obj,))[0]
+            handle = self._store_compacted(obj)
         limit = self._limit
         total = pool.total_pages
         if limit and total + self._reserved > limit:
             pool.free_many((handle,))
-            self._direct_compact()
-            handle = pool.store_many((obj,))[0]
+            handle = self._store_compacted(obj)
             total = pool.total_pages
             if total + self._reserved > limit:
                 pool.free_many((handle,))
@@ -311,6 +309,16 @@ class ZramCore:
                 )
         self.note_peak(total)
         return handle
+
+    def _store_compacted(self, obj: BytesLike) -> int:
+        """Compact, then store ``obj`` (the last try before a write is refused)."""
+        self._direct_compact()
+        try:
+            return self.pool.store_many((obj,))[0]
+        except PoolExhaustedError as e:
+            raise PoolExhaustedError(
+                "write refused: the pool's arena has no frame left even after compaction"
+            ) from e
 
     def _store(self, objs: list[BytesLike]) -> list[int]:
         """``_store_one`` for each object, all or nothing; in one pool call when no limit is
