@@ -320,11 +320,12 @@ class ZramCore:
                 "write refused: the pool's arena has no frame left even after compaction"
             ) from e
 
-    def _store(self, objs: list[BytesLike]) -> list[int]:
-        """``_store_one`` for each object, all or nothing; in one pool call when no limit is
-        set, or when the most frames the batch can add fit under it beside what other
-        batches in flight reserved (it reserves them meanwhile), so a request overshoots
-        the limit by at most one zspage, as the C loop that stores object by object."""
+    def _store(self, objs: list[BytesLike], stored: list[int]) -> list[int]:
+        """``_store_one`` for each object; in one pool call when no limit is set, or when the
+        most frames the batch can add fit under it beside what other batches in flight
+        reserved (it reserves them meanwhile), so a request overshoots the limit by at most
+        one zspage, as the C loop that stores object by object. On failure the objects
+        stored one by one are left in ``stored`` for the caller to free."""
         pool = self.pool
         limit = self._limit
         bound = 0
@@ -335,12 +336,12 @@ class ZramCore:
                 if fits:
                     self._reserved += bound
             if not fits:
-                return self._store_each(objs)
+                return self._store_each(objs, stored)
         try:
             try:
                 handles = pool.store_many(objs)
             except PoolExhaustedError:
-                return self._store_each(objs)
+                return self._store_each(objs, stored)
         finally:
             if bound:
                 with self._counter_lock:
@@ -348,14 +349,9 @@ class ZramCore:
         self.note_peak(pool.total_pages)
         return handles
 
-    def _store_each(self, objs: list[BytesLike]) -> list[int]:
-        handles: list[int] = []
-        try:
-            for obj in objs:
-                handles.append(self._store_one(obj))
-        except BaseException:
-            self.pool.free_many(handles)
-            raise
+    def _store_each(self, objs: list[BytesLike], handles: list[int]) -> list[int]:
+        for obj in objs:
+            handles.append(self._store_one(obj))
         return handles
 
     def _encode(
@@ -363,10 +359,12 @@ class ZramCore:
     ) -> None:
         """Pages ``0 .. count`` of ``src`` from byte ``base``: a fill word (SAME) or a new pool
         object in ``values[k]``, its flags in ``flags[k]``. Stores a stripe's worth at a time;
-        on failure frees what it stored and raises."""
+        on failure frees what it stored, in page order as the C core does (so that both leave
+        the pool's free lists alike), and raises."""
         compress = self._comps[0].compress  # type: ignore[union-attr]
         huge_size = self._huge_size
         done = 0
+        stored: list[int] = []  # objects of the batch being stored
         try:
             while done < count:
                 objs: list[BytesLike] = []
@@ -388,11 +386,14 @@ class ZramCore:
                         flags[k] = len(c)
                     where.append(k)
                 if objs:
-                    for k, handle in zip(where, self._store(objs), strict=True):
+                    handles = self._store(objs, stored)
+                    stored = []
+                    for k, handle in zip(where, handles, strict=True):
                         values[k] = handle
                 done = min(count, done + STRIPE_PAGES)
         except BaseException:
             self._free_encoded(values[:done], flags[:done])
+            self.pool.free_many(stored)
             raise
 
     def _free_encoded(self, values: list[int], flags: list[int]) -> None:
@@ -627,11 +628,12 @@ class ZramCore:
         flags: list[int],
         edges: list[tuple[int, int, int]],
     ) -> None:
-        """Undo an ``_apply`` that changes nothing: drop its locks, free what it encoded."""
+        """Undo an ``_apply`` that changes nothing: drop its locks, free what it encoded (the
+        edges first, as the C core does, so that both leave the pool's free lists alike)."""
         for lock in reversed(locks):
             lock.release()
-        self._free_encoded(values, flags[: len(values)])
         self._free_encoded([v for _, v, _ in edges], [f for _, _, f in edges])
+        self._free_encoded(values, flags[: len(values)])
 
     def _edit_locked(
         self,
