@@ -601,6 +601,8 @@ class ZramCore:
                         edges.append(edit)
         except BaseException:
             self._unwind(locks, values if src is not None else [], flags, edges)
+            if pinned[0]:  # a written-back edge was listed before the other one failed
+                self._unpin()
             raise
         if need:  # nothing changed: the caller fetches these pages and comes back
             self._unwind(locks, values if src is not None else [], flags, edges)
