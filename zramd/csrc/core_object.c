@@ -683,17 +683,26 @@ static PyObject *core_reclaim_blocks(CoreObject *self, PyObject *Py_UNUSED(ignor
 {
     if (!ready(self))
         return NULL;
-    PyObject *out = PyList_New(0);
+    /* each call hands out the newest blocks left: the parts are joined oldest first, so the
+     * blocks come back in the order they were freed, as the twin's do */
+    PyObject *parts = PyList_New(0);
     uint64_t buf[256];
     size_t n;
-    while (out && (n = zram_reclaim_blocks(self->z, buf, 256)) > 0) {
+    while (parts && (n = zram_reclaim_blocks(self->z, buf, 256)) > 0) {
         PyObject *part = u64_list(buf, n);
-        if (!part || PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, part))
-            Py_CLEAR(out);
+        if (!part || PyList_Append(parts, part))
+            Py_CLEAR(parts);
         Py_XDECREF(part);
         if (n < 256)
             break;
     }
+    if (!parts)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t k = PyList_GET_SIZE(parts) - 1; out && k >= 0; k--)
+        if (PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, PyList_GET_ITEM(parts, k)))
+            Py_CLEAR(out);
+    Py_DECREF(parts);
     return out;
 }
 
