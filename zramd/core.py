@@ -786,13 +786,18 @@ class ZramCore:
     def extents(self, offset: int, length: int) -> list[tuple[int, int, int]]:
         """NBD block status from ``offset``: (offset, length, type) runs, type HOLE|ZERO for
         unallocated pages, ZERO for same-filled zero pages, DATA otherwise. Covers at least the
-        first page and at most MAX_EXTENT_PAGES pages (clients ask again for the rest)."""
+        first page and at most MAX_EXTENT_PAGES pages (clients ask again for the rest); none
+        for an empty request at the end of the device."""
         self._begin(offset, length, "extents")
         try:
             first = offset >> PAGE_SHIFT
             stop = min(
-                (offset + max(length, 1) + PAGE_MASK) >> PAGE_SHIFT, first + MAX_EXTENT_PAGES
+                (offset + max(length, 1) + PAGE_MASK) >> PAGE_SHIFT,
+                first + MAX_EXTENT_PAGES,
+                self.pages,
             )
+            if first >= stop:
+                return []
             flags = self._flags
             handles = self._handle
             runs: list[tuple[int, int, int]] = []

@@ -45,7 +45,8 @@ class CoreAPI(Protocol):
 
     def extents(self, offset: int, length: int, /) -> list[tuple[int, int, int]]:
         """NBD block status from ``offset``: (offset, length, type) runs (3 hole, 2 zero,
-        0 data), covering at least the first page and at most 256 MiB."""
+        0 data), covering at least the first page and at most 256 MiB; none for an empty
+        request at the end of the device."""
 
     # -- slot operations of the cold paths (each takes the stripe lock it needs) -----------
 

@@ -470,8 +470,10 @@ static PyObject *core_extents(CoreObject *self, PyObject *args)
     uint64_t stop = (offset + (length ? length : 1) + ZRAM_PAGE_SIZE - 1) >> ZRAM_PAGE_SHIFT;
     if (stop > first + EXTENT_PAGES_MAX)
         stop = first + EXTENT_PAGES_MAX;
+    if (stop > self->pages) /* an empty request at the end: no page to describe */
+        stop = self->pages;
     int cap = (int)(stop - first);
-    uint64_t *runs = PyMem_Malloc((size_t)cap * 3 * sizeof *runs);
+    uint64_t *runs = PyMem_Malloc((size_t)(cap ? cap : 1) * 3 * sizeof *runs);
     if (!runs)
         return PyErr_NoMemory();
     int n;
