@@ -63,6 +63,7 @@ from collections.abc import Callable, Sequence
 from zramd._types import BytesLike
 from zramd.compress.base import Compressor
 from zramd.errors import (
+    CorruptionError,
     InvalidIOError,
     MemLimitError,
     PoolExhaustedError,
@@ -535,9 +536,16 @@ class ZramCore:
                 self._unpin()
 
     def _fetch_blocks(self, need: WbPages) -> Sequence[BytesLike]:
+        """The pages of the blocks ``need`` lists, through ``backing_read``; CorruptionError
+        when there is none or it returns something else than one page per block."""
         if self._backing_read is None:
-            raise InvalidIOError("a slot is written back but no backing store is set")
-        return self._backing_read([block for _, block in need])
+            raise CorruptionError("a slot is written back but no backing store is set")
+        pages = self._backing_read([block for _, block in need])
+        if len(pages) != len(need):
+            raise CorruptionError("backing_read returned the wrong number of pages")
+        if any(len(memoryview(page)) != PAGE_SIZE for page in pages):
+            raise CorruptionError("backing_read returned a page not 4096 bytes long")
+        return pages
 
     def _lock_stripes(self, first: int, last: int) -> list[threading.Lock]:
         """Take the stripe locks of pages first..last in ascending order; returns them."""
