@@ -96,6 +96,8 @@ STORED = ZRAM_SIZE_MASK | ZRAM_SAME | ZRAM_WB  # a slot holds something
 ACCESSED = ZRAM_IDLE | ZRAM_PP_SLOT  # what any access clears
 HUGE_FLAGS = ZRAM_HUGE | PAGE_SIZE  # slot flags of a page stored raw
 MAX_EXTENT_PAGES = 1 << 16  # one extents() call describes at most 256 MiB (clients ask again)
+MAX_PAGES = (1 << (64 - PAGE_SHIFT)) - 1  # the most slots whose byte offsets fit 64 bits
+U64 = 1 << 64  # handles, blocks and frame counts are unsigned 64-bit in the C twin
 
 #: NBD extent types (nbdkit.EXTENT_HOLE / EXTENT_ZERO)
 EXTENT_DATA = 0
@@ -142,6 +144,11 @@ def stripe(index: int) -> int:
     return (index >> STRIPE_SHIFT) & STRIPE_MASK
 
 
+def _frames(what: str, pages: int) -> None:
+    if not 0 <= pages < U64:
+        raise ValueError(f"{what}: {pages} pages is out of range")
+
+
 class ZramCore:
     """The slot table of ``pages`` pages over ``pool``, with the algorithm of each priority in
     ``comps`` (``comps[0]`` required). ``backing_read(blocks)`` reads written-back pages
@@ -157,6 +164,8 @@ class ZramCore:
         backing_read: BackingRead | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        if not 0 <= pages <= MAX_PAGES:
+            raise ValueError(f"pages {pages} outside 0..{MAX_PAGES}")
         if not comps or comps[0] is None or len(comps) > 4:
             raise ValueError("comps: one to four codecs by priority, the primary required")
         self.pages = pages
@@ -231,16 +240,27 @@ class ZramCore:
     # -- counters -------------------------------------------------------------------------------
 
     def set_mem_limit(self, pages: int) -> None:
+        """The pool's limit in frames (0: none); ValueError outside 0 .. 2**64 - 1."""
+        _frames("set_mem_limit", pages)
         self._limit = pages
 
     def note_peak(self, pages: int) -> None:
+        """Raise mem_used_max to ``pages``; ValueError outside 0 .. 2**64 - 1."""
+        _frames("note_peak", pages)
         if pages > self._max:
             with self._counter_lock:
                 self._max = max(self._max, pages)
 
     def reset_max(self) -> None:
-        with self._counter_lock:
-            self._max = self.pool.total_pages
+        """mem_used_max := the pool's frames now (nothing once the core is closed: the pool
+        may be gone)."""
+        if not self._enter():
+            return
+        try:
+            with self._counter_lock:
+                self._max = self.pool.total_pages
+        finally:
+            self._leave()
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._counter_lock:
@@ -692,7 +712,9 @@ class ZramCore:
 
     def read_into(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` (a writable byte buffer) from ``offset``; never-written and discarded
-        bytes read as zeros."""
+        bytes read as zeros. BufferError for a read-only buffer."""
+        if memoryview(buf).readonly:
+            raise BufferError("read_into: the buffer is read-only")
         length = len(buf)
         now = int(self._clock())
         self._begin(offset, length, "read")
@@ -832,9 +854,13 @@ class ZramCore:
 
     # -- slot operations for post-processing ----------------------------------------------------
 
-    def _cold(self, what: str) -> None:
+    def _cold(self, what: str, index: int | None = None) -> None:
+        """Enter the gate for a slot operation (on slot ``index``, which must exist)."""
         if not self._enter():
             raise InvalidIOError(f"{what}: the device was reset")
+        if index is not None and not 0 <= index < self.pages:
+            self._leave()
+            raise InvalidIOError(f"{what}: page {index} is outside the device ({self.pages} pages)")
 
     def mark_idle(self, cutoff: int | None = None) -> int:
         """``idle``: mark allocated slots (not same-filled, not written back) IDLE; with a
@@ -863,13 +889,15 @@ class ZramCore:
     def pick(self, lo: int, hi: int, need: int, skip: int) -> list[tuple[int, int]]:
         """``scan_slots_for_*``: flag PP_SLOT on every slot in [lo, hi) that holds a pool
         object, has all the ``need`` flags and none of ``skip``; returns them as (index,
-        flags before the pick), in index order."""
+        flags before the pick), in index order. ValueError for flags outside 32 bits."""
+        if not (0 <= need < 1 << 32 and 0 <= skip < 1 << 32):
+            raise ValueError(f"pick: flags {need} / {skip} are not 32-bit")
         self._cold("pick")
         try:
             flags = self._flags
             skip |= ZRAM_PP_SLOT
             picked: list[tuple[int, int]] = []
-            i = lo
+            i = max(lo, 0)
             hi = min(hi, self.pages)
             while i < hi:
                 end = min(hi, ((i >> STRIPE_SHIFT) + 1) << STRIPE_SHIFT)
@@ -891,7 +919,7 @@ class ZramCore:
         try:
             flags = self._flags
             for j in picked:
-                if j < self.pages:
+                if 0 <= j < self.pages:
                     with self._locks[stripe(j)]:
                         flags[j] &= ~ZRAM_PP_SLOT
         finally:
@@ -900,7 +928,7 @@ class ZramCore:
     def take_page(self, index: int) -> tuple[int, int, bytes] | None:
         """(flags, handle, page) of a slot still picked (PP_SLOT, holding an object), the page
         decompressed (raw for huge); None if it was accessed or freed since it was picked."""
-        self._cold("take_page")
+        self._cold("take_page", index)
         try:
             with self._locks[stripe(index)]:
                 f = self._flags[index]
@@ -914,8 +942,11 @@ class ZramCore:
 
     def complete_writeback(self, index: int, handle: int, block: int) -> bool:
         """Switch a written slot to WB with ``block`` unless it changed since ``take_page``;
-        True if switched (its object is freed), False if the block went unused."""
-        self._cold("writeback")
+        True if switched (its object is freed), False if the block went unused. ValueError
+        for a block outside 64 bits."""
+        if not 0 <= block < U64:
+            raise ValueError(f"complete_writeback: block {block} is out of range")
+        self._cold("writeback", index)
         try:
             s = stripe(index)
             with self._locks[s]:
@@ -936,7 +967,7 @@ class ZramCore:
     def tried(self, index: int, handle: int, incompressible: bool) -> None:
         """No algorithm improved the slot: it was touched, so it loses IDLE and PP_SLOT, and
         becomes INCOMPRESSIBLE if the last algorithm failed."""
-        if not self._enter():
+        if not 0 <= index < self.pages or not self._enter():
             return
         try:
             with self._locks[stripe(index)]:
@@ -949,8 +980,15 @@ class ZramCore:
 
     def complete_recompress(self, index: int, handle: int, new: int, size: int, prio: int) -> bool:
         """Install a recompressed object unless the slot changed; True if installed (the old
-        object is freed), False (the caller frees ``new``)."""
-        self._cold("recompress")
+        object is freed), False (the caller frees ``new``). ValueError for a size outside
+        1..4096, a priority with no codec or a handle outside 64 bits."""
+        if not 0 < size <= PAGE_SIZE:
+            raise ValueError(f"complete_recompress: size {size} outside 1..{PAGE_SIZE}")
+        if not 0 <= prio < len(self._comps) or self._comps[prio] is None:
+            raise ValueError(f"complete_recompress: priority {prio} has no codec")
+        if not 0 < new < U64:
+            raise ValueError(f"complete_recompress: handle {new} is out of range")
+        self._cold("recompress", index)
         try:
             s = stripe(index)
             with self._locks[s]:
@@ -972,10 +1010,8 @@ class ZramCore:
 
     def slot(self, index: int) -> tuple[int, int, int]:
         """(handle, flags, actime) of slot ``index`` (tests and debugging)."""
-        self._cold("slot")
+        self._cold("slot", index)
         try:
-            if not 0 <= index < self.pages:
-                raise InvalidIOError(f"slot {index} is outside the device ({self.pages} pages)")
             with self._locks[stripe(index)]:
                 return self._handle[index], self._flags[index], self._actime[index]
         finally:
