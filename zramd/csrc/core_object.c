@@ -925,36 +925,53 @@ static PyObject *core_get_pool(CoreObject *self, void *Py_UNUSED(closure))
     return Py_NewRef(self->pool ? self->pool : Py_None);
 }
 
+/* Docstrings start with the signature (inspect.signature reads it): the same parameters as
+ * zramd/core.py's ZramCore, which tests/test_core_api.py checks against CoreAPI. */
 static PyMethodDef core_methods[] = {
     {"write", (PyCFunction)(void (*)(void))core_write, METH_FASTCALL,
-     "write(offset, data): store data at offset; all or nothing"},
+     "write($self, offset, data, /)\n--\n\nStore data at offset; all or nothing."},
     {"read_into", (PyCFunction)(void (*)(void))core_read_into, METH_FASTCALL,
-     "read_into(offset, buf): fill buf from offset"},
+     "read_into($self, offset, buf, /)\n--\n\nFill buf from offset."},
     {"discard", (PyCFunction)core_discard, METH_VARARGS,
-     "discard(offset, length): free the whole pages in the range"},
+     "discard($self, offset, length, /)\n--\n\nFree the whole pages in the range."},
     {"write_zeroes", (PyCFunction)(void (*)(void))core_write_zeroes, METH_VARARGS | METH_KEYWORDS,
-     "write_zeroes(offset, length, *, may_trim=True): make the range read as zeros"},
+     "write_zeroes($self, offset, length, *, may_trim=True)\n--\n\n"
+     "Make the range read as zeros."},
     {"extents", (PyCFunction)core_extents, METH_VARARGS,
-     "extents(offset, length) -> [(offset, length, type)]"},
-    {"mark_idle", (PyCFunction)core_mark_idle, METH_VARARGS, "mark_idle(cutoff=None) -> count"},
-    {"pick", (PyCFunction)core_pick, METH_VARARGS, "pick(lo, hi, need, skip) -> [(index, flags)]"},
-    {"unpick", (PyCFunction)core_unpick, METH_O, "unpick(indices)"},
+     "extents($self, offset, length, /)\n--\n\n"
+     "NBD block status: [(offset, length, type)] from offset."},
+    {"mark_idle", (PyCFunction)core_mark_idle, METH_VARARGS,
+     "mark_idle($self, cutoff=None, /)\n--\n\nMark stored objects IDLE; how many."},
+    {"pick", (PyCFunction)core_pick, METH_VARARGS,
+     "pick($self, lo, hi, need, skip, /)\n--\n\n"
+     "Flag PP_SLOT on the candidates in [lo, hi); [(index, flags before)]."},
+    {"unpick", (PyCFunction)core_unpick, METH_O,
+     "unpick($self, picked, /)\n--\n\nDrop PP_SLOT from these slots."},
     {"take_page", (PyCFunction)core_take_page, METH_O,
-     "take_page(index) -> (flags, handle, page) | None"},
+     "take_page($self, index, /)\n--\n\n(flags, handle, page) of a slot still picked, or None."},
     {"complete_writeback", (PyCFunction)core_complete_writeback, METH_VARARGS,
-     "complete_writeback(index, handle, block) -> bool"},
-    {"tried", (PyCFunction)core_tried, METH_VARARGS, "tried(index, handle, incompressible)"},
+     "complete_writeback($self, index, handle, block, /)\n--\n\n"
+     "Switch a picked slot to WB with block unless it changed."},
+    {"tried", (PyCFunction)core_tried, METH_VARARGS,
+     "tried($self, index, handle, incompressible, /)\n--\n\n"
+     "No algorithm improved the slot: drop PP_SLOT and IDLE."},
     {"complete_recompress", (PyCFunction)core_complete_recompress, METH_VARARGS,
-     "complete_recompress(index, handle, new, size, prio) -> bool"},
+     "complete_recompress($self, index, handle, new, size, prio, /)\n--\n\n"
+     "Install a recompressed object unless the slot changed."},
     {"reclaim_blocks", (PyCFunction)core_reclaim_blocks, METH_NOARGS,
-     "reclaim_blocks() -> blocks freed by I/O, safe to reuse"},
-    {"set_mem_limit", (PyCFunction)core_set_mem_limit, METH_O, "set_mem_limit(pages)"},
-    {"reset_max", (PyCFunction)core_reset_max, METH_NOARGS, "mem_used_max := current use"},
-    {"note_peak", (PyCFunction)core_note_peak, METH_O, "note_peak(pages)"},
-    {"stats", (PyCFunction)core_stats, METH_NOARGS, "stats() -> CoreStats"},
-    {"slot", (PyCFunction)core_slot, METH_O, "slot(index) -> (handle, flags, actime)"},
+     "reclaim_blocks($self, /)\n--\n\nBlocks freed by I/O, safe to reuse."},
+    {"set_mem_limit", (PyCFunction)core_set_mem_limit, METH_O,
+     "set_mem_limit($self, pages, /)\n--\n\nThe pool's limit in frames (0: none)."},
+    {"reset_max", (PyCFunction)core_reset_max, METH_NOARGS,
+     "reset_max($self, /)\n--\n\nmem_used_max := the pool's current frames."},
+    {"note_peak", (PyCFunction)core_note_peak, METH_O,
+     "note_peak($self, pages, /)\n--\n\nRaise mem_used_max to pages if higher."},
+    {"stats", (PyCFunction)core_stats, METH_NOARGS,
+     "stats($self, /)\n--\n\nThe counters (CoreStats)."},
+    {"slot", (PyCFunction)core_slot, METH_O,
+     "slot($self, index, /)\n--\n\n(handle, flags, actime) of one slot."},
     {"close", (PyCFunction)core_close, METH_NOARGS,
-     "close(): wait for requests in flight; then every call fails"},
+     "close($self, /)\n--\n\nWait for requests in flight; then every call fails."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -968,7 +985,8 @@ static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zramd._zram.Core",
     .tp_basicsize = sizeof(CoreObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The slot table and per-request loops of one initialised device (zram.c).",
+    .tp_doc = "Core(pages, pool, comps, *, backing_read=None, clock=None)\n--\n\n"
+              "The slot table and per-request loops of one initialised device (zram.c).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)core_init,
     .tp_dealloc = (destructor)core_dealloc,
