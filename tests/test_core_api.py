@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -389,3 +390,44 @@ def test_an_empty_extents_request_at_the_end_describes_nothing(kind: str) -> Non
     assert core.extents(pages * PAGE_SIZE, 0) == []
     assert core.extents(pages * PAGE_SIZE - 1, 0) == [((pages - 1) * PAGE_SIZE, PAGE_SIZE, 3)]
     core.close()
+
+
+def test_a_write_refused_for_a_full_arena_fails_alike() -> None:
+    """Both compact once, then refuse with the same message (the twin passed on the pool's)."""
+    data = random.Random(5).randbytes(32 * PAGE_SIZE)
+
+    def fill(core: CoreAPI) -> tuple[list[tuple[str, Any]], Any]:
+        chunks = [data[k << 15 : (k + 1) << 15] for k in range(4)]  # 8 pages each
+        outcomes = [outcome(lambda k=k, c=c: core.write(k << 15, c)) for k, c in enumerate(chunks)]
+        return outcomes, core.stats()
+
+    results = []
+    for kind in (Core, ZramCore):
+        core: CoreAPI = kind(64, Pool(24 * PAGE_SIZE), [Codec("lz4")])
+        results.append(fill(core))
+        core.close()
+    assert results[0] == results[1]
+    assert results[0][0][-1] == (
+        "PoolExhaustedError",
+        "write refused: the pool's arena has no frame left even after compaction",
+    )
+
+
+def test_a_refused_write_leaves_both_pools_alike() -> None:
+    """A write refused at its last edge frees what it stored in the same order in both, so
+    the next objects get the same handles. (The twin freed the whole pages before the
+    edges: from then on the two cores handed out different handles.)"""
+    slots = []
+    for kind in ("c", "python"):
+        core = make(kind)
+        rnd = random.Random(3)
+        core.set_mem_limit(2)
+        # full page 1 and edge page 0 are stored raw (a frame each), edge page 2 needs a
+        # zspage of a small class: over the limit
+        with pytest.raises(MemLimitError):
+            core.write(100, rnd.randbytes(PAGE_SIZE - 100) + rnd.randbytes(PAGE_SIZE) + b"z")
+        core.set_mem_limit(0)
+        core.write(5 * PAGE_SIZE, rnd.randbytes(3 * PAGE_SIZE))
+        slots.append([core.slot(i) for i in range(PAGES)])
+        core.close()
+    assert slots[0] == slots[1]
