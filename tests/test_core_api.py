@@ -199,7 +199,9 @@ BAD_CALLS: dict[str, tuple[Callable[[CoreAPI], Any], type[Exception] | None]] = 
 def populate(core: CoreAPI) -> None:
     """Something in every slot, so that a call on the wrong slot changes something."""
     for i in range(PAGES):
-        core.write(i * PAGE_SIZE, bytes([i + 1]) * 100 + os.urandom(200) * 10 + bytes(1996))
+        core.write(
+            i * PAGE_SIZE, bytes([i + 1]) * 100 + random.Random(i).randbytes(200) * 10 + bytes(1996)
+        )
 
 
 def state(core: CoreAPI) -> tuple[Any, ...]:
