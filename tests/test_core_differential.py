@@ -66,17 +66,23 @@ GEOMETRIES = {
     "medium": (300, [(0, 300)]),
     "wrapping": (ALIAS + 80, [(0, 48), (ALIAS - 40, ALIAS + 80)]),
 }
-KINDS = ("zero", "same", "text", "mixed", "random", "huge")
+KINDS = ("zero", "same", "almost", "text", "mixed", "random", "huge")
 WORDS = [b"swap", b"page ", b"zram ", b"\x00\x00\x00\x00", b"lorem ipsum ", b"\xff", b"0123456789"]
 
 
 def make_page(kind: str, rnd: random.Random) -> bytes:
-    """A page of the given kind: zero and same-filled (no pool object), compressible text,
-    part random (objects in every size class), random (stored raw: huge)."""
+    """A page of the given kind: zero and same-filled (no pool object), same-filled but for
+    one word (first, last or any), compressible text, part random (objects in every size
+    class), random (stored raw: huge)."""
     if kind == "zero":
         return bytes(PAGE)
     if kind == "same":
         return rnd.randbytes(8) * (PAGE // 8)
+    if kind == "almost":
+        page = bytearray(rnd.choice([bytes(8), rnd.randbytes(8)]) * (PAGE // 8))
+        word = rnd.choice([0, 1, PAGE // 8 - 2, PAGE // 8 - 1, rnd.randrange(PAGE // 8)])
+        page[word * 8 + rnd.randrange(8)] ^= 1 << rnd.randrange(8)
+        return bytes(page)
     if kind == "text":
         out = bytearray()
         while len(out) < PAGE:
@@ -210,6 +216,13 @@ class CoreDifferential(RuleBasedStateMachine):
     # -- requests -----------------------------------------------------------------------------
 
     def _page(self, data: st.DataObject) -> int:
+        """A page requests aim at: mostly one already touched (or next to one), so that
+        requests and passes meet what earlier ones left; else any page of a hot range."""
+        if self.touched and data.draw(st.integers(0, 3)):
+            page = data.draw(st.sampled_from(sorted(self.touched))) + data.draw(
+                st.sampled_from([0, 0, 0, -1, 1])
+            )
+            return min(max(page, 0), self.pages - 1)
         lo, hi = data.draw(st.sampled_from(self.hot))
         return data.draw(st.integers(lo, hi - 1))
 
