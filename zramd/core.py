@@ -66,6 +66,7 @@ from collections.abc import Callable, Sequence
 from zramd._types import BytesLike
 from zramd.compress.base import Compressor
 from zramd.errors import (
+    CorruptionError,
     InvalidIOError,
     MemLimitError,
     PoolExhaustedError,
@@ -98,6 +99,8 @@ STORED = ZRAM_SIZE_MASK | ZRAM_SAME | ZRAM_WB  # a slot holds something
 ACCESSED = ZRAM_IDLE | ZRAM_PP_SLOT  # what any access clears
 HUGE_FLAGS = ZRAM_HUGE | PAGE_SIZE  # slot flags of a page stored raw
 MAX_EXTENT_PAGES = 1 << 16  # one extents() call describes at most 256 MiB (clients ask again)
+MAX_PAGES = (1 << (64 - PAGE_SHIFT)) - 1  # the most slots whose byte offsets fit 64 bits
+U64 = 1 << 64  # handles, blocks and frame counts are unsigned 64-bit in the C twin
 
 #: NBD extent types (nbdkit.EXTENT_HOLE / EXTENT_ZERO)
 EXTENT_DATA = 0
@@ -144,6 +147,11 @@ def stripe(index: int) -> int:
     return (index >> STRIPE_SHIFT) & STRIPE_MASK
 
 
+def _frames(what: str, pages: int) -> None:
+    if not 0 <= pages < U64:
+        raise ValueError(f"{what}: {pages} pages is out of range")
+
+
 class ZramCore:
     """The slot table of ``pages`` pages over ``pool``, with the algorithm of each priority in
     ``comps`` (``comps[0]`` required). ``backing_read(blocks)`` reads written-back pages
@@ -159,6 +167,8 @@ class ZramCore:
         backing_read: BackingRead | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        if not 0 <= pages <= MAX_PAGES:
+            raise ValueError(f"pages {pages} outside 0..{MAX_PAGES}")
         if not comps or comps[0] is None or len(comps) > 4:
             raise ValueError("comps: one to four codecs by priority, the primary required")
         self.pages = pages
@@ -236,16 +246,27 @@ class ZramCore:
     # -- counters -------------------------------------------------------------------------------
 
     def set_mem_limit(self, pages: int) -> None:
+        """The pool's limit in frames (0: none); ValueError outside 0 .. 2**64 - 1."""
+        _frames("set_mem_limit", pages)
         self._limit = pages
 
     def note_peak(self, pages: int) -> None:
+        """Raise mem_used_max to ``pages``; ValueError outside 0 .. 2**64 - 1."""
+        _frames("note_peak", pages)
         if pages > self._max:
             with self._counter_lock:
                 self._max = max(self._max, pages)
 
     def reset_max(self) -> None:
-        with self._counter_lock:
-            self._max = self.pool.total_pages
+        """mem_used_max := the pool's frames now (nothing once the core is closed: the pool
+        may be gone)."""
+        if not self._enter():
+            return
+        try:
+            with self._counter_lock:
+                self._max = self.pool.total_pages
+        finally:
+            self._leave()
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._counter_lock:
@@ -300,14 +321,12 @@ class ZramCore:
         try:
             handle = pool.store_many((obj,))[0]
         except PoolExhaustedError:
-            self._direct_compact()
-            handle = pool.store_many((obj,))[0]
+            handle = self._store_compacted(obj)
         limit = self._limit
         total = pool.total_pages
         if limit and total + self._reserved > limit:
             pool.free_many((handle,))
-            self._direct_compact()
-            handle = pool.store_many((obj,))[0]
+            handle = self._store_compacted(obj)
             total = pool.total_pages
             if total + self._reserved > limit:
                 pool.free_many((handle,))
@@ -318,11 +337,22 @@ class ZramCore:
         self.note_peak(total)
         return handle
 
-    def _store(self, objs: list[BytesLike]) -> list[int]:
-        """``_store_one`` for each object, all or nothing; in one pool call when no limit is
-        set, or when the most frames the batch can add fit under it beside what other
-        batches in flight reserved (it reserves them meanwhile), so a request overshoots
-        the limit by at most one zspage, as the C loop that stores object by object."""
+    def _store_compacted(self, obj: BytesLike) -> int:
+        """Compact, then store ``obj`` (the last try before a write is refused)."""
+        self._direct_compact()
+        try:
+            return self.pool.store_many((obj,))[0]
+        except PoolExhaustedError as e:
+            raise PoolExhaustedError(
+                "write refused: the pool's arena has no frame left even after compaction"
+            ) from e
+
+    def _store(self, objs: list[BytesLike], stored: list[int]) -> list[int]:
+        """``_store_one`` for each object; in one pool call when no limit is set, or when the
+        most frames the batch can add fit under it beside what other batches in flight
+        reserved (it reserves them meanwhile), so a request overshoots the limit by at most
+        one zspage, as the C loop that stores object by object. On failure the objects
+        stored one by one are left in ``stored`` for the caller to free."""
         pool = self.pool
         limit = self._limit
         bound = 0
@@ -333,12 +363,12 @@ class ZramCore:
                 if fits:
                     self._reserved += bound
             if not fits:
-                return self._store_each(objs)
+                return self._store_each(objs, stored)
         try:
             try:
                 handles = pool.store_many(objs)
             except PoolExhaustedError:
-                return self._store_each(objs)
+                return self._store_each(objs, stored)
         finally:
             if bound:
                 with self._counter_lock:
@@ -346,14 +376,9 @@ class ZramCore:
         self.note_peak(pool.total_pages)
         return handles
 
-    def _store_each(self, objs: list[BytesLike]) -> list[int]:
-        handles: list[int] = []
-        try:
-            for obj in objs:
-                handles.append(self._store_one(obj))
-        except BaseException:
-            self.pool.free_many(handles)
-            raise
+    def _store_each(self, objs: list[BytesLike], handles: list[int]) -> list[int]:
+        for obj in objs:
+            handles.append(self._store_one(obj))
         return handles
 
     def _encode(
@@ -361,10 +386,12 @@ class ZramCore:
     ) -> None:
         """Pages ``0 .. count`` of ``src`` from byte ``base``: a fill word (SAME) or a new pool
         object in ``values[k]``, its flags in ``flags[k]``. Stores a stripe's worth at a time;
-        on failure frees what it stored and raises."""
+        on failure frees what it stored, in page order as the C core does (so that both leave
+        the pool's free lists alike), and raises."""
         compress = self._comps[0].compress  # type: ignore[union-attr]
         huge_size = self._huge_size
         done = 0
+        stored: list[int] = []  # objects of the batch being stored
         try:
             while done < count:
                 objs: list[BytesLike] = []
@@ -386,11 +413,14 @@ class ZramCore:
                         flags[k] = len(c)
                     where.append(k)
                 if objs:
-                    for k, handle in zip(where, self._store(objs), strict=True):
+                    handles = self._store(objs, stored)
+                    stored = []
+                    for k, handle in zip(where, handles, strict=True):
                         values[k] = handle
                 done = min(count, done + STRIPE_PAGES)
         except BaseException:
             self._free_encoded(values[:done], flags[:done])
+            self.pool.free_many(stored)
             raise
 
     def _free_encoded(self, values: list[int], flags: list[int]) -> None:
@@ -533,9 +563,16 @@ class ZramCore:
                 self._unpin(pin)
 
     def _fetch_blocks(self, need: WbPages) -> Sequence[BytesLike]:
+        """The pages of the blocks ``need`` lists, through ``backing_read``; CorruptionError
+        when there is none or it returns something else than one page per block."""
         if self._backing_read is None:
-            raise InvalidIOError("a slot is written back but no backing store is set")
-        return self._backing_read([block for _, block in need])
+            raise CorruptionError("a slot is written back but no backing store is set")
+        pages = self._backing_read([block for _, block in need])
+        if len(pages) != len(need):
+            raise CorruptionError("backing_read returned the wrong number of pages")
+        if any(len(memoryview(page)) != PAGE_SIZE for page in pages):
+            raise CorruptionError("backing_read returned a page not 4096 bytes long")
+        return pages
 
     def _lock_stripes(self, first: int, last: int) -> list[threading.Lock]:
         """Take the stripe locks of pages first..last in ascending order; returns them."""
@@ -630,11 +667,12 @@ class ZramCore:
         flags: list[int],
         edges: list[tuple[int, int, int]],
     ) -> None:
-        """Undo an ``_apply`` that changes nothing: drop its locks, free what it encoded."""
+        """Undo an ``_apply`` that changes nothing: drop its locks, free what it encoded (the
+        edges first, as the C core does, so that both leave the pool's free lists alike)."""
         for lock in reversed(locks):
             lock.release()
-        self._free_encoded(values, flags[: len(values)])
         self._free_encoded([v for _, v, _ in edges], [f for _, _, f in edges])
+        self._free_encoded(values, flags[: len(values)])
 
     def _edit_locked(
         self,
@@ -683,7 +721,9 @@ class ZramCore:
 
     def read_into(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` (a writable byte buffer) from ``offset``; never-written and discarded
-        bytes read as zeros."""
+        bytes read as zeros. BufferError for a read-only buffer."""
+        if memoryview(buf).readonly:
+            raise BufferError("read_into: the buffer is read-only")
         length = len(buf)
         now = int(self._clock())
         self._begin(offset, length, "read")
@@ -793,13 +833,18 @@ class ZramCore:
     def extents(self, offset: int, length: int) -> list[tuple[int, int, int]]:
         """NBD block status from ``offset``: (offset, length, type) runs, type HOLE|ZERO for
         unallocated pages, ZERO for same-filled zero pages, DATA otherwise. Covers at least the
-        first page and at most MAX_EXTENT_PAGES pages (clients ask again for the rest)."""
+        first page and at most MAX_EXTENT_PAGES pages (clients ask again for the rest); none
+        for an empty request at the end of the device."""
         self._begin(offset, length, "extents")
         try:
             first = offset >> PAGE_SHIFT
             stop = min(
-                (offset + max(length, 1) + PAGE_MASK) >> PAGE_SHIFT, first + MAX_EXTENT_PAGES
+                (offset + max(length, 1) + PAGE_MASK) >> PAGE_SHIFT,
+                first + MAX_EXTENT_PAGES,
+                self.pages,
             )
+            if first >= stop:
+                return []
             flags = self._flags
             handles = self._handle
             runs: list[tuple[int, int, int]] = []
@@ -826,9 +871,13 @@ class ZramCore:
 
     # -- slot operations for post-processing ----------------------------------------------------
 
-    def _cold(self, what: str) -> None:
+    def _cold(self, what: str, index: int | None = None) -> None:
+        """Enter the gate for a slot operation (on slot ``index``, which must exist)."""
         if not self._enter():
             raise InvalidIOError(f"{what}: the device was reset")
+        if index is not None and not 0 <= index < self.pages:
+            self._leave()
+            raise InvalidIOError(f"{what}: page {index} is outside the device ({self.pages} pages)")
 
     def mark_idle(self, cutoff: int | None = None) -> int:
         """``idle``: mark allocated slots (not same-filled, not written back) IDLE; with a
@@ -857,13 +906,15 @@ class ZramCore:
     def pick(self, lo: int, hi: int, need: int, skip: int) -> list[tuple[int, int]]:
         """``scan_slots_for_*``: flag PP_SLOT on every slot in [lo, hi) that holds a pool
         object, has all the ``need`` flags and none of ``skip``; returns them as (index,
-        flags before the pick), in index order."""
+        flags before the pick), in index order. ValueError for flags outside 32 bits."""
+        if not (0 <= need < 1 << 32 and 0 <= skip < 1 << 32):
+            raise ValueError(f"pick: flags {need} / {skip} are not 32-bit")
         self._cold("pick")
         try:
             flags = self._flags
             skip |= ZRAM_PP_SLOT
             picked: list[tuple[int, int]] = []
-            i = lo
+            i = max(lo, 0)
             hi = min(hi, self.pages)
             while i < hi:
                 end = min(hi, ((i >> STRIPE_SHIFT) + 1) << STRIPE_SHIFT)
@@ -885,7 +936,7 @@ class ZramCore:
         try:
             flags = self._flags
             for j in picked:
-                if j < self.pages:
+                if 0 <= j < self.pages:
                     with self._locks[stripe(j)]:
                         flags[j] &= ~ZRAM_PP_SLOT
         finally:
@@ -894,7 +945,7 @@ class ZramCore:
     def take_page(self, index: int) -> tuple[int, int, bytes] | None:
         """(flags, handle, page) of a slot still picked (PP_SLOT, holding an object), the page
         decompressed (raw for huge); None if it was accessed or freed since it was picked."""
-        self._cold("take_page")
+        self._cold("take_page", index)
         try:
             with self._locks[stripe(index)]:
                 f = self._flags[index]
@@ -908,8 +959,11 @@ class ZramCore:
 
     def complete_writeback(self, index: int, handle: int, block: int) -> bool:
         """Switch a written slot to WB with ``block`` unless it changed since ``take_page``;
-        True if switched (its object is freed), False if the block went unused."""
-        self._cold("writeback")
+        True if switched (its object is freed), False if the block went unused. ValueError
+        for a block outside 64 bits."""
+        if not 0 <= block < U64:
+            raise ValueError(f"complete_writeback: block {block} is out of range")
+        self._cold("writeback", index)
         try:
             s = stripe(index)
             with self._locks[s]:
@@ -930,7 +984,7 @@ class ZramCore:
     def tried(self, index: int, handle: int, incompressible: bool) -> None:
         """No algorithm improved the slot: it was touched, so it loses IDLE and PP_SLOT, and
         becomes INCOMPRESSIBLE if the last algorithm failed."""
-        if not self._enter():
+        if not 0 <= index < self.pages or not self._enter():
             return
         try:
             with self._locks[stripe(index)]:
@@ -943,8 +997,15 @@ class ZramCore:
 
     def complete_recompress(self, index: int, handle: int, new: int, size: int, prio: int) -> bool:
         """Install a recompressed object unless the slot changed; True if installed (the old
-        object is freed), False (the caller frees ``new``)."""
-        self._cold("recompress")
+        object is freed), False (the caller frees ``new``). ValueError for a size outside
+        1..4096, a priority with no codec or a handle outside 64 bits."""
+        if not 0 < size <= PAGE_SIZE:
+            raise ValueError(f"complete_recompress: size {size} outside 1..{PAGE_SIZE}")
+        if not 0 <= prio < len(self._comps) or self._comps[prio] is None:
+            raise ValueError(f"complete_recompress: priority {prio} has no codec")
+        if not 0 < new < U64:
+            raise ValueError(f"complete_recompress: handle {new} is out of range")
+        self._cold("recompress", index)
         try:
             s = stripe(index)
             with self._locks[s]:
@@ -966,10 +1027,8 @@ class ZramCore:
 
     def slot(self, index: int) -> tuple[int, int, int]:
         """(handle, flags, actime) of slot ``index`` (tests and debugging)."""
-        self._cold("slot")
+        self._cold("slot", index)
         try:
-            if not 0 <= index < self.pages:
-                raise InvalidIOError(f"slot {index} is outside the device ({self.pages} pages)")
             with self._locks[stripe(index)]:
                 return self._handle[index], self._flags[index], self._actime[index]
         finally:

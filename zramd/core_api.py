@@ -2,14 +2,18 @@
 
 ``zramd.core.ZramCore`` (Python, the reference) and ``zramd._zram.Core`` (C, zramd/csrc/zram.c,
 runs with the GIL released) both implement ``CoreAPI``: the same calls give the same contents,
-slot flags, statistics and exceptions. mypy checks both against this Protocol (below), and
-tests/test_core.py runs every check on both and compares them step by step.
+slot flags, handles, statistics and exceptions (type and message). mypy checks both against
+this Protocol (below); tests/test_core_api.py checks their names, signatures and errors, and
+tests/test_core_differential.py runs them side by side, comparing them after every step.
 
 Offsets and lengths are bytes; indices are device pages; handles are the pool's. Errors:
-InvalidIOError for a request outside the device (or one that raced with ``close``),
-MemLimitError / PoolExhaustedError (ENOSPC) when a write cannot be stored, CompressionError /
-CorruptionError / InvalidHandleError (EIO) for an object that cannot be read back, and whatever
-``backing_read`` raises.
+InvalidIOError for a request outside the device (an offset or length of any size or sign), for
+a slot operation on a slot that does not exist, and for any call but the releases (unpick,
+tried), limits and statistics once ``close`` was called; ValueError for an argument no call
+accepts (a block, size, priority, flag mask or frame count out of range); MemLimitError /
+PoolExhaustedError (ENOSPC) when a write cannot be stored; CompressionError / CorruptionError /
+InvalidHandleError (EIO) for an object that cannot be read back, or a written-back page
+``backing_read`` cannot supply; and whatever ``backing_read`` raises.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from zramd._types import BytesLike
+from zramd.pool_api import PoolAPI
 from zramd.stats import CoreStats
 
 
@@ -27,6 +32,11 @@ class CoreAPI(Protocol):
     @property
     def pages(self) -> int:
         """Slots in the table (disksize / 4096)."""
+
+    @property
+    def pool(self) -> PoolAPI:
+        """The pool the slots' objects live in (the core does not own it: close() leaves it
+        open)."""
 
     # -- I/O: all or nothing; a failed write changes no byte -------------------------------
 
@@ -39,13 +49,14 @@ class CoreAPI(Protocol):
     def discard(self, offset: int, length: int, /) -> None:
         """Free the whole pages in the range; partial pages at its edges stay as they are."""
 
-    def write_zeroes(self, offset: int, length: int, *, may_trim: bool = True) -> None:
+    def write_zeroes(self, offset: int, length: int, /, *, may_trim: bool = True) -> None:
         """Make the range read as zeros: whole pages freed (``may_trim``) or same-filled,
         partial edge pages zeroed by read-modify-write."""
 
     def extents(self, offset: int, length: int, /) -> list[tuple[int, int, int]]:
         """NBD block status from ``offset``: (offset, length, type) runs (3 hole, 2 zero,
-        0 data), covering at least the first page and at most 256 MiB."""
+        0 data), covering at least the first page and at most 256 MiB; none for an empty
+        request at the end of the device."""
 
     # -- slot operations of the cold paths (each takes the stripe lock it needs) -----------
 

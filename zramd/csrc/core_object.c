@@ -27,6 +27,7 @@ typedef struct {
     PyObject *backing_read; /* callable(list[int]) -> list[bytes], or None */
     PyObject *clock;        /* callable() -> seconds, or None for CLOCK_MONOTONIC */
     int pinned;             /* holds a pin on the pool (zram_pool_get) */
+    int closed;             /* close() was called: errors name a device of 0 bytes */
 } CoreObject;
 
 static PyObject *InvalidIOError, *MemLimitError, *PoolExhaustedError, *CorruptionError,
@@ -60,7 +61,7 @@ static PyObject *raise_rc(CoreObject *self, int rc, const char *what, uint64_t o
     switch (-rc) {
     case EINVAL:
     case ESHUTDOWN: {
-        uint64_t size = rc == -ESHUTDOWN ? 0 : self->pages << ZRAM_PAGE_SHIFT;
+        uint64_t size = rc == -ESHUTDOWN || self->closed ? 0 : self->pages << ZRAM_PAGE_SHIFT;
         PyErr_Format(InvalidIOError,
                      "%s of %llu bytes at offset %llu is outside the device (%llu bytes)", what,
                      (unsigned long long)len, (unsigned long long)offset,
@@ -91,6 +92,96 @@ static PyObject *raise_rc(CoreObject *self, int rc, const char *what, uint64_t o
         PyErr_Format(CorruptionError, "%s: %s", what, strerror(-rc));
     }
     return NULL;
+}
+
+/* -- arguments ------------------------------------------------------------------------------
+ * Integers are taken whole, never truncated to 64 bits: an offset, length or index that does
+ * not fit is outside the device, as it is for the twin. */
+
+/* An integer argument as a u64: 0; 1 when it is negative or too big (no exception set); -1
+ * with an exception when it is not an integer. */
+static int u64_arg(PyObject *o, uint64_t *v)
+{
+    PyObject *n = PyNumber_Index(o);
+    if (!n)
+        return -1;
+    *v = PyLong_AsUnsignedLongLong(n);
+    Py_DECREF(n);
+    if (*v == (uint64_t)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        return 1;
+    }
+    return 0;
+}
+
+/* An integer argument clamped to a u64: negative -> `low`, too big -> UINT64_MAX. An index
+ * clamped with low = UINT64_MAX is one no device has, as a handle is one no slot holds. */
+static int clamped_arg(PyObject *o, uint64_t low, uint64_t *v)
+{
+    int r = u64_arg(o, v);
+    if (r <= 0)
+        return r;
+    PyObject *zero = PyLong_FromLong(0);
+    if (!zero)
+        return -1;
+    int neg = PyObject_RichCompareBool(o, zero, Py_LT);
+    Py_DECREF(zero);
+    if (neg < 0)
+        return -1;
+    *v = neg ? low : UINT64_MAX;
+    return 0;
+}
+
+/* The twin's InvalidIOError for a request whose offset or length does not fit 64 bits. */
+static PyObject *refuse_request(CoreObject *self, const char *what, PyObject *offset,
+                                PyObject *length)
+{
+    unsigned long long size = self->closed ? 0 : self->pages << ZRAM_PAGE_SHIFT;
+    PyErr_Format(InvalidIOError, "%s of %S bytes at offset %S is outside the device (%llu bytes)",
+                 what, length, offset, size);
+    return NULL;
+}
+
+/* offset and length of a request: 0, or -1 with the exception raised. */
+static int request_args(CoreObject *self, const char *what, PyObject *o, PyObject *l,
+                        uint64_t *offset, uint64_t *length)
+{
+    int r1 = u64_arg(o, offset);
+    if (r1 < 0)
+        return -1;
+    int r2 = u64_arg(l, length);
+    if (r2 < 0)
+        return -1;
+    if (r1 || r2) {
+        refuse_request(self, what, o, l);
+        return -1;
+    }
+    return 0;
+}
+
+/* The twin's InvalidIOError for a slot operation zram.c refused, or for an index that does
+ * not fit 64 bits (rc -EINVAL). */
+static PyObject *refuse_slot(CoreObject *self, int rc, const char *what, PyObject *index)
+{
+    if (rc == -ESHUTDOWN || self->closed)
+        PyErr_Format(InvalidIOError, "%s: the device was reset", what);
+    else if (rc == -EINVAL)
+        PyErr_Format(InvalidIOError, "%s: page %S is outside the device (%llu pages)", what, index,
+                     (unsigned long long)self->pages);
+    else
+        raise_rc(self, rc, what, 0, 0);
+    return NULL;
+}
+
+/* A count of frames (set_mem_limit, note_peak): 0, or -1 with ValueError / TypeError. */
+static int frames_arg(const char *what, PyObject *o, uint64_t *pages)
+{
+    int r = u64_arg(o, pages);
+    if (r > 0)
+        PyErr_Format(PyExc_ValueError, "%s: %S pages is out of range", what, o);
+    return r ? -1 : 0;
 }
 
 /* Read the blocks `need` lists through backing_read: a bytes object of n pages, or NULL. */
@@ -153,36 +244,37 @@ out:
 static int core_init(CoreObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"pages", "pool", "comps", "backing_read", "clock", NULL};
-    unsigned long long pages;
-    PyObject *pool, *comps, *backing_read = Py_None, *clock = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KOO|$OO:Core", kwlist, &pages, &pool, &comps,
+    uint64_t pages;
+    PyObject *pages_obj, *pool, *comps, *backing_read = Py_None, *clock = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$OO:Core", kwlist, &pages_obj, &pool, &comps,
                                      &backing_read, &clock))
         return -1;
     if (self->z) {
         PyErr_SetString(PyExc_RuntimeError, "Core is already initialised");
         return -1;
     }
-    if (pages > (UINT64_MAX >> ZRAM_PAGE_SHIFT)) {
-        PyErr_SetString(PyExc_ValueError, "pages: too many");
+    int r = u64_arg(pages_obj, &pages);
+    if (r < 0)
+        return -1;
+    if (r || pages > (UINT64_MAX >> ZRAM_PAGE_SHIFT)) {
+        PyErr_Format(PyExc_ValueError, "pages %S outside 0..%llu", pages_obj,
+                     (unsigned long long)(UINT64_MAX >> ZRAM_PAGE_SHIFT));
         return -1;
     }
     PyObject *t = PySequence_Tuple(comps);
     if (!t)
         return -1;
     struct zcomp *zc[ZRAM_MAX_COMPS] = {0};
-    if (PyTuple_GET_SIZE(t) > ZRAM_MAX_COMPS || PyTuple_GET_SIZE(t) < 1) {
-        PyErr_SetString(PyExc_ValueError, "comps: one to four codecs by priority");
+    if (PyTuple_GET_SIZE(t) > ZRAM_MAX_COMPS || PyTuple_GET_SIZE(t) < 1 ||
+        PyTuple_GET_ITEM(t, 0) == Py_None) {
+        PyErr_SetString(PyExc_ValueError,
+                        "comps: one to four codecs by priority, the primary required");
         goto fail;
     }
     for (Py_ssize_t p = 0; p < PyTuple_GET_SIZE(t); p++) {
         PyObject *c = PyTuple_GET_ITEM(t, p);
-        if (c == Py_None) {
-            if (!p) {
-                PyErr_SetString(PyExc_ValueError, "comps[0]: the primary codec is required");
-                goto fail;
-            }
+        if (c == Py_None)
             continue;
-        }
         zc[p] = zram_codec_get(c);
         if (!zc[p])
             goto fail;
@@ -343,7 +435,7 @@ static int run_update(CoreObject *self, uint64_t offset, uint64_t len, const str
 
 static PyObject *core_write(CoreObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    unsigned long long offset;
+    uint64_t offset;
     Py_buffer b;
     if (!ready(self))
         return NULL;
@@ -351,35 +443,34 @@ static PyObject *core_write(CoreObject *self, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "write(offset, data)");
         return NULL;
     }
-    offset = PyLong_AsUnsignedLongLong(args[0]);
-    if (offset == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
     if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE))
         return NULL;
-    struct upd u = {b.buf, 0, 0};
-    int rc = b.len ? run_update(self, offset, (uint64_t)b.len, &u, "write") : 0;
-    if (!b.len && offset > self->pages << ZRAM_PAGE_SHIFT) {
-        raise_rc(self, -EINVAL, "write", offset, 0);
+    int rc = u64_arg(args[0], &offset);
+    if (rc > 0) {
+        PyObject *len = PyLong_FromSsize_t(b.len);
+        if (len) {
+            refuse_request(self, "write", args[0], len);
+            Py_DECREF(len);
+        }
         rc = -1;
     }
+    /* an empty write too goes through zram.c: outside the device or closed, it fails */
+    struct upd u = {b.buf ? b.buf : (const unsigned char *)"", 0, 0};
+    if (!rc)
+        rc = run_update(self, offset, (uint64_t)b.len, &u, "write");
     PyBuffer_Release(&b);
     if (rc)
         return NULL;
     Py_RETURN_NONE;
 }
 
-static PyObject *zero_like(CoreObject *self, PyObject *args, int hole, int discard,
+static PyObject *zero_like(CoreObject *self, PyObject *o, PyObject *l, int hole, int discard,
                            const char *what)
 {
-    unsigned long long offset, length;
-    if (!ready(self) || !PyArg_ParseTuple(args, "KK", &offset, &length))
+    uint64_t offset, length;
+    if (!ready(self) || request_args(self, what, o, l, &offset, &length))
         return NULL;
     struct upd u = {NULL, hole, discard};
-    if (!length) {
-        if (offset > self->pages << ZRAM_PAGE_SHIFT)
-            return raise_rc(self, -EINVAL, what, offset, 0);
-        Py_RETURN_NONE;
-    }
     if (run_update(self, offset, length, &u, what))
         return NULL;
     Py_RETURN_NONE;
@@ -387,23 +478,20 @@ static PyObject *zero_like(CoreObject *self, PyObject *args, int hole, int disca
 
 static PyObject *core_discard(CoreObject *self, PyObject *args)
 {
-    return zero_like(self, args, 1, 1, "discard");
+    PyObject *o, *l;
+    if (!PyArg_ParseTuple(args, "OO:discard", &o, &l))
+        return NULL;
+    return zero_like(self, o, l, 1, 1, "discard");
 }
 
 static PyObject *core_write_zeroes(CoreObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"offset", "length", "may_trim", NULL};
-    unsigned long long offset, length;
+    PyObject *o, *l;
     int may_trim = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KK|$p:write_zeroes", kwlist, &offset, &length,
-                                     &may_trim))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$p:write_zeroes", kwlist, &o, &l, &may_trim))
         return NULL;
-    PyObject *a = Py_BuildValue("(KK)", offset, length);
-    if (!a)
-        return NULL;
-    PyObject *r = zero_like(self, a, may_trim, 0, "write_zeroes");
-    Py_DECREF(a);
-    return r;
+    return zero_like(self, o, l, may_trim, 0, "write_zeroes");
 }
 
 static PyObject *core_read_into(CoreObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -415,11 +503,19 @@ static PyObject *core_read_into(CoreObject *self, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_TypeError, "read_into(offset, buf)");
         return NULL;
     }
-    unsigned long long offset = PyLong_AsUnsignedLongLong(args[0]);
-    if (offset == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
     if (PyObject_GetBuffer(args[1], &b, PyBUF_WRITABLE))
         return NULL;
+    uint64_t offset;
+    int r = u64_arg(args[0], &offset);
+    if (r) {
+        PyObject *len = r > 0 ? PyLong_FromSsize_t(b.len) : NULL;
+        if (len) {
+            refuse_request(self, "read", args[0], len);
+            Py_DECREF(len);
+        }
+        PyBuffer_Release(&b);
+        return NULL;
+    }
     uint32_t now;
     if (now_seconds(self, &now)) {
         PyBuffer_Release(&b);
@@ -461,8 +557,10 @@ static PyObject *core_read_into(CoreObject *self, PyObject *const *args, Py_ssiz
 
 static PyObject *core_extents(CoreObject *self, PyObject *args)
 {
-    unsigned long long offset, length;
-    if (!ready(self) || !PyArg_ParseTuple(args, "KK", &offset, &length))
+    PyObject *o, *l;
+    uint64_t offset, length;
+    if (!ready(self) || !PyArg_ParseTuple(args, "OO:extents", &o, &l) ||
+        request_args(self, "extents", o, l, &offset, &length))
         return NULL;
     uint64_t size = self->pages << ZRAM_PAGE_SHIFT;
     if (offset > size || length > size - offset)
@@ -471,8 +569,10 @@ static PyObject *core_extents(CoreObject *self, PyObject *args)
     uint64_t stop = (offset + (length ? length : 1) + ZRAM_PAGE_SIZE - 1) >> ZRAM_PAGE_SHIFT;
     if (stop > first + EXTENT_PAGES_MAX)
         stop = first + EXTENT_PAGES_MAX;
+    if (stop > self->pages) /* an empty request at the end: no page to describe */
+        stop = self->pages;
     int cap = (int)(stop - first);
-    uint64_t *runs = PyMem_Malloc((size_t)cap * 3 * sizeof *runs);
+    uint64_t *runs = PyMem_Malloc((size_t)(cap ? cap : 1) * 3 * sizeof *runs);
     if (!runs)
         return PyErr_NoMemory();
     int n;
@@ -519,10 +619,13 @@ static PyObject *core_mark_idle(CoreObject *self, PyObject *args)
         return NULL;
     long long cutoff = -1;
     if (cut != Py_None) {
-        cutoff = PyLong_AsLongLong(cut);
+        int overflow;
+        cutoff = PyLong_AsLongLongAndOverflow(cut, &overflow);
         if (cutoff == -1 && PyErr_Occurred())
             return NULL;
-        if (cutoff < 0)
+        if (overflow > 0)
+            cutoff = -1; /* everything was accessed before it: as with no cutoff */
+        else if (cutoff < 0 || overflow < 0)
             cutoff = 0; /* nothing was accessed before it: every slot is newer */
     }
     int64_t n;
@@ -530,28 +633,37 @@ static PyObject *core_mark_idle(CoreObject *self, PyObject *args)
     n = zram_mark_idle(self->z, cutoff);
     Py_END_ALLOW_THREADS
     if (n < 0)
-        return raise_rc(self, (int)n, "idle", 0, 0);
+        return refuse_slot(self, (int)n, "idle", Py_None);
     return PyLong_FromLongLong(n);
 }
 
 static PyObject *core_pick(CoreObject *self, PyObject *args)
 {
-    unsigned long long lo, hi;
-    unsigned int need, skip;
-    if (!ready(self) || !PyArg_ParseTuple(args, "KKII", &lo, &hi, &need, &skip))
+    PyObject *lo_obj, *hi_obj, *need_obj, *skip_obj;
+    uint64_t lo, hi, need, skip;
+    if (!ready(self) ||
+        !PyArg_ParseTuple(args, "OOOO:pick", &lo_obj, &hi_obj, &need_obj, &skip_obj) ||
+        clamped_arg(lo_obj, 0, &lo) || clamped_arg(hi_obj, 0, &hi))
         return NULL;
+    int r1 = u64_arg(need_obj, &need), r2 = r1 < 0 ? 0 : u64_arg(skip_obj, &skip);
+    if (r1 < 0 || r2 < 0)
+        return NULL;
+    if (r1 || r2 || need > UINT32_MAX || skip > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "pick: flags %S / %S are not 32-bit", need_obj, skip_obj);
+        return NULL;
+    }
     uint64_t *idx = NULL;
     size_t n = 0, cap = 0;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = zram_pick(self->z, lo, hi, need, skip, &idx, &n, &cap);
+    rc = zram_pick(self->z, lo, hi, (uint32_t)need, (uint32_t)skip, &idx, &n, &cap);
     Py_END_ALLOW_THREADS
     PyObject *out = NULL;
     if (rc) {
         for (size_t k = 0; k < n / 2; k++) /* the indices, packed in place */
             idx[k] = idx[2 * k];
         zram_unpick(self->z, idx, n / 2);
-        raise_rc(self, rc, "pick", 0, 0);
+        refuse_slot(self, rc, "pick", Py_None);
     } else {
         out = PyList_New((Py_ssize_t)(n / 2));
         for (size_t k = 0; out && k < n / 2; k++) {
@@ -585,8 +697,7 @@ static int u64_array(PyObject *seq_in, uint64_t **out, size_t *n)
         return -1;
     }
     for (size_t k = 0; k < *n; k++) {
-        (*out)[k] = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)k));
-        if ((*out)[k] == (uint64_t)-1 && PyErr_Occurred()) {
+        if (clamped_arg(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)k), UINT64_MAX, &(*out)[k])) {
             PyMem_Free(*out);
             Py_DECREF(seq);
             return -1;
@@ -611,10 +722,8 @@ static PyObject *core_unpick(CoreObject *self, PyObject *arg)
 
 static PyObject *core_take_page(CoreObject *self, PyObject *arg)
 {
-    if (!ready(self))
-        return NULL;
-    unsigned long long index = PyLong_AsUnsignedLongLong(arg);
-    if (index == (unsigned long long)-1 && PyErr_Occurred())
+    uint64_t index;
+    if (!ready(self) || clamped_arg(arg, UINT64_MAX, &index))
         return NULL;
     PyObject *page = PyBytes_FromStringAndSize(NULL, ZRAM_PAGE_SIZE);
     if (!page)
@@ -628,7 +737,7 @@ static PyObject *core_take_page(CoreObject *self, PyObject *arg)
     if (rc <= 0) {
         Py_DECREF(page);
         if (rc < 0)
-            return raise_rc(self, rc, "take_page", index, 0);
+            return refuse_slot(self, rc, "take_page", arg);
         Py_RETURN_NONE;
     }
     return Py_BuildValue("(IKN)", flags, (unsigned long long)handle, page);
@@ -636,23 +745,35 @@ static PyObject *core_take_page(CoreObject *self, PyObject *arg)
 
 static PyObject *core_complete_writeback(CoreObject *self, PyObject *args)
 {
-    unsigned long long index, handle, block;
-    if (!ready(self) || !PyArg_ParseTuple(args, "KKK", &index, &handle, &block))
+    PyObject *index_obj, *handle_obj, *block_obj;
+    uint64_t index, handle, block;
+    if (!ready(self) ||
+        !PyArg_ParseTuple(args, "OOO:complete_writeback", &index_obj, &handle_obj, &block_obj))
+        return NULL;
+    int r = u64_arg(block_obj, &block);
+    if (r > 0)
+        PyErr_Format(PyExc_ValueError, "complete_writeback: block %S is out of range", block_obj);
+    if (r || clamped_arg(index_obj, UINT64_MAX, &index) ||
+        clamped_arg(handle_obj, UINT64_MAX, &handle))
         return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = zram_complete_writeback(self->z, index, handle, block);
     Py_END_ALLOW_THREADS
     if (rc < 0)
-        return raise_rc(self, rc, "writeback", index, 0);
+        return refuse_slot(self, rc, "writeback", index_obj);
     return PyBool_FromLong(rc);
 }
 
 static PyObject *core_tried(CoreObject *self, PyObject *args)
 {
-    unsigned long long index, handle;
+    PyObject *index_obj, *handle_obj;
+    uint64_t index, handle;
     int incompressible;
-    if (!ready(self) || !PyArg_ParseTuple(args, "KKp", &index, &handle, &incompressible))
+    if (!ready(self) ||
+        !PyArg_ParseTuple(args, "OOp:tried", &index_obj, &handle_obj, &incompressible) ||
+        clamped_arg(index_obj, UINT64_MAX, &index) ||
+        clamped_arg(handle_obj, UINT64_MAX, &handle))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     zram_tried(self->z, index, handle, incompressible);
@@ -662,21 +783,36 @@ static PyObject *core_tried(CoreObject *self, PyObject *args)
 
 static PyObject *core_complete_recompress(CoreObject *self, PyObject *args)
 {
-    unsigned long long index, handle, newh;
-    unsigned int size;
-    int prio;
-    if (!ready(self) || !PyArg_ParseTuple(args, "KKKIi", &index, &handle, &newh, &size, &prio))
+    PyObject *index_obj, *handle_obj, *new_obj, *size_obj, *prio_obj;
+    uint64_t index, handle, newh, size, prio;
+    if (!ready(self) || !PyArg_ParseTuple(args, "OOOOO:complete_recompress", &index_obj,
+                                          &handle_obj, &new_obj, &size_obj, &prio_obj))
         return NULL;
-    if (prio < 0 || prio >= ZRAM_MAX_COMPS || !size || size > ZRAM_PAGE_SIZE) {
-        PyErr_SetString(PyExc_ValueError, "complete_recompress: bad priority or size");
+    int r = u64_arg(size_obj, &size);
+    if (r > 0 || (!r && (!size || size > ZRAM_PAGE_SIZE)))
+        return PyErr_Format(PyExc_ValueError, "complete_recompress: size %S outside 1..%u",
+                            size_obj, ZRAM_PAGE_SIZE);
+    if (r < 0 || (r = u64_arg(prio_obj, &prio)) < 0)
         return NULL;
-    }
+    /* a priority with no codec would leave the page unreadable */
+    if (r || prio >= (uint64_t)PyTuple_GET_SIZE(self->comps) ||
+        PyTuple_GET_ITEM(self->comps, (Py_ssize_t)prio) == Py_None)
+        return PyErr_Format(PyExc_ValueError, "complete_recompress: priority %S has no codec",
+                            prio_obj);
+    if ((r = u64_arg(new_obj, &newh)) < 0)
+        return NULL;
+    if (r || !newh)
+        return PyErr_Format(PyExc_ValueError, "complete_recompress: handle %S is out of range",
+                            new_obj);
+    if (clamped_arg(index_obj, UINT64_MAX, &index) ||
+        clamped_arg(handle_obj, UINT64_MAX, &handle))
+        return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = zram_complete_recompress(self->z, index, handle, newh, size, prio);
+    rc = zram_complete_recompress(self->z, index, handle, newh, (uint32_t)size, (int)prio);
     Py_END_ALLOW_THREADS
     if (rc < 0)
-        return raise_rc(self, rc, "recompress", index, 0);
+        return refuse_slot(self, rc, "recompress", index_obj);
     return PyBool_FromLong(rc);
 }
 
@@ -684,17 +820,26 @@ static PyObject *core_reclaim_blocks(CoreObject *self, PyObject *Py_UNUSED(ignor
 {
     if (!ready(self))
         return NULL;
-    PyObject *out = PyList_New(0);
+    /* each call hands out the newest blocks left: the parts are joined oldest first, so the
+     * blocks come back in the order they were freed, as the twin's do */
+    PyObject *parts = PyList_New(0);
     uint64_t buf[256];
     size_t n;
-    while (out && (n = zram_reclaim_blocks(self->z, buf, 256)) > 0) {
+    while (parts && (n = zram_reclaim_blocks(self->z, buf, 256)) > 0) {
         PyObject *part = u64_list(buf, n);
-        if (!part || PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, part))
-            Py_CLEAR(out);
+        if (!part || PyList_Append(parts, part))
+            Py_CLEAR(parts);
         Py_XDECREF(part);
         if (n < 256)
             break;
     }
+    if (!parts)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t k = PyList_GET_SIZE(parts) - 1; out && k >= 0; k--)
+        if (PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, PyList_GET_ITEM(parts, k)))
+            Py_CLEAR(out);
+    Py_DECREF(parts);
     return out;
 }
 
@@ -702,10 +847,8 @@ static PyObject *core_reclaim_blocks(CoreObject *self, PyObject *Py_UNUSED(ignor
 
 static PyObject *core_set_mem_limit(CoreObject *self, PyObject *arg)
 {
-    if (!ready(self))
-        return NULL;
-    unsigned long long pages = PyLong_AsUnsignedLongLong(arg);
-    if (pages == (unsigned long long)-1 && PyErr_Occurred())
+    uint64_t pages;
+    if (!ready(self) || frames_arg("set_mem_limit", arg, &pages))
         return NULL;
     zram_set_limit(self->z, pages);
     Py_RETURN_NONE;
@@ -721,10 +864,8 @@ static PyObject *core_reset_max(CoreObject *self, PyObject *Py_UNUSED(ignored))
 
 static PyObject *core_note_peak(CoreObject *self, PyObject *arg)
 {
-    if (!ready(self))
-        return NULL;
-    unsigned long long pages = PyLong_AsUnsignedLongLong(arg);
-    if (pages == (unsigned long long)-1 && PyErr_Occurred())
+    uint64_t pages;
+    if (!ready(self) || frames_arg("note_peak", arg, &pages))
         return NULL;
     zram_note_peak(self->z, pages);
     Py_RETURN_NONE;
@@ -752,22 +893,21 @@ static PyObject *core_stats(CoreObject *self, PyObject *Py_UNUSED(ignored))
 
 static PyObject *core_slot(CoreObject *self, PyObject *arg)
 {
-    if (!ready(self))
-        return NULL;
-    unsigned long long index = PyLong_AsUnsignedLongLong(arg);
-    if (index == (unsigned long long)-1 && PyErr_Occurred())
+    uint64_t index;
+    if (!ready(self) || clamped_arg(arg, UINT64_MAX, &index))
         return NULL;
     uint64_t handle;
     uint32_t flags, actime;
     int rc = zram_slot(self->z, index, &handle, &flags, &actime);
     if (rc)
-        return raise_rc(self, rc, "slot", index, 0);
+        return refuse_slot(self, rc, "slot", arg);
     return Py_BuildValue("(KII)", (unsigned long long)handle, flags, actime);
 }
 
 static PyObject *core_close(CoreObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->z) {
+        self->closed = 1;
         Py_BEGIN_ALLOW_THREADS
         zram_close(self->z);
         Py_END_ALLOW_THREADS
@@ -786,36 +926,53 @@ static PyObject *core_get_pool(CoreObject *self, void *Py_UNUSED(closure))
     return Py_NewRef(self->pool ? self->pool : Py_None);
 }
 
+/* Docstrings start with the signature (inspect.signature reads it): the same parameters as
+ * zramd/core.py's ZramCore, which tests/test_core_api.py checks against CoreAPI. */
 static PyMethodDef core_methods[] = {
     {"write", (PyCFunction)(void (*)(void))core_write, METH_FASTCALL,
-     "write(offset, data): store data at offset; all or nothing"},
+     "write($self, offset, data, /)\n--\n\nStore data at offset; all or nothing."},
     {"read_into", (PyCFunction)(void (*)(void))core_read_into, METH_FASTCALL,
-     "read_into(offset, buf): fill buf from offset"},
+     "read_into($self, offset, buf, /)\n--\n\nFill buf from offset."},
     {"discard", (PyCFunction)core_discard, METH_VARARGS,
-     "discard(offset, length): free the whole pages in the range"},
+     "discard($self, offset, length, /)\n--\n\nFree the whole pages in the range."},
     {"write_zeroes", (PyCFunction)(void (*)(void))core_write_zeroes, METH_VARARGS | METH_KEYWORDS,
-     "write_zeroes(offset, length, *, may_trim=True): make the range read as zeros"},
+     "write_zeroes($self, offset, length, *, may_trim=True)\n--\n\n"
+     "Make the range read as zeros."},
     {"extents", (PyCFunction)core_extents, METH_VARARGS,
-     "extents(offset, length) -> [(offset, length, type)]"},
-    {"mark_idle", (PyCFunction)core_mark_idle, METH_VARARGS, "mark_idle(cutoff=None) -> count"},
-    {"pick", (PyCFunction)core_pick, METH_VARARGS, "pick(lo, hi, need, skip) -> [(index, flags)]"},
-    {"unpick", (PyCFunction)core_unpick, METH_O, "unpick(indices)"},
+     "extents($self, offset, length, /)\n--\n\n"
+     "NBD block status: [(offset, length, type)] from offset."},
+    {"mark_idle", (PyCFunction)core_mark_idle, METH_VARARGS,
+     "mark_idle($self, cutoff=None, /)\n--\n\nMark stored objects IDLE; how many."},
+    {"pick", (PyCFunction)core_pick, METH_VARARGS,
+     "pick($self, lo, hi, need, skip, /)\n--\n\n"
+     "Flag PP_SLOT on the candidates in [lo, hi); [(index, flags before)]."},
+    {"unpick", (PyCFunction)core_unpick, METH_O,
+     "unpick($self, picked, /)\n--\n\nDrop PP_SLOT from these slots."},
     {"take_page", (PyCFunction)core_take_page, METH_O,
-     "take_page(index) -> (flags, handle, page) | None"},
+     "take_page($self, index, /)\n--\n\n(flags, handle, page) of a slot still picked, or None."},
     {"complete_writeback", (PyCFunction)core_complete_writeback, METH_VARARGS,
-     "complete_writeback(index, handle, block) -> bool"},
-    {"tried", (PyCFunction)core_tried, METH_VARARGS, "tried(index, handle, incompressible)"},
+     "complete_writeback($self, index, handle, block, /)\n--\n\n"
+     "Switch a picked slot to WB with block unless it changed."},
+    {"tried", (PyCFunction)core_tried, METH_VARARGS,
+     "tried($self, index, handle, incompressible, /)\n--\n\n"
+     "No algorithm improved the slot: drop PP_SLOT and IDLE."},
     {"complete_recompress", (PyCFunction)core_complete_recompress, METH_VARARGS,
-     "complete_recompress(index, handle, new, size, prio) -> bool"},
+     "complete_recompress($self, index, handle, new, size, prio, /)\n--\n\n"
+     "Install a recompressed object unless the slot changed."},
     {"reclaim_blocks", (PyCFunction)core_reclaim_blocks, METH_NOARGS,
-     "reclaim_blocks() -> blocks freed by I/O, safe to reuse"},
-    {"set_mem_limit", (PyCFunction)core_set_mem_limit, METH_O, "set_mem_limit(pages)"},
-    {"reset_max", (PyCFunction)core_reset_max, METH_NOARGS, "mem_used_max := current use"},
-    {"note_peak", (PyCFunction)core_note_peak, METH_O, "note_peak(pages)"},
-    {"stats", (PyCFunction)core_stats, METH_NOARGS, "stats() -> CoreStats"},
-    {"slot", (PyCFunction)core_slot, METH_O, "slot(index) -> (handle, flags, actime)"},
+     "reclaim_blocks($self, /)\n--\n\nBlocks freed by I/O, safe to reuse."},
+    {"set_mem_limit", (PyCFunction)core_set_mem_limit, METH_O,
+     "set_mem_limit($self, pages, /)\n--\n\nThe pool's limit in frames (0: none)."},
+    {"reset_max", (PyCFunction)core_reset_max, METH_NOARGS,
+     "reset_max($self, /)\n--\n\nmem_used_max := the pool's current frames."},
+    {"note_peak", (PyCFunction)core_note_peak, METH_O,
+     "note_peak($self, pages, /)\n--\n\nRaise mem_used_max to pages if higher."},
+    {"stats", (PyCFunction)core_stats, METH_NOARGS,
+     "stats($self, /)\n--\n\nThe counters (CoreStats)."},
+    {"slot", (PyCFunction)core_slot, METH_O,
+     "slot($self, index, /)\n--\n\n(handle, flags, actime) of one slot."},
     {"close", (PyCFunction)core_close, METH_NOARGS,
-     "close(): wait for requests in flight; then every call fails"},
+     "close($self, /)\n--\n\nWait for requests in flight; then every call fails."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -829,7 +986,8 @@ static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "zramd._zram.Core",
     .tp_basicsize = sizeof(CoreObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The slot table and per-request loops of one initialised device (zram.c).",
+    .tp_doc = "Core(pages, pool, comps, *, backing_read=None, clock=None)\n--\n\n"
+              "The slot table and per-request loops of one initialised device (zram.c).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)core_init,
     .tp_dealloc = (destructor)core_dealloc,
