@@ -957,6 +957,14 @@ class ZramCore:
         finally:
             self._leave()
 
+    def _still_picked(self, index: int, handle: int) -> int:
+        """The flags of slot ``index`` (its stripe lock held) if it is still what
+        post-processing picked (PP_SLOT, an object, the handle it was picked with), else 0."""
+        f = self._flags[index]
+        if f & ZRAM_PP_SLOT and f & ZRAM_SIZE_MASK and self._handle[index] == handle:
+            return f
+        return 0
+
     def complete_writeback(self, index: int, handle: int, block: int) -> bool:
         """Switch a written slot to WB with ``block`` unless it changed since ``take_page``;
         True if switched (its object is freed), False if the block went unused. ValueError
@@ -967,8 +975,8 @@ class ZramCore:
         try:
             s = stripe(index)
             with self._locks[s]:
-                f = self._flags[index]
-                if not f & ZRAM_PP_SLOT or not f & ZRAM_SIZE_MASK or self._handle[index] != handle:
+                f = self._still_picked(index, handle)
+                if not f:
                     return False
                 self._compr[s] -= f & ZRAM_SIZE_MASK
                 if f & ZRAM_HUGE:
@@ -1009,8 +1017,8 @@ class ZramCore:
         try:
             s = stripe(index)
             with self._locks[s]:
-                f = self._flags[index]
-                if not f & ZRAM_PP_SLOT or not f & ZRAM_SIZE_MASK or self._handle[index] != handle:
+                f = self._still_picked(index, handle)
+                if not f:
                     return False
                 keep = f & ~(
                     ZRAM_SIZE_MASK | ZRAM_HUGE | ZRAM_IDLE | ZRAM_PP_SLOT | ZRAM_COMP_PRIORITY_MASK

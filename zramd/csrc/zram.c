@@ -1126,19 +1126,52 @@ int zram_take_page(struct zram_core *z, uint64_t index, uint32_t *flags, uint64_
     return rc;
 }
 
-int zram_complete_writeback(struct zram_core *z, uint64_t index, uint64_t handle, uint64_t block)
+/* A post-processing switch of slot `index`: enter the gate and take the slot's stripe lock;
+ * the lock, or NULL with -ESHUTDOWN / -EINVAL in *rc. */
+static pthread_mutex_t *pp_enter(struct zram_core *z, uint64_t index, int *rc)
 {
-    if (gate_enter(z))
-        return -ESHUTDOWN;
+    if (gate_enter(z)) {
+        *rc = -ESHUTDOWN;
+        return NULL;
+    }
     if (index >= z->pages) {
         gate_leave(z);
-        return -EINVAL;
+        *rc = -EINVAL;
+        return NULL;
     }
-    int done = 0;
     pthread_mutex_t *lock = stripe_lock(z, index);
     pthread_mutex_lock(lock);
+    return lock;
+}
+
+/* ... and its end: the lock dropped, the slot's old object `old` freed if it was switched
+ * (`done`), the gate left; returns `done`. */
+static int pp_leave(struct zram_core *z, pthread_mutex_t *lock, int done, uint64_t old)
+{
+    pthread_mutex_unlock(lock);
+    if (done)
+        zs_free_many(z->pool, 1, &old, NULL);
+    gate_leave(z);
+    return done;
+}
+
+/* Whether slot `index` (stripe lock held) is still what post-processing picked: PP_SLOT, an
+ * object, and the handle it was picked with (any access or free clears or changes these). */
+static inline int still_picked(const struct zram_core *z, uint64_t index, uint64_t handle)
+{
     uint32_t f = z->flags[index];
-    if (f & ZRAM_PP_SLOT && f & ZRAM_SIZE_MASK && z->handle[index] == handle) {
+    return f & ZRAM_PP_SLOT && f & ZRAM_SIZE_MASK && z->handle[index] == handle;
+}
+
+int zram_complete_writeback(struct zram_core *z, uint64_t index, uint64_t handle, uint64_t block)
+{
+    int rc;
+    pthread_mutex_t *lock = pp_enter(z, index, &rc);
+    if (!lock)
+        return rc;
+    int done = still_picked(z, index, handle);
+    if (done) {
+        uint32_t f = z->flags[index];
         struct zram_stripe_stat *ss = stripe_stat(z, index);
         ss->compr -= f & ZRAM_SIZE_MASK;
         if (f & ZRAM_HUGE)
@@ -1146,13 +1179,8 @@ int zram_complete_writeback(struct zram_core *z, uint64_t index, uint64_t handle
         z->flags[index] = ZRAM_WB; /* zram_free_page + set WB: size, IDLE, HUGE cleared */
         z->handle[index] = block;
         z->actime[index] = 0;
-        done = 1;
     }
-    pthread_mutex_unlock(lock);
-    if (done)
-        zs_free_many(z->pool, 1, &handle, NULL);
-    gate_leave(z);
-    return done;
+    return pp_leave(z, lock, done, handle);
 }
 
 void zram_tried(struct zram_core *z, uint64_t index, uint64_t handle, int incompressible)
@@ -1175,17 +1203,13 @@ void zram_tried(struct zram_core *z, uint64_t index, uint64_t handle, int incomp
 int zram_complete_recompress(struct zram_core *z, uint64_t index, uint64_t handle, uint64_t newh,
                              uint32_t size, int prio)
 {
-    if (gate_enter(z))
-        return -ESHUTDOWN;
-    if (index >= z->pages) {
-        gate_leave(z);
-        return -EINVAL;
-    }
-    int done = 0;
-    pthread_mutex_t *lock = stripe_lock(z, index);
-    pthread_mutex_lock(lock);
-    uint32_t f = z->flags[index];
-    if (f & ZRAM_PP_SLOT && f & ZRAM_SIZE_MASK && z->handle[index] == handle) {
+    int rc;
+    pthread_mutex_t *lock = pp_enter(z, index, &rc);
+    if (!lock)
+        return rc;
+    int done = still_picked(z, index, handle);
+    if (done) {
+        uint32_t f = z->flags[index];
         struct zram_stripe_stat *ss = stripe_stat(z, index);
         uint32_t keep = f & ~(ZRAM_SIZE_MASK | ZRAM_HUGE | ZRAM_IDLE | ZRAM_PP_SLOT |
                               ZRAM_COMP_PRIORITY_MASK);
@@ -1194,13 +1218,8 @@ int zram_complete_recompress(struct zram_core *z, uint64_t index, uint64_t handl
         ss->compr += (int64_t)size - (int64_t)(f & ZRAM_SIZE_MASK);
         if (f & ZRAM_HUGE)
             ss->huge--;
-        done = 1;
     }
-    pthread_mutex_unlock(lock);
-    if (done)
-        zs_free_many(z->pool, 1, &handle, NULL);
-    gate_leave(z);
-    return done;
+    return pp_leave(z, lock, done, handle);
 }
 
 int zram_slot(struct zram_core *z, uint64_t index, uint64_t *handle, uint32_t *flags,
