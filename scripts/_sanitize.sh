@@ -20,7 +20,7 @@
 #             sees the memory behind the buffers C reads and writes (pymalloc hides it).
 #   tsan      no ASLR (setarch -R), as scripts/c-stress: gcc 12's TSan wants the address-space
 #             layout it was built for. halt_on_error: the first race ends the run.
-#             suppressions: tests/tsan.supp (see there: CPython's own frames only).
+#             suppressions: tests/tsan.supp (third-party frames only, each with its reason; none so far).
 #   asan      detect_leaks=0: CPython does not free everything at exit, by design; a leak
 #             check would report the interpreter, not zramd. halt_on_error, and UBSan with
 #             -fno-sanitize-recover: the first error ends the run.
