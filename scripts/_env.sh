@@ -9,9 +9,10 @@ ZRAMD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ZRAMD_VENV=${ZRAMD_VENV:-$ZRAMD_ROOT/.venv}
 ZRAMD_PY=$ZRAMD_VENV/bin/python
 
-# What serving needs (nbdkit + its Python plugin, FUSE, a compiler for pyfuse3 and python-lzo).
+# What serving needs (nbdkit + its Python plugin, FUSE, a compiler for pyfuse3, python-lzo and
+# zramd._zram, and the codec libraries zramd._zram links: liblz4, libzstd, zlib, liblzo2).
 ZRAMD_SERVE_PKGS="nbdkit nbdkit-plugin-python fuse3 libfuse3-dev pkg-config gcc python3-dev
-    python3-venv liblzo2-dev"
+    python3-venv liblzo2-dev liblz4-dev libzstd-dev zlib1g-dev"
 # What the tests and benchmarks add (real clients, a VM, fio).
 ZRAMD_TEST_PKGS="libnbd-bin python3-libnbd fio qemu-utils qemu-system-x86 nbd-client
     busybox-static socat e2fsprogs cpio kmod util-linux"
@@ -37,9 +38,9 @@ zramd_need_pkgs() {
 
 zramd_need_venv() {
     local extras=$1 stamp want
-    # the C accelerator is built by the editable install: a changed source means reinstall
-    want=$(cat "$ZRAMD_ROOT/pyproject.toml" "$ZRAMD_ROOT/setup.py" "$ZRAMD_ROOT/zramd/_zsfast.c" \
-        | sha256sum | cut -c1-16)-$extras
+    # the C extensions are built by the editable install: a changed source means reinstall
+    want=$(cat "$ZRAMD_ROOT/pyproject.toml" "$ZRAMD_ROOT/setup.py" \
+        "$ZRAMD_ROOT"/zramd/csrc/*.[ch] | sha256sum | cut -c1-16)-$extras
     stamp=$ZRAMD_VENV/.zramd-stamp
     if [ -x "$ZRAMD_PY" ] && [ -f "$stamp" ] && grep -qx -- "$want" "$stamp"; then return 0; fi
     if [ ! -x "$ZRAMD_PY" ]; then
@@ -51,8 +52,11 @@ zramd_need_venv() {
     # The LZO backends are optional: the registry lists them only when the binding imports.
     "$ZRAMD_PY" -m pip install -q --disable-pip-version-check -e "$ZRAMD_ROOT[lzo]" >/dev/null 2>&1 \
         || zramd_log "python-lzo did not build; lzo/lzo-rle backends will be unavailable"
-    if ! "$ZRAMD_PY" -c 'import sys; from zramd.pool import native_module; sys.exit(native_module() is None)'; then
-        zramd_log "zramd._zsfast did not build (gcc, python3-dev?): the pool runs its Python loops"
+    if ! "$ZRAMD_PY" -c 'import sys; from zramd.native import native_module; sys.exit(native_module() is None)'; then
+        zramd_log "zramd._zram did not build (gcc, python3-dev, liblz4-dev libzstd-dev zlib1g-dev liblzo2-dev?): zramd runs its Python data path"
+    fi
+    if ! "$ZRAMD_PY" -c 'import zramd._zram' 2>/dev/null; then
+        zramd_log "zramd._zram did not build (liblz4-dev libzstd-dev zlib1g-dev liblzo2-dev?)"
     fi
     echo "$want" > "$stamp"
 }

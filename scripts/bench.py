@@ -3,9 +3,12 @@
 Every system is driven through the same commands: nbdcopy fills it with the swap-like image
 (128 KiB requests, 16 in flight, one connection), fio measures sequential 128 KiB reads and
 4 KiB random reads, writes and a 70/30 mix at queue depth 16; then a seeded random half of the
-pages is discarded and the pool compacted. NBD systems are reached over a Unix socket (fio's nbd
-engine); the kernel's zram is reached as /dev/zram0 with direct I/O, and only when it exists,
-is unused and we are root (it is configured for the run and reset afterwards).
+pages is discarded and the pool compacted. 4 KiB random reads (of the image) and writes are
+also measured with several clients at once (--connections, default 1,2,4: one fio job, and so
+one NBD connection, each, every one at queue depth 16). NBD systems are reached over a Unix
+socket (fio's nbd engine); the kernel's zram is reached as /dev/zram0 with direct I/O, and
+only when it exists, is unused and we are root (it is configured for the run and reset
+afterwards).
 
 Systems: zramd (lz4, zstd) run as `zramd serve` runs them (one nbdkit worker thread per
 connection, MALLOC_ARENA_MAX=2); the Python ceiling (scripts/ceiling_plugin.py) with the same
@@ -188,11 +191,13 @@ def systems(selected: list[str] | None) -> tuple[list[System], dict[str, str]]:
 
 
 def fio(system: System, work: Path, name: str, rw: str, bs: str, runtime: float, size: int,
-        extra: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+        extra: list[str] | None = None, jobs: int = 1) -> dict[str, Any]:  # fmt: skip
+    """One fio run: ``jobs`` jobs (each its own connection) at queue depth 16, summed."""
     out = work / f"fio-{name}.json"
-    args = ["fio", f"--name={name}", f"--rw={rw}", f"--bs={bs}", "--iodepth=16", "--numjobs=1",
-            "--time_based", f"--runtime={runtime}", f"--size={size}", "--output-format=json",
-            f"--output={out}", *(extra or [])]  # fmt: skip
+    args = ["fio", f"--name={name}", f"--rw={rw}", f"--bs={bs}", "--iodepth=16",
+            f"--numjobs={jobs}", "--group_reporting", "--time_based", f"--runtime={runtime}",
+            f"--size={size}", "--output-format=json", f"--output={out}",
+            *(extra or [])]  # fmt: skip
     if system.kind == "kernel":
         args += ["--ioengine=libaio", "--direct=1", "--filename=/dev/zram0"]
     else:
@@ -205,7 +210,7 @@ def fio(system: System, work: Path, name: str, rw: str, bs: str, runtime: float,
 
 
 def one_run(system: System, image: Path, size: int, runtime: float, seed: int, work: Path,
-            step: Any) -> dict[str, Any]:  # fmt: skip
+            step: Any, connections: list[int]) -> dict[str, Any]:  # fmt: skip
     r: dict[str, Any] = {}
     system.start(size, work)
     try:
@@ -225,9 +230,11 @@ def one_run(system: System, image: Path, size: int, runtime: float, seed: int, w
             "mib_s"
         ]
         step("rand read")
-        r["rand_read_iops"] = fio(system, work, "randread", "randread", "4k", runtime, size)[
-            "read"
-        ]["iops"]
+        for n in connections:  # the image's data, read by n clients at once
+            r[f"rand_read_iops_c{n}"] = fio(
+                system, work, f"randread{n}", "randread", "4k", runtime, size, jobs=n
+            )["read"]["iops"]
+        r["rand_read_iops"] = r.get("rand_read_iops_c1")
         step("discard half")
         rng = random.Random(seed)
         victims = sorted(rng.sample(range(size // PAGE), size // PAGE // 2))
@@ -238,8 +245,11 @@ def one_run(system: System, image: Path, size: int, runtime: float, seed: int, w
         r["mm_after_compact"] = system.mm_stat()
         r["rss_after_compact"] = system.rss()
         step("rand write")
-        r["rand_write_iops"] = fio(system, work, "randwrite", "randwrite", "4k", runtime, size,
-                                   FIO_WRITE_DATA)["write"]["iops"]  # fmt: skip
+        for n in connections:
+            job = fio(system, work, f"randwrite{n}", "randwrite", "4k", runtime, size,
+                      FIO_WRITE_DATA, jobs=n)  # fmt: skip
+            r[f"rand_write_iops_c{n}"] = job["write"]["iops"]
+        r["rand_write_iops"] = r.get("rand_write_iops_c1")
         step("mix 70/30")
         mix = fio(
             system, work, "mix", "randrw", "4k", runtime, size, [*FIO_WRITE_DATA, "--rwmixread=70"]
@@ -257,6 +267,16 @@ METRICS = [
     ("rand_write_iops", "rand write 4K QD16", "IOPS"),
     ("mix_iops", "rand 70/30 4K QD16", "IOPS"),
 ]
+CONNECTIONS = [1, 2, 4]
+
+
+def scaling_metrics(connections: list[int]) -> list[tuple[str, str, str]]:
+    """The multi-client rows: 4 KiB random reads and writes by n connections at once."""
+    return [
+        (f"rand_{op}_iops_c{n}", f"rand {op} 4K QD16, {n} connection{'s' if n > 1 else ''}", "IOPS")
+        for op in ("read", "write")
+        for n in connections
+    ]
 
 
 def derived(r: dict[str, Any]) -> dict[str, float | None]:
@@ -333,7 +353,8 @@ def report(result: dict[str, Any]) -> str:
     if result["skipped"]:
         lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()), ""]
     lines += ["| figure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    rows = [(k, label, unit) for k, label, unit in METRICS] + [
+    scaling = scaling_metrics(result.get("connections", CONNECTIONS))
+    rows = [(k, label, unit) for k, label, unit in [*METRICS, *scaling]] + [
         ("mem_used_after_fill", "mem_used_total after fill", "MiB"),
         ("mem_used_after_compact", "mem_used_total after half discard + compact", "MiB"),
         ("rss_after_fill", "process RSS after fill", "MiB"),
@@ -352,6 +373,24 @@ def report(result: dict[str, Any]) -> str:
                     f"{fmt(st['median'], unit)} ({fmt(st['min'], unit)}–{fmt(st['max'], unit)})"
                 )
         lines.append(f"| {label} ({unit}) | " + " | ".join(cells) + " |")
+    conns = result.get("connections", CONNECTIONS)
+    if len(conns) > 1:
+        lines += [
+            "",
+            "Scaling with clients (median / median of the same system, 1 connection):",
+            "",
+        ]
+        lines += ["| system | " + " | ".join(
+            f"{op} {n}c / 1c" for op in ("read", "write") for n in conns[1:]) + " |"]  # fmt: skip
+        lines += ["|---" * (1 + 2 * (len(conns) - 1)) + "|"]
+        for n_ in names:
+            cells = []
+            for op in ("read", "write"):
+                base = s[n_].get(f"rand_{op}_iops_c{conns[0]}")
+                for n in conns[1:]:
+                    v = s[n_].get(f"rand_{op}_iops_c{n}")
+                    cells.append(f"{v['median'] / base['median']:.2f}×" if v and base else "–")
+            lines.append(f"| {n_} | " + " | ".join(cells) + " |")
     lines += ["", "Ratios (median / median):", ""]
     ours = [n for n in names if n.startswith("zramd")]
     peers = [n for n in names if not n.startswith("zramd")] + ours
@@ -364,7 +403,7 @@ def report(result: dict[str, Any]) -> str:
         ("mem_used_after_compact", "mem_used_total after compact", ""),
         ("rss_after_fill", "RSS after fill", ""),
     ]
-    for key, label, _unit in [*METRICS, *memory_rows]:
+    for key, label, _unit in [*METRICS, *scaling, *memory_rows]:
         cells = []
         for o in ours:
             for p in peers:
@@ -426,6 +465,22 @@ def charts(result: dict[str, Any], outdir: Path) -> list[Path]:
     ax.legend(fontsize=8)
     ax.set_title(f"memory for a {result['image']['size'] >> 20} MiB swap-like image (median)")
     save(fig, "bench-memory.png")
+    conns = result.get("connections", CONNECTIONS)
+    if len(conns) > 1:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+        for ax, op in zip(axes, ("read", "write"), strict=True):
+            for n_ in names:
+                ys = [s[n_].get(f"rand_{op}_iops_c{n}") for n in conns]
+                if all(ys):
+                    style = "-o" if n_.startswith("zramd") else "--x"
+                    ax.plot(conns, [y["median"] / 1000 for y in ys if y], style, label=n_)
+            ax.set_xticks(conns)
+            ax.set_xlabel("connections (fio jobs, QD16 each)")
+            ax.set_ylabel("k IOPS")
+            ax.set_title(f"4 KiB random {op}s")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"throughput against clients (median), {result['date']}")
+        save(fig, "bench-scaling.png")
     return paths
 
 
@@ -441,11 +496,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results")
     ap.add_argument("--charts", type=Path, help="write PNG charts into this directory")
     ap.add_argument(
+        "--connections", default="1,2,4", help="clients at once for the 4 KiB random rows"
+    )
+    ap.add_argument(
         "--smoke", action="store_true", help="16 MiB, 1 run, 1 s jobs: checks the machinery"
     )
     args = ap.parse_args()
     if args.smoke:
         args.size, args.runs, args.runtime = 16 << 20, 1, 1.0
+    connections = [int(n) for n in args.connections.split(",")]
     for tool in ("nbdkit", "nbdcopy", "fio"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is not installed")
@@ -466,11 +525,15 @@ def main() -> None:
                         bar.update(1)
 
                     runs[system.name].append(one_run(system, image, args.size, args.runtime,
-                                                     args.seed + run, Path(tmp), step))  # fmt: skip
+                                                     args.seed + run, Path(tmp), step,
+                                                     connections))  # fmt: skip
     summary: dict[str, dict[str, Any]] = {}
     for name, rs in runs.items():
         d = [derived(r) for r in rs]
-        summary[name] = {k: summarize([r.get(k) for r in rs]) for k, _, _ in METRICS}
+        summary[name] = {
+            k: summarize([r.get(k) for r in rs])
+            for k, _, _ in [*METRICS, *scaling_metrics(connections)]
+        }
         for key in d[0]:
             summary[name][key] = summarize([x[key] for x in d])
     result = {
@@ -478,6 +541,7 @@ def main() -> None:
         "machine": machine(),
         "image": manifest,
         "runs_per_system": args.runs,
+        "connections": connections,
         "runtime_s": args.runtime,
         "skipped": skipped,
         "runs": runs,

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from loops import PoolFactory  # tests/ is on sys.path: pytest puts a conftest's directory there
+
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60
 )
@@ -45,11 +47,26 @@ def _unmount_stale_test_mounts(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(params=["native", "python"])
 def pool_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test against both object-loop implementations: the C one (zramd/_zsfast.c) and
-    the Python reference (pool.py). Pools pick theirs from ZRAMD_NATIVE when created."""
-    from zramd.pool import native_module  # noqa: PLC0415
+    """Run a test against both data paths: the C one (zramd._zram: pool, codecs, core) and the
+    Python reference (pool.py, compress/, core.py). Devices pick theirs from ZRAMD_NATIVE when
+    created."""
+    from zramd.native import native_module  # noqa: PLC0415
 
     if request.param == "native" and native_module() is None:
-        pytest.fail("zramd._zsfast is not built or is stale: run scripts/test (pip install -e .)")
+        pytest.fail("zramd._zram is not built or is stale: run scripts/test (pip install -e .)")
     monkeypatch.setenv("ZRAMD_NATIVE", "1" if request.param == "native" else "0")
     return str(request.param)
+
+
+@pytest.fixture(params=["c", "python"])
+def make_pool(request: pytest.FixtureRequest) -> PoolFactory:
+    """Run a pool test against both pools (see PoolFactory)."""
+    from zramd.native import native_module  # noqa: PLC0415
+    from zramd.pool import ZsPool  # noqa: PLC0415
+
+    if request.param == "python":
+        return PoolFactory("python", ZsPool)
+    module = native_module()
+    if module is None:
+        pytest.fail("zramd._zram is not built or is stale: run scripts/test (pip install -e .)")
+    return PoolFactory("c", module.Pool)

@@ -17,10 +17,11 @@ import zstandard
 
 from zramd import control
 from zramd.control import parse_algorithm_params, store
-from zramd.device import AlgorithmConfig, ZramDevice
+from zramd.device import ZramDevice
 from zramd.errors import ZramdError
 from zramd.slots import ZRAM_SIZE_MASK
 from zramd.testing import synthetic_pages
+from zramd.zcomp import AlgorithmConfig
 
 from servers import serve
 

@@ -155,7 +155,7 @@ def test_serve_status_stop_as_subprocesses(tmp_path: Path) -> None:
     assert (ctl / "zram0" / "recomp_algorithm").read_text().count("#") == 2
     assert "nbd-client -unix" in r.stdout
     assert f"file=nbd:unix:{tmp_path / 's.sock'}" in r.stdout
-    assert "data path:   C loops (zramd._zsfast)" in r.stdout
+    assert "data path:   C (zramd._zram)" in r.stdout
     assert oct((tmp_path / "s.sock").stat().st_mode & 0o777) == "0o600"
     try:
         st = subprocess.run([*ZRAMD, "status", "--control", str(ctl), "--raw", "-n"],
@@ -405,7 +405,10 @@ def test_kill_after() -> None:
 
 
 def test_data_path_names_the_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zramd import native  # noqa: PLC0415
+
+    assert supervise.data_path() == "C (zramd._zram)"
     monkeypatch.setenv("ZRAMD_NATIVE", "0")
-    assert supervise.data_path() == "Python loops (ZRAMD_NATIVE=0)"
-    monkeypatch.setattr(supervise, "native_module", lambda: None)
+    assert supervise.data_path() == "Python (ZRAMD_NATIVE=0)"
+    monkeypatch.setattr(native, "native_module", lambda: None)
     assert "not built" in supervise.data_path()

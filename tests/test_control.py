@@ -21,8 +21,9 @@ from zramd.control import (
     store,
     writeback_plan,
 )
-from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice
+from zramd.device import ZramDevice
 from zramd.errors import ZramdError
+from zramd.postproc import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE
 from zramd.slots import ZRAM_COMP_PRIORITY_MASK
 from zramd.stats import DebugStat, IoStat, MmStat
 from zramd.testing import synthetic_pages

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from zramd.device import PP_IDLE, ZramDevice
+from zramd.device import ZramDevice
+from zramd.postproc import PP_IDLE
 from zramd.shrinker import Shrinker
 from zramd.slots import ZRAM_WB
 from zramd.testing import check_pool_invariants, discard_span, synthetic_pages

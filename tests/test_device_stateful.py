@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from typing import Any
 
 import pytest
 from hypothesis import Phase, settings
@@ -19,8 +20,10 @@ from hypothesis.stateful import (
 )
 
 from zramd import MemLimitError
-from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice, same_fill
+from zramd.core import same_fill
+from zramd.device import ZramDevice
 from zramd.errors import ZramdError
+from zramd.postproc import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE
 from zramd.shrinker import Shrinker
 from zramd.slots import ZRAM_HUGE, ZRAM_PP_SLOT, ZRAM_SAME, ZRAM_SIZE_MASK, ZRAM_WB
 from zramd.testing import check_pool_invariants, discard_span, synthetic_pages
@@ -231,10 +234,17 @@ def test_the_machine_fails_when_every_write_is_refused(
     """A device refusing every write with MemLimitError, limit or not, must not pass: the
     machine may excuse a refusal only while a mem_limit is set."""
 
-    def refuse(self: ZramDevice, st: object, objs: object) -> list[int]:
+    def refuse(offset: int, data: object) -> None:
         raise MemLimitError("every write refused (test)")
 
-    monkeypatch.setattr(ZramDevice, "_store_many", refuse)
+    bind = ZramDevice._bind
+
+    def bind_refusing(self: ZramDevice, io: Any) -> None:
+        bind(self, io)
+        if self.initstate:
+            self.write = refuse  # type: ignore[method-assign]
+
+    monkeypatch.setattr(ZramDevice, "_bind", bind_refusing)
     monkeypatch.setenv("ZRAMD_NATIVE", "1" if loops == "native" else "0")
     with pytest.raises((MemLimitError, AssertionError)):
         run_state_machine_as_test(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from zramd.supervise import plugin_env, plugin_path
 from zramd.testing import synthetic_pages
 
 from servers import block_status, connect_stdio, serve
+from waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 P = 4096
@@ -208,3 +210,33 @@ def test_the_checkout_entry_serves_the_package_plugin() -> None:
     assert h.pread(len(data), 0) == data
     assert h.can_multi_conn()
     h.shutdown()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_requests_map_no_new_memory(tmp_path: Path) -> None:
+    """Served requests map no memory: nbdkit's threads keep their Python thread state for the
+    connection (native.pin_thread), where every request used to create one, with a 16 KiB
+    frame stack mmap'd and unmapped (issue 16: nothing on the request path may need new
+    memory from the kernel)."""
+    with serve(tmp_path, "size=16M", control=False, nbdkit_args=["--threads=1"]) as srv:
+        h = srv.connect()
+        h.pwrite(bytes(range(256)) * 16 * 8, 0)  # warm: the thread's state and scratch exist
+        trace = tmp_path / "strace.txt"
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-qq", "-e", "trace=mmap,munmap", "-o", str(trace),
+             "-p", str(srv.proc.pid)],
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: trace.exists() and tracer.poll() is None, what="strace to attach")
+            for i in range(500):
+                h.pread(4096, (i % 8) * 4096)
+                h.pwrite(bytes([i & 255]) * 4096, (i % 8) * 4096)
+        finally:
+            tracer.terminate()
+            tracer.wait(30)
+        h.shutdown()
+    calls = [
+        line for line in trace.read_text().splitlines() if "mmap(" in line or "munmap(" in line
+    ]
+    assert len(calls) < 20, calls[:20]  # 1000 requests: once 2000 calls

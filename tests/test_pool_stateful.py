@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from zramd import ZsPool
+from zramd._zram import Pool
+from zramd.pool_api import PoolAPI
 from zramd.testing import check_pool_invariants
 
 from loops import PythonLoops
@@ -21,9 +23,12 @@ sizes = st.one_of(
 class PoolMachine(RuleBasedStateMachine):
     handles = Bundle("handles")
 
+    def make_pool(self) -> PoolAPI:
+        return ZsPool(32 << 20, release_batch=4)
+
     def __init__(self) -> None:
         super().__init__()
-        self.pool = ZsPool(32 << 20, release_batch=4)
+        self.pool = self.make_pool()
         self.model: dict[int, bytes] = {}
         self.counter = 0
 
@@ -109,3 +114,11 @@ TestPool = PoolMachine.TestCase
 
 class TestPoolPython(PythonLoops, PoolMachine.TestCase):  # type: ignore[misc]
     """The same machine on the pool's Python object loops (the C ones run above)."""
+
+
+class CPoolMachine(PoolMachine):
+    def make_pool(self) -> PoolAPI:
+        return Pool(32 << 20, release_batch=4)
+
+
+TestPoolC = CPoolMachine.TestCase  # the self-contained C pool (zramd._zram)

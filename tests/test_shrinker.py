@@ -97,14 +97,14 @@ def test_thread_runs_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
     # the pass's clock reads the source zspages migrated so far, as µs: a slice that holds
     # the class lock for one source zspage lasts exactly 1
     migrated = 0
-    real_migrate = compaction.migrate_zspage
+    real_migrate = compaction.Compactor.migrate_zspage
 
     def migrate(*args: Any) -> None:
         nonlocal migrated
         migrated += 1
         real_migrate(*args)
 
-    monkeypatch.setattr(compaction, "migrate_zspage", migrate)
+    monkeypatch.setattr(compaction.Compactor, "migrate_zspage", migrate)
     monkeypatch.setattr(
         compaction,
         "time",
@@ -124,8 +124,11 @@ def test_thread_runs_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
     cs = dev.compact_stat()
     assert cs.auto_runs == 1
     assert dev.mm_stat().pages_compacted == cs.auto_pages_freed > 0
-    assert migrated > 1
-    assert cs.max_pause_us == 1  # one slice: a single source zspage
+    if dev.native:  # the C pool times its slices itself (one per source zspage: zsmalloc.c)
+        assert cs.max_pause_us * 1000 <= dev.pool.max_slice_ns  # type: ignore[union-attr]
+    else:
+        assert migrated > 1
+        assert cs.max_pause_us == 1  # one slice: a single source zspage
     dev.reset()
 
 

@@ -74,7 +74,7 @@ def test_lookup_adds_the_header_and_merges() -> None:
     assert table.for_size(3625).huge
     assert table.for_size(4096).huge
     # slot 48 (size 800) merged into 816: same (1 page, 5 objs) geometry
-    assert table.by_slot[48].size == 816
+    assert table.by_index[48].size == 816
     assert class_index(4104) == 254
 
 

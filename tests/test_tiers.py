@@ -14,15 +14,18 @@ from pathlib import Path
 import pytest
 
 from zramd._types import BytesLike
-from zramd.backing import BackingDevice, BackingError, FileStore, open_store
-from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, WB_BATCH_MAX, ZramDevice
+from zramd.backing import BackingDevice, FileStore, open_store
+from zramd.device import ZramDevice
 from zramd.errors import (
+    BackingError,
     DeviceBusyError,
     InvalidValueError,
+    MemLimitError,
     NoDeviceError,
     TryAgainError,
     ZramdError,
 )
+from zramd.postproc import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE
 from zramd.slots import (
     ZRAM_COMP_PRIORITY_MASK,
     ZRAM_HUGE,
@@ -33,6 +36,7 @@ from zramd.slots import (
 )
 from zramd.stats import BdStat
 from zramd.testing import synthetic_pages
+from zramd.writeback import WB_BATCH_MAX
 
 pytestmark = pytest.mark.usefixtures("pool_impl")  # C and Python object loops
 
@@ -675,20 +679,26 @@ def test_a_huge_writeback_batch_holds_a_bounded_number_of_pages(
     backing = d._state.backing  # type: ignore[union-attr]
     assert backing is not None
     held = [0, 0]  # now, peak: pages taken out of the pool and not yet written
-    take, write = d._take_picked, backing.write
+    core, write = d._state.core, backing.write  # type: ignore[union-attr]
 
-    def counting_take(st: object, index: int) -> tuple[int, int, bytes] | None:
-        taken = take(st, index)  # type: ignore[arg-type]
-        if taken is not None:
-            held[0] += 1
-            held[1] = max(held)
-        return taken
+    class CountingCore:
+        """The device's core, counting the pages writeback takes out of it."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(core, name)
+
+        def take_page(self, index: int) -> tuple[int, int, bytes] | None:
+            taken = core.take_page(index)
+            if taken is not None:
+                held[0] += 1
+                held[1] = max(held)
+            return taken
 
     def counting_write(blocks: Sequence[int], batch: Sequence[BytesLike]) -> None:
         write(blocks, batch)
         held[0] -= len(batch)
 
-    monkeypatch.setattr(d, "_take_picked", counting_take)
+    monkeypatch.setattr(d._state, "core", CountingCore())
     monkeypatch.setattr(backing, "write", counting_write)
     n = d.writeback([(0, 0, pages)])
     assert n == d.bd_stat().bd_count > 2 * WB_BATCH_MAX
@@ -736,3 +746,76 @@ def test_writeback_to_a_full_filesystem_is_enospc(small_fs: Path, data: bytes) -
         assert d.read(0, len(data)) == data
     finally:
         d.reset()  # closes the file, so the filesystem can go
+
+
+def test_a_refused_write_across_a_written_back_page_keeps_no_pin(tmp_path: Path) -> None:
+    """A write whose first edge page is written back (its block must be fetched) and whose
+    last edge page is refused at mem_limit changes nothing, and the pin its first edge took is
+    dropped: blocks freed afterwards go back to the store (bd_stat)."""
+    d = ZramDevice()
+    d.set_backing_dev(backing_file(tmp_path))
+    d.set_disksize(8 * P)
+    pages = [random_page(1), os.urandom(P), os.urandom(P)]  # page 0 compressible, 1 and 2 huge
+    d.write(0, b"".join(pages))
+    assert d.writeback([(0, 0, 1)]) == 1
+    d.set_mem_limit(P)  # below the two huge pages' frames: no new object fits
+    with pytest.raises(MemLimitError):
+        d.write(P // 2, bytes(range(256)) * (P // 256))  # half of page 0, half of page 1
+    d.set_mem_limit(0)
+    assert d.read(0, 3 * P) == b"".join(pages)
+    assert d.io_stat().failed_writes == 1
+    d.write(0, pages[2])  # frees page 0's block
+    assert d.bd_stat().bd_count == 0  # reclaimed: no reader holds a pin
+    d.reset()
+
+
+def test_a_block_freed_during_one_read_waits_for_that_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A written-back block freed while a read of the store is in flight goes back to the
+    store once that read is done, even if other reads have started since: a stream of
+    overlapping reads does not keep every freed block out of the store (it used to: writeback
+    then failed with ENOSPC on a store mostly holding freed blocks)."""
+    d = ZramDevice()
+    d.set_backing_dev(backing_file(tmp_path))
+    d.set_disksize(8 * P)
+    pages = [random_page(i) for i in range(1, 5)]
+    d.write(0, b"".join(pages))
+    assert d.writeback([(0, 0, 4)]) == 4
+    st = d._state
+    assert st is not None
+    assert st.backing is not None
+    block = [st.core.slot(i)[0] for i in range(4)]
+    store = st.backing.store
+    real = store.read_blocks
+    gates = {block[0]: threading.Event(), block[2]: threading.Event()}
+    inside = {b: threading.Event() for b in gates}
+
+    def read_blocks(blocks: Sequence[int]) -> list[bytes]:
+        for b in blocks:
+            if b in gates:
+                inside[b].set()
+                assert gates[b].wait(30)
+        return real(blocks)
+
+    monkeypatch.setattr(store, "read_blocks", read_blocks)
+    got: dict[int, bytes] = {}
+
+    def read(page: int) -> threading.Thread:
+        t = threading.Thread(target=lambda: got.__setitem__(page, d.read(page * P, P)))
+        t.start()
+        assert inside[block[page]].wait(30)
+        return t
+
+    first = read(0)  # in the store, pinned
+    d.write(P, pages[3])  # frees page 1's block while the first read may be reading it
+    assert d.bd_stat().bd_count == 4  # so it stays taken for now
+    second = read(2)  # another read starts
+    gates[block[0]].set()
+    first.join()
+    assert d.bd_stat().bd_count == 3  # the first read is done: the block is back
+    gates[block[2]].set()
+    second.join()
+    assert got == {0: pages[0], 2: pages[2]}
+    assert d.read(0, 4 * P) == pages[0] + pages[3] + pages[2] + pages[3]
+    d.reset()

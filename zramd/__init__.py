@@ -12,8 +12,9 @@ from zramd.errors import (
     PoolExhaustedError,
     ZramdError,
 )
+from zramd.page import PAGE_SIZE
 from zramd.pool import ZsPool
-from zramd.size_class import PAGE_SIZE, ClassSpec, ClassTable, build_class_table
+from zramd.size_class import ClassSpec, ClassTable, build_class_table
 from zramd.stats import ClassStat, PoolStats
 
 __all__ = [

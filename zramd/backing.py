@@ -38,8 +38,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from zramd._types import BytesLike
-from zramd.errors import ZramdError
-from zramd.size_class import PAGE_SHIFT, PAGE_SIZE
+from zramd.errors import BackingError, BackingFullError
+from zramd.page import PAGE_SHIFT, PAGE_SIZE
 
 NBD_SCHEMES = ("nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://")
 
@@ -60,21 +60,6 @@ NBD_CLOSE_TIMEOUT = 1.0
 # locks require. Native packing follows the C layout (off_t is 64-bit in CPython builds); the
 # tail pads it to the struct's 8-byte alignment, so the kernel reads no stray bytes.
 _WRITE_LOCK_WHOLE_FILE = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-
-
-class BackingError(ZramdError):
-    """The backing store cannot be opened or used; ``errno`` says why (as the kernel's)."""
-
-    def __init__(self, message: str, code: int = errno.EIO) -> None:
-        super().__init__(message)
-        self.errno = code
-
-
-class BackingFullError(BackingError):
-    """No free block is left on the backing store (writeback answers ENOSPC)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, errno.ENOSPC)
 
 
 class BackingStore(Protocol):

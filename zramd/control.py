@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from zramd.compress import BACKENDS
-from zramd.device import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE, ZramDevice
+from zramd.device import ZramDevice
 from zramd.devices import Devices
 from zramd.errors import (
     InvalidValueError,
@@ -40,6 +40,7 @@ from zramd.parse import (
     skip_spaces,
     sysfs_streq,
 )
+from zramd.postproc import PP_HUGE, PP_IDLE, PP_INCOMPRESSIBLE
 from zramd.stats import BdStat, CompactStat, DebugStat, IoStat, MemStat, MmStat, PoolStats
 
 ZRAM_MAX_ALGO_NAME_SZ = 128

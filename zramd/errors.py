@@ -137,3 +137,18 @@ class ControlFileError(ZramdError):
 class ServeError(ZramdError):
     """nbdkit cannot be started, or did not get ready, or a serve option is wrong; the message
     says why in one line."""
+
+
+class BackingError(ZramdError):
+    """The backing store cannot be opened or used; ``errno`` says why (as the kernel's)."""
+
+    def __init__(self, message: str, code: int = _errno.EIO) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+class BackingFullError(BackingError):
+    """No free block is left on the backing store (writeback answers ENOSPC)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, _errno.ENOSPC)

@@ -10,7 +10,7 @@ Every frame has one 32-bit *link* word (``links``), used the way the kernel reus
 it); while the frame is free it threads the free list.
 
 Freed frames are given back to the OS with ``madvise(MADV_DONTNEED)`` so process RSS really falls.
-One madvise per frame costs ~0.7 µs plus a TLB shootdown, so frees are batched: up to
+One madvise per frame costs a system call and a TLB shootdown, so frees are batched: up to
 ``release_batch`` freed frames stay resident ("cached") and are reused first (they are warm, and
 reuse skips a page fault); when the cache fills, it is sorted, coalesced into runs and released
 with one madvise per run. ``release_cached()`` drops the cache at once (compaction calls it).
@@ -24,8 +24,9 @@ import mmap
 import struct
 from typing import Literal, TypeAlias
 
+from zramd._types import BytesLike
 from zramd.errors import PoolExhaustedError
-from zramd.size_class import PAGE_SHIFT, PAGE_SIZE
+from zramd.page import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 
 IntCode: TypeAlias = Literal["B", "H", "i", "I", "q", "Q"]
 
@@ -61,6 +62,7 @@ class FrameArena:
         "links",
         "map",
         "max_frames",
+        "peak",
         "release_batch",
         "releases",
         "top",
@@ -82,6 +84,7 @@ class FrameArena:
         self.free_frames = 0  #: length of that list
         self._cache: list[int] = []  #: freed frames still resident, reused first
         self.in_use = 0  #: frames currently held by callers
+        self.peak = 0  #: the most frames held at once
         self.releases = 0  #: madvise calls made (for benchmarks and tests)
 
     @property
@@ -123,6 +126,7 @@ class FrameArena:
             prev = frame
         links[prev] = 0
         self.in_use += count
+        self.peak = max(self.peak, self.in_use)
         return first
 
     def free_chain(self, first: int) -> int:
@@ -168,6 +172,30 @@ class FrameArena:
     def _release_run(self, first: int, last: int) -> None:
         self.map.madvise(mmap.MADV_DONTNEED, first << PAGE_SHIFT, (last - first + 1) << PAGE_SHIFT)
         self.releases += 1
+
+    def read(self, off: int, n: int) -> bytes:
+        """``n`` bytes at arena offset ``off``, following the chain to the next frame when they
+        cross a frame boundary (objects straddle frames)."""
+        end = (off | PAGE_MASK) + 1
+        if off + n <= end:
+            return self.map[off : off + n]  # one copy, straight into a bytes object
+        view = self.view
+        nxt = self.links[off >> PAGE_SHIFT] << PAGE_SHIFT
+        return b"".join((view[off:end], view[nxt : nxt + n - (end - off)]))
+
+    def write(self, off: int, data: BytesLike) -> None:
+        """Write ``data`` at arena offset ``off``, its tail in the chain's next frame when it
+        crosses a frame boundary: two copies, no join."""
+        n = len(data)
+        end = (off | PAGE_MASK) + 1
+        if off + n <= end:
+            self.map[off : off + n] = data
+            return
+        src = memoryview(data)
+        first = end - off
+        self.map[off:end] = src[:first]
+        nxt = self.links[off >> PAGE_SHIFT] << PAGE_SHIFT
+        self.map[nxt : nxt + n - first] = src[first:]
 
     def metadata_bytes(self) -> int:
         """Link words of every frame ever handed out (the part of ``links`` that is resident)."""

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zramd.device import ZramDevice
 from zramd.errors import ZramdError
+from zramd.native import pin_thread, unpin_thread
 from zramd.service import CONFIG_KEYS, DEFAULT_EXPORT, Service
 
 API_VERSION = 2
@@ -128,10 +129,15 @@ def default_export(readonly: bool, is_tls: bool) -> str:
 def open(readonly: bool) -> ZramDevice:
     # nbdkit has already turned an empty name into default_export's; a name that is no
     # device (or one hot_remove took away) refuses the connection
-    return service.open(nbdkit.export_name())
+    device = service.open(nbdkit.export_name())
+    # this connection's thread keeps its Python thread state until close: without it, every
+    # request made and freed one (a 16 KiB mmap and more, under the GIL)
+    pin_thread()
+    return device
 
 
 def close(h: ZramDevice) -> None:
+    unpin_thread()  # a no-op unless close runs in the thread open ran in, as nbdkit does
     h.close()
 
 

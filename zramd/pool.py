@@ -14,10 +14,10 @@ Users hold *handles*, never locations. A handle names an entry of its class's ha
 entry records where the object is now. Compaction moves an object by copying its bytes and
 rewriting that one entry, so the device's slot table never changes when objects move::
 
-    handle = slot << 8 | class index
+    handle = entry << 8 | class index
        |
        v
-    cls.handles[slot] = zspage id << 37 | arena offset          (the "location"; huge objects:
+    cls.handles[entry] = zspage id << 37 | arena offset          (the "location"; huge objects:
        |                     |                                   size << 37 | frame offset)
        |                     v
        |           zspages: inuse, freeobj, fresh cursor, first frame, prev/next
@@ -50,29 +50,25 @@ Compaction takes a class lock per source zspage and drops it in between, so I/O 
 never stalled for a whole pass. The GIL makes each array store atomic but not the multi-step
 updates, which is why every step above runs under its class lock.
 
-The per-object loops of ``store_many``/``load_many``/``free_many`` also exist in C
-(``_zsfast.c``, used when built): the same algorithm on these same buffers under these same
-locks. The ``_*_many_py`` loops below are the reference it follows; ``ZRAMD_NATIVE=0`` runs
-them.
+This pool is the reference twin of ``zramd/csrc/zsmalloc.c`` (``zramd._zram.Pool``), which
+owns its memory and pthread mutexes and runs with the GIL released: the same calls on both give
+the same handles, locations, statistics and errors (``pool_api.PoolAPI`` is the contract;
+``tests/test_pool_differential.py`` holds them to it). ``zramd.native`` picks one.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from types import ModuleType
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
 
 from zramd._types import BytesLike
-from zramd.compaction import compact_class
+from zramd.compaction import Compactor
 from zramd.errors import CorruptionError, InvalidHandleError, PoolExhaustedError
 from zramd.frames import MAX_FRAMES, RELEASE_BATCH, FrameArena
+from zramd.page import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from zramd.size_class import (
     DEFAULT_CHAIN_SIZE,
-    PAGE_SHIFT,
-    PAGE_SIZE,
     ZS_HANDLE_SIZE,
     ZS_INUSE_RATIO_100,
     ZS_MAX_ALLOC_SIZE,
@@ -82,50 +78,18 @@ from zramd.size_class import (
 )
 from zramd.stats import ClassStat, PoolStats
 from zramd.zspage import (
+    HANDLE_CLASS_BITS,
+    HANDLE_CLASS_MASK,
     HDR_HANDLE_MASK,
     HDR_SIZE_SHIFT,
+    LOC_OFF_MASK,
+    LOC_SHIFT,
     MAX_HANDLE,
     OBJ_ALLOCATED_TAG,
     ZspageTable,
 )
 
-if TYPE_CHECKING:
-    from zramd import _zsfast
-
-LOC_SHIFT = 37  # arena offsets below 2**37 (MAX_FRAMES frames); zspage id or huge size above
-LOC_OFF_MASK = (1 << LOC_SHIFT) - 1
-HANDLE_CLASS_BITS = 8  # 255 class slots
-HANDLE_CLASS_MASK = (1 << HANDLE_CLASS_BITS) - 1
-PAGE_MASK = PAGE_SIZE - 1
 FULL = ZS_INUSE_RATIO_100
-
-#: what zramd/_zsfast.c must have been compiled with; a stale build is not used
-NATIVE_ABI = {
-    "ABI_VERSION": 8,
-    "PAGE_SHIFT": PAGE_SHIFT,
-    "ZS_HANDLE_SIZE": ZS_HANDLE_SIZE,
-    "LOC_SHIFT": LOC_SHIFT,
-    "MAX_HANDLE": MAX_HANDLE,
-    "HANDLE_CLASS_BITS": HANDLE_CLASS_BITS,
-    "HDR_SIZE_SHIFT": HDR_SIZE_SHIFT,
-    "HDR_HANDLE_MASK": HDR_HANDLE_MASK,
-    "FULL": FULL,
-}
-
-
-def native_module() -> ModuleType | None:
-    """``zramd._zsfast`` if it is built and matches this layout, else None."""
-    try:
-        from zramd import _zsfast  # noqa: PLC0415
-    except ImportError:
-        return None
-    return _zsfast if getattr(_zsfast, "CONSTANTS", None) == NATIVE_ABI else None
-
-
-def native_default() -> bool:
-    """Whether pools use the C loops by default: when built, unless ZRAMD_NATIVE=0."""
-    return os.environ.get("ZRAMD_NATIVE", "1") != "0" and native_module() is not None
-
 
 assert MAX_FRAMES << PAGE_SHIFT <= 1 << LOC_SHIFT
 
@@ -136,8 +100,7 @@ class ZsPool:
     ``max_bytes`` sizes the address-space reservation (nothing is committed up front);
     ``chain`` is CONFIG_ZSMALLOC_CHAIN_SIZE (4..16). All methods are thread-safe.
 
-    The batch calls are attributes bound per pool, to the C loops or to the Python reference
-    (``_*_many_py``), so that calling them costs no Python frame:
+    The batch calls the device makes once per request:
 
     * ``store_many(objs) -> handles``: store each buffer as a new object; handles in order.
       All or nothing: if one cannot be stored (bad size, arena exhausted), those already
@@ -148,17 +111,12 @@ class ZsPool:
       (InvalidHandleError), having freed those before it.
     """
 
-    store_many: Callable[[Sequence[BytesLike]], list[int]]
-    load_many: Callable[[Iterable[int]], list[bytes]]
-    free_many: Callable[[Iterable[int]], None]
-
     def __init__(
         self,
         max_bytes: int,
         *,
         chain: int = DEFAULT_CHAIN_SIZE,
         release_batch: int = RELEASE_BATCH,
-        native: bool | None = None,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"pool size {max_bytes} must be positive")
@@ -167,48 +125,28 @@ class ZsPool:
             raise ValueError(f"pool size {max_bytes} exceeds {(MAX_FRAMES - 1) * PAGE_SIZE} bytes")
         self.class_table = build_class_table(chain)
         self.huge_class_size = self.class_table.huge_class_size
-        self.arena = FrameArena(max_frames, release_batch)
-        self.zspages = ZspageTable(max_frames)
-        self.words = self.arena.view.cast("Q")  # 64-bit view for object headers
-        self.classes = tuple(SizeClass(spec) for spec in self.class_table.classes)
+        self._arena = FrameArena(max_frames, release_batch)
+        self._zspages = ZspageTable(max_frames)
+        self._words = self._arena.view.cast("Q")  # 64-bit view for object headers
+        self._classes = tuple(SizeClass(spec) for spec in self.class_table.classes)
         by_index: list[SizeClass | None] = [None] * (HANDLE_CLASS_MASK + 1)
-        for cls in self.classes:
+        for cls in self._classes:
             by_index[cls.index] = cls
         self._by_index = by_index
-        self._by_size: list[SizeClass] = [self.classes[0]] + [
+        self._by_size: list[SizeClass] = [self._classes[0]] + [
             self._class_at(self.class_table.for_size(size))
             for size in range(1, ZS_MAX_ALLOC_SIZE + 1)
         ]
         self._page_lock = threading.Lock()
         self._compact_lock = threading.Lock()
         self.pages_compacted = 0
-        self.bytes_moved = 0  #: object bytes (headers included) copied by compaction
-        self.max_slice_ns = 0  #: longest class-lock hold of a gentle compaction slice
+        self._compactor = Compactor(self._zspages, self._arena, self._words, self._free_zspage)
         self._closed = False
-        # The C object loops (zramd/_zsfast.c), on this pool's own buffers and class locks;
-        # the Python loops below are the reference they follow.
-        self._fast: _zsfast.Pool | None = None
-        if native is None:
-            native = native_default()
-        if native:
-            module = native_module()
-            if module is None:
-                raise RuntimeError("zramd._zsfast is not built (or stale): pip install -e .")
-            self._fast = module.Pool(self)
-        # Bound once: the device calls these per request, so no Python frame in between.
-        if self._fast is not None:
-            self.store_many = self._fast.store_many
-            self.load_many = self._fast.load_many
-            self.free_many = self._fast.free_many
-        else:
-            self.store_many = self._store_many_py
-            self.load_many = self._load_many_py
-            self.free_many = self._free_many_py
 
     @property
     def native(self) -> bool:
-        """Whether the object loops run in C."""
-        return self._fast is not None
+        """Whether the pool runs in C: this one is the Python reference."""
+        return False
 
     def _class_at(self, spec: ClassSpec) -> SizeClass:
         cls = self._by_index[spec.index]
@@ -220,7 +158,22 @@ class ZsPool:
     @property
     def total_pages(self) -> int:
         """Frames held by live zspages (``zs_get_total_pages``)."""
-        return self.arena.in_use
+        return self._arena.in_use
+
+    @property
+    def bytes_moved(self) -> int:
+        """Object bytes (headers included) copied by compaction."""
+        return self._compactor.bytes_moved
+
+    @property
+    def max_slice_ns(self) -> int:
+        """Longest class-lock hold of a gentle compaction slice, in nanoseconds."""
+        return self._compactor.max_slice_ns
+
+    @property
+    def peak_pages(self) -> int:
+        """The most frames held at once since the pool was created."""
+        return self._arena.peak
 
     def class_for_size(self, size: int) -> ClassSpec:
         """The class a ``malloc(size)`` lands in (``zs_lookup_class_index``)."""
@@ -234,14 +187,14 @@ class ZsPool:
 
     def _location(self, cls: SizeClass, handle: int) -> int:
         """The live location of ``handle`` (caller holds ``cls.lock``)."""
-        slot = handle >> HANDLE_CLASS_BITS
+        entry = handle >> HANDLE_CLASS_BITS
         handles = cls.handles
-        if slot >= len(handles) or (loc := handles[slot]) < 0:
+        if entry >= len(handles) or (loc := handles[entry]) < 0:
             raise InvalidHandleError(f"handle {handle} is not allocated (freed, or never returned)")
         return loc
 
     def _header(self, cls: SizeClass, handle: int, off: int) -> int:
-        hdr: int = self.words[off >> 3]
+        hdr: int = self._words[off >> 3]
         if hdr & HDR_HANDLE_MASK != (handle << 1) | OBJ_ALLOCATED_TAG:
             raise CorruptionError(
                 f"object at arena offset {off} has header {hdr:#x}, expected handle {handle} "
@@ -290,24 +243,16 @@ class ZsPool:
         """``malloc(len(data))`` and ``write`` in one step."""
         return self.store_many((data,))[0]
 
-    def _store_many_py(self, objs: Sequence[BytesLike]) -> list[int]:
+    def store_many(self, objs: Sequence[BytesLike]) -> list[int]:
         handles: list[int] = []
         class_for = self._class_for
-        mapped = self.arena.map
+        write = self._arena.write
         try:
             for obj in objs:
-                size = len(obj)
-                cls = class_for(size)
+                cls = class_for(len(obj))
                 with cls.lock:
-                    handle, off = self._alloc(cls, size)
-                    if not cls.huge:
-                        off += ZS_HANDLE_SIZE
-                        end = (off | PAGE_MASK) + 1
-                        if off + size > end:
-                            self._put_split(off, end, obj, size)
-                            handles.append(handle)
-                            continue
-                    mapped[off : off + size] = obj
+                    handle, off = self._alloc(cls, len(obj))
+                    write(off if cls.huge else off + ZS_HANDLE_SIZE, obj)
                 handles.append(handle)
         except BaseException:
             self.free_many(handles)
@@ -315,7 +260,7 @@ class ZsPool:
         return handles
 
     def _alloc(self, cls: SizeClass, size: int) -> tuple[int, int]:
-        """``obj_malloc``: an object slot and a handle (caller holds ``cls.lock``).
+        """``obj_malloc``: an object and a handle (caller holds ``cls.lock``).
 
         Returns the handle and the object's arena offset (of its header, or of the frame for a
         huge object). Takes from the fullest non-full zspage; carves a new one only when none
@@ -323,13 +268,13 @@ class ZsPool:
         """
         if cls.huge:
             with self._page_lock:
-                frame = self.arena.alloc_chain(1)
+                frame = self._arena.alloc_chain(1)
             off = frame << PAGE_SHIFT
             loc = (size << LOC_SHIFT) | off
             cls.counts[FULL] += 1
             cls.obj_allocated += 1
         else:
-            zspages = self.zspages
+            zspages = self._zspages
             mask = cls.mask
             if mask:
                 group = mask.bit_length() - 1
@@ -337,7 +282,7 @@ class ZsPool:
             else:
                 zid = self._new_zspage(cls)
                 group = 0
-            off = zspages.take_object(zid, cls.size, self.arena.links, self.words)
+            off = zspages.take_object(zid, cls.size, self._arena.links, self._words)
             inuse = zspages.inuse[zid] + 1
             zspages.inuse[zid] = inuse
             new_group = cls.group_of[inuse]
@@ -350,43 +295,43 @@ class ZsPool:
                     zspages.link(cls, zid, new_group)
             loc = (zid << LOC_SHIFT) | off
         handles = cls.handles
-        slot = cls.free_slot
-        if slot:
-            cls.free_slot = -1 - handles[slot]
-            handles[slot] = loc
+        entry = cls.free_entry
+        if entry:
+            cls.free_entry = -1 - handles[entry]
+            handles[entry] = loc
         else:
-            slot = len(handles)
+            entry = len(handles)
             handles.append(loc)
-        handle = (slot << HANDLE_CLASS_BITS) | cls.index
+        handle = (entry << HANDLE_CLASS_BITS) | cls.index
         if not cls.huge:
             if handle > MAX_HANDLE:  # 2**39 live objects in one class: unreachable in practice
                 raise PoolExhaustedError(f"class {cls.size} has no handle left")
-            self.words[off >> 3] = (size << HDR_SIZE_SHIFT) | (handle << 1) | OBJ_ALLOCATED_TAG
+            self._words[off >> 3] = (size << HDR_SIZE_SHIFT) | (handle << 1) | OBJ_ALLOCATED_TAG
         cls.obj_used += 1
         return handle, off
 
     def _new_zspage(self, cls: SizeClass) -> int:
         """``alloc_zspage``: frames for an empty zspage (under cls.lock)."""
         with self._page_lock:
-            first = self.arena.alloc_chain(cls.pages_per_zspage)
-            zid = self.zspages.alloc_id()
-        self.zspages.init_zspage(zid, first, cls)
+            first = self._arena.alloc_chain(cls.pages_per_zspage)
+            zid = self._zspages.alloc_id()
+        self._zspages.init_zspage(zid, first, cls)
         cls.obj_allocated += cls.objs_per_zspage
         return zid
 
-    def free_zspage(self, cls: SizeClass, zid: int) -> None:
+    def _free_zspage(self, cls: SizeClass, zid: int) -> None:
         """Release an empty, unlisted zspage: frames to the arena, id to the table."""
-        first = self.zspages.first[zid]
+        first = self._zspages.first[zid]
         cls.obj_allocated -= cls.objs_per_zspage
         with self._page_lock:
-            self.zspages.free_id(zid)
-            self.arena.free_chain(first)
+            self._zspages.free_id(zid)
+            self._arena.free_chain(first)
 
     def free(self, handle: int) -> None:
         """Free an object. Raises InvalidHandleError for a handle that is not allocated."""
         self.free_many((handle,))
 
-    def _free_many_py(self, handles: Iterable[int]) -> None:
+    def free_many(self, handles: Iterable[int]) -> None:
         class_of = self._class_of
         for handle in handles:
             cls = class_of(handle)
@@ -395,28 +340,28 @@ class ZsPool:
 
     def _free_locked(self, cls: SizeClass, handle: int) -> None:
         """``obj_free`` + ``fix_fullness_group`` (caller holds ``cls.lock``)."""
-        slot = handle >> HANDLE_CLASS_BITS
+        entry = handle >> HANDLE_CLASS_BITS
         table = cls.handles
-        loc = table[slot] if slot < len(table) else -1
+        loc = table[entry] if entry < len(table) else -1
         if loc < 0:
             self._location(cls, handle)  # raises InvalidHandleError
         off = loc & LOC_OFF_MASK
         if cls.huge:
-            table[slot] = -1 - cls.free_slot
-            cls.free_slot = slot
+            table[entry] = -1 - cls.free_entry
+            cls.free_entry = entry
             cls.counts[FULL] -= 1
             cls.obj_allocated -= 1
             cls.obj_used -= 1
             with self._page_lock:
-                self.arena.free_chain(off >> PAGE_SHIFT)
+                self._arena.free_chain(off >> PAGE_SHIFT)
             return
-        if self.words[off >> 3] & HDR_HANDLE_MASK != (handle << 1) | OBJ_ALLOCATED_TAG:
+        if self._words[off >> 3] & HDR_HANDLE_MASK != (handle << 1) | OBJ_ALLOCATED_TAG:
             self._header(cls, handle, off)  # raises CorruptionError
-        table[slot] = -1 - cls.free_slot
-        cls.free_slot = slot
+        table[entry] = -1 - cls.free_entry
+        cls.free_entry = entry
         zid = loc >> LOC_SHIFT
-        zspages = self.zspages
-        zspages.put_object(zid, off, self.words)
+        zspages = self._zspages
+        zspages.put_object(zid, off, self._words)
         inuse = zspages.inuse[zid]
         group = cls.group_of[inuse]
         inuse -= 1
@@ -431,7 +376,7 @@ class ZsPool:
             if new_group:
                 zspages.link(cls, zid, new_group)
             else:
-                self.free_zspage(cls, zid)
+                self._free_zspage(cls, zid)
 
     # -- object bytes --------------------------------------------------------------------------
 
@@ -449,28 +394,24 @@ class ZsPool:
                 off += ZS_HANDLE_SIZE
             if n > size:
                 raise ValueError(f"{n} bytes do not fit object {handle} of {size} bytes")
-            end = (off | PAGE_MASK) + 1
-            if off + n > end:
-                self._put_split(off, end, data, n)
-            else:
-                self.arena.map[off : off + n] = data
+            self._arena.write(off, data)
 
     def read(self, handle: int) -> bytes:
         """A copy of the object's bytes (its allocated size)."""
         return self.load_many((handle,))[0]
 
-    def _load_many_py(self, handles: Iterable[int]) -> list[bytes]:
+    def load_many(self, handles: Iterable[int]) -> list[bytes]:
         out: list[bytes] = []
         class_of = self._class_of
-        mapped = self.arena.map
-        words = self.words
+        mapped = self._arena.map
+        words = self._words
         for handle in handles:
             cls = class_of(handle)
             with cls.lock:
                 # the checks of _location/_header, inline on the hot path; they raise
-                slot = handle >> HANDLE_CLASS_BITS
+                entry = handle >> HANDLE_CLASS_BITS
                 table = cls.handles
-                loc = table[slot] if slot < len(table) else -1
+                loc = table[entry] if entry < len(table) else -1
                 if loc < 0:
                     self._location(cls, handle)
                 off = loc & LOC_OFF_MASK
@@ -485,51 +426,14 @@ class ZsPool:
                 if (off & PAGE_MASK) + size <= PAGE_SIZE:
                     out.append(mapped[off : off + size])
                 else:
-                    out.append(self._get(off, size))
+                    out.append(self._arena.read(off, size))
         return out
-
-    def _get(self, off: int, n: int) -> bytes:
-        """``n`` bytes at arena offset ``off``, following the chain across a frame boundary."""
-        end = (off | PAGE_MASK) + 1
-        if off + n <= end:
-            return self.arena.map[off : off + n]  # one copy, straight into a bytes object
-        view = self.arena.view
-        nxt = self.arena.links[off >> PAGE_SHIFT] << PAGE_SHIFT
-        return b"".join((view[off:end], view[nxt : nxt + n - (end - off)]))
-
-    def _put_split(self, off: int, end: int, data: BytesLike, n: int) -> None:
-        """Write an object that straddles the frame boundary at ``end``: two copies, no join."""
-        mapped = self.arena.map
-        src = memoryview(data)
-        first = end - off
-        mapped[off:end] = src[:first]
-        nxt = self.arena.links[off >> PAGE_SHIFT] << PAGE_SHIFT
-        mapped[nxt : nxt + n - first] = src[first:]
-
-    def move_object(self, cls: SizeClass, src_off: int, dst_zid: int, dst_off: int) -> None:
-        """Copy the object at ``src_off`` (header included) to ``dst_off`` and repoint its handle.
-
-        Compaction's ``zs_object_copy`` + ``record_obj``; caller holds ``cls.lock`` and has
-        taken ``dst_off`` from the destination (``take_object``).
-        """
-        hdr = self.words[src_off >> 3]
-        n = ZS_HANDLE_SIZE + (hdr >> HDR_SIZE_SHIFT)
-        data = self._get(src_off, n)
-        end = (dst_off | PAGE_MASK) + 1
-        if dst_off + n > end:
-            self._put_split(dst_off, end, data, n)
-        else:
-            self.arena.map[dst_off : dst_off + n] = data
-        handle = (hdr & HDR_HANDLE_MASK) >> 1
-        cls.handles[handle >> HANDLE_CLASS_BITS] = (dst_zid << LOC_SHIFT) | dst_off
-        cls.moves += 1
-        self.bytes_moved += n  # compaction is single-flight: no other writer
 
     # -- compaction ----------------------------------------------------------------------------
 
     def can_compact(self) -> int:
         """Frames compaction could free now, summed over classes (the shrinker's count)."""
-        return sum(cls.can_compact() for cls in self.classes)
+        return sum(cls.can_compact() for cls in self._classes)
 
     def compact(self, *, gentle: bool = False) -> int:
         """``zs_compact``: move objects to free whole zspages; returns frames freed.
@@ -542,12 +446,12 @@ class ZsPool:
             return 0
         try:
             freed = 0
-            for cls in reversed(self.classes):  # largest first: fewest moves per frame freed
+            for cls in reversed(self._classes):  # largest first: fewest moves per frame freed
                 if cls.can_compact():
-                    freed += compact_class(self, cls, gentle=gentle)
+                    freed += self._compactor.compact_class(cls, gentle=gentle)
             self.pages_compacted += freed
             with self._page_lock:
-                self.arena.release_cached()
+                self._arena.release_cached()
             return freed
         finally:
             self._compact_lock.release()
@@ -559,7 +463,7 @@ class ZsPool:
         rows = []
         objects = 0
         handle_bytes = 0
-        for cls in self.classes:
+        for cls in self._classes:
             with cls.lock:
                 rows.append(
                     ClassStat(
@@ -576,25 +480,106 @@ class ZsPool:
                 objects += cls.obj_used
                 handle_bytes += sys.getsizeof(cls.handles)
         with self._page_lock:
-            metadata = handle_bytes + self.zspages.metadata_bytes() + self.arena.metadata_bytes()
+            metadata = handle_bytes + self._zspages.metadata_bytes() + self._arena.metadata_bytes()
             return PoolStats(
-                total_pages=self.arena.in_use,
+                total_pages=self._arena.in_use,
                 pages_compacted=self.pages_compacted,
                 huge_class_size=self.huge_class_size,
                 classes=tuple(rows),
-                frames_cached=self.arena.cached,
-                frames_reserved=self.arena.max_frames,
+                frames_cached=self._arena.cached,
+                frames_reserved=self._arena.max_frames,
                 metadata_bytes=metadata,
                 objects=objects,
             )
+
+    def check(self) -> None:
+        """Cross-check every structure (the classes' fullness lists, each zspage's free list
+        and fresh cursor against its inuse count, every live handle's header, the class
+        counters, and ``total_pages`` against the frames of all zspages); CorruptionError
+        naming the first mismatch. Exact on an idle pool; for tests (it visits every
+        object). The C pool's walk is ``zs_check``."""
+        try:
+            self._walk()
+        except AssertionError as e:
+            raise CorruptionError(f"pool check: {e}") from e
+
+    def _walk(self) -> None:
+        """The walk behind ``check``: AssertionError at the first mismatch."""
+        zs = self._zspages
+        words = self._words
+        links = self._arena.links
+        frames = 0
+        zspages_seen = 0
+        for cls in self._classes:
+            live = {}
+            for entry, loc in enumerate(cls.handles):
+                if entry and loc >= 0:
+                    live[(entry << HANDLE_CLASS_BITS) | cls.index] = loc
+            assert cls.obj_used == len(live), (cls.size, cls.obj_used, len(live))
+            if cls.huge:
+                assert cls.counts[11] == cls.obj_used == cls.obj_allocated
+                assert sum(cls.counts[:11]) == 0
+                assert cls.mask == 0
+                frames += cls.obj_used
+                continue
+            members: dict[int, int] = {}
+            for group in range(1, 11):
+                zid, prev, n = cls.heads[group], 0, 0
+                assert bool(zid) == bool(cls.mask & (1 << group)), (cls.size, group)
+                while zid:
+                    assert zs.prev[zid] == prev, "broken back link"
+                    assert zid not in members, "zspage listed twice"
+                    members[zid] = group
+                    assert cls.group_of[zs.inuse[zid]] == group, "zspage filed in the wrong group"
+                    prev, zid, n = zid, zs.next[zid], n + 1
+                assert n == cls.counts[group], (cls.size, group, n, cls.counts[group])
+            # objects per zspage from the handle table
+            per_zspage: dict[int, int] = {}
+            for handle, loc in live.items():
+                zid, off = loc >> LOC_SHIFT, loc & LOC_OFF_MASK
+                hdr = words[off >> 3]
+                assert hdr & HDR_HANDLE_MASK == (handle << 1) | OBJ_ALLOCATED_TAG, (
+                    "header does not name its handle"
+                )
+                per_zspage[zid] = per_zspage.get(zid, 0) + 1
+            full = [zid for zid, n in per_zspage.items() if n == cls.objs_per_zspage]
+            assert len(full) == cls.counts[11], (cls.size, len(full), cls.counts[11])
+            for zid, n in per_zspage.items():
+                assert zs.inuse[zid] == n, (cls.size, zid, zs.inuse[zid], n)
+                assert (zid in members) == (n < cls.objs_per_zspage)
+                free, off = 0, zs.freeobj[zid]
+                while off:
+                    assert not words[off >> 3] & OBJ_ALLOCATED_TAG, (
+                        "allocated object on a free list"
+                    )
+                    free += 1
+                    off = words[off >> 3] >> 1
+                assert free + zs.fresh_left[zid] == cls.objs_per_zspage - n
+                carved = zs.object_offsets(zid, cls, links)
+                assert len(carved) == cls.objs_per_zspage - zs.fresh_left[zid]
+                if zs.fresh_left[zid]:  # the cursor points at the first never-used object
+                    co, frame = len(carved) * cls.size, zs.first[zid]
+                    while co >= PAGE_SIZE:
+                        frame, co = links[frame], co - PAGE_SIZE
+                    assert zs.fresh[zid] == (frame << 12) + co, "fresh cursor out of place"
+                assert sum(bool(words[o >> 3] & OBJ_ALLOCATED_TAG) for o in carved) == n
+                chain, frame = 0, zs.first[zid]
+                while frame:
+                    chain += 1
+                    frame = links[frame]
+                assert chain == cls.pages_per_zspage
+            assert set(members) <= set(per_zspage), "an empty zspage was kept"
+            assert cls.obj_allocated == len(per_zspage) * cls.objs_per_zspage
+            frames += len(per_zspage) * cls.pages_per_zspage
+            zspages_seen += len(per_zspage)
+        assert zs.count == zspages_seen, (zs.count, zspages_seen)
+        assert self.total_pages == frames, (self.total_pages, frames)
 
     def close(self) -> None:
         """Unmap everything; every handle becomes invalid. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._fast is not None:
-            self._fast.close()
-        self.words.release()
-        self.zspages.close()
-        self.arena.close()
+        self._words.release()
+        self._zspages.close()
+        self._arena.close()

@@ -14,12 +14,61 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from zramd.device import ZramDevice
-from zramd.errors import ZramdError
+from zramd.errors import InvalidValueError, ZramdError
+from zramd.page import PAGE_SHIFT
+
+if TYPE_CHECKING:
+    from zramd.device import ZramDevice
 
 PSI_PATH = "/proc/pressure/memory"
 IDLE_POLL = 1.0  # seconds between looks at the policy while background compaction is off
+
+
+class AutoCompact:
+    """Background compaction: the policy the shrinker thread reads on every check (so a
+    change through the control directory applies at once) and what it has done.
+
+    The pool is compacted when it could give back at least ``min_bytes`` and at least
+    ``min_percent`` % of its frames, or under memory pressure when anything can be freed.
+    ``interval`` 0 switches it off.
+    """
+
+    __slots__ = ("interval", "max_pause_ns", "min_bytes", "min_percent", "pages_freed", "runs")
+
+    def __init__(self) -> None:
+        self.interval = 30.0  #: seconds between checks; 0 = off
+        self.min_bytes = 1 << 20  # below 1 MiB a pass costs more than it returns
+        self.min_percent = 3
+        self.runs = 0  #: compactions started in the background
+        self.pages_freed = 0  #: frames they freed
+        self.max_pause_ns = 0  #: longest a class lock was held by one of their slices
+
+    def threshold_pages(self, total_pages: int) -> int:
+        return max(self.min_bytes >> PAGE_SHIFT, total_pages * self.min_percent // 100, 1)
+
+    def update(
+        self,
+        *,
+        interval: float | None = None,
+        min_bytes: int | None = None,
+        min_percent: int | None = None,
+    ) -> None:
+        """Change the policy (the thread reads it on every check). EINVAL for a negative
+        interval or size, or a percentage outside 0..100; nothing changes then."""
+        if interval is not None and interval < 0:
+            raise InvalidValueError(f"auto_compact: interval={interval} must not be negative")
+        if min_bytes is not None and min_bytes < 0:
+            raise InvalidValueError(f"auto_compact: min_bytes={min_bytes} must not be negative")
+        if min_percent is not None and not 0 <= min_percent <= 100:
+            raise InvalidValueError(f"auto_compact: min_percent={min_percent} outside 0..100")
+        if interval is not None:
+            self.interval = interval
+        if min_bytes is not None:
+            self.min_bytes = min_bytes
+        if min_percent is not None:
+            self.min_percent = min_percent
 
 
 def memory_pressure(path: str = PSI_PATH) -> bool:

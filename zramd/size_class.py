@@ -14,8 +14,8 @@ import threading
 from array import array
 from dataclasses import dataclass
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
+from zramd.page import PAGE_SIZE
+
 ZS_HANDLE_SIZE = 8  # in-object header: the owning handle (the reverse map compaction needs)
 ZS_MIN_ALLOC_SIZE = 32  # max(32, chain << PAGE_SHIFT >> OBJ_INDEX_BITS) on 64-bit
 ZS_MAX_ALLOC_SIZE = PAGE_SIZE
@@ -30,7 +30,7 @@ MAX_CHAIN_SIZE = 16
 class ClassSpec:
     """The geometry of one distinct size class."""
 
-    index: int  #: slot number 0..254 of the (largest) size this class was created for
+    index: int  #: class index 0..254 of the (largest) size this class was created for
     size: int  #: object size in bytes, including the 8-byte header for non-huge classes
     pages_per_zspage: int
     objs_per_zspage: int
@@ -57,7 +57,8 @@ def chain_size(class_size: int, max_chain: int = DEFAULT_CHAIN_SIZE) -> int:
 
 
 def class_index(size: int) -> int:
-    """``get_size_class_index``: slot for an object of ``size`` bytes *including* its header."""
+    """``get_size_class_index``: the class index for an object of ``size`` bytes *including* its
+    header."""
     if size <= ZS_MIN_ALLOC_SIZE:
         return 0
     return min(ZS_SIZE_CLASSES - 1, -(-(size - ZS_MIN_ALLOC_SIZE) // ZS_SIZE_CLASS_DELTA))
@@ -69,21 +70,21 @@ class ClassTable:
 
     chain: int
     classes: tuple[ClassSpec, ...]  #: distinct classes, ascending size
-    by_slot: tuple[ClassSpec, ...]  #: 255 entries; merged slots point at their larger class
+    by_index: tuple[ClassSpec, ...]  #: 255 entries; merged indices point at their larger class
     huge_class_size: int  #: requests of this many bytes or more are stored in the huge class
 
     def for_size(self, size: int) -> ClassSpec:
         """The class a ``malloc(size)`` request lands in (size excludes the header)."""
         if not 0 < size <= ZS_MAX_ALLOC_SIZE:
             raise ValueError(f"object size {size} outside 1..{ZS_MAX_ALLOC_SIZE}")
-        return self.by_slot[class_index(size + ZS_HANDLE_SIZE)]
+        return self.by_index[class_index(size + ZS_HANDLE_SIZE)]
 
 
 def build_class_table(chain: int = DEFAULT_CHAIN_SIZE) -> ClassTable:
-    """``zs_create_pool``'s class loop: walk from the largest slot down, merging look-alikes."""
+    """``zs_create_pool``'s class loop: walk from the largest index down, merging look-alikes."""
     if not MIN_CHAIN_SIZE <= chain <= MAX_CHAIN_SIZE:
         raise ValueError(f"chain size {chain} outside {MIN_CHAIN_SIZE}..{MAX_CHAIN_SIZE}")
-    by_slot: list[ClassSpec | None] = [None] * ZS_SIZE_CLASSES
+    by_index: list[ClassSpec | None] = [None] * ZS_SIZE_CLASSES
     distinct: list[ClassSpec] = []
     huge_class_size = 0
     prev: ClassSpec | None = None
@@ -96,19 +97,19 @@ def build_class_table(chain: int = DEFAULT_CHAIN_SIZE) -> ClassTable:
         if pages != 1 and objs != 1 and not huge_class_size:
             huge_class_size = size - (ZS_HANDLE_SIZE - 1)
         if prev is not None and (prev.pages_per_zspage, prev.objs_per_zspage) == (pages, objs):
-            by_slot[i] = prev
+            by_index[i] = prev
             continue
         prev = ClassSpec(i, size, pages, objs)
-        by_slot[i] = prev
+        by_index[i] = prev
         distinct.append(prev)
     distinct.reverse()
-    slots = tuple(c for c in by_slot if c is not None)
-    assert len(slots) == ZS_SIZE_CLASSES
-    return ClassTable(chain, tuple(distinct), slots, huge_class_size)
+    indexed = tuple(c for c in by_index if c is not None)
+    assert len(indexed) == ZS_SIZE_CLASSES
+    return ClassTable(chain, tuple(distinct), indexed, huge_class_size)
 
 
 # Fullness groups (kernel >= 6.4, "fine-grained inuse ratio based fullness grouping"): a zspage
-# is filed by the share of its object slots in use, in 10 % steps. Group 0 (empty) is never
+# is filed by the share of its objects in use, in 10 % steps. Group 0 (empty) is never
 # listed: an empty zspage is freed at once. Group 11 (full) is only counted: nothing allocates
 # from, or compacts out of, a full zspage.
 ZS_INUSE_RATIO_0 = 0
@@ -134,14 +135,14 @@ class SizeClass:
     Guarded by ``lock``: the fullness lists (heads/counts/mask), the counters, the handle table
     and the bytes of every object of the class.
 
-    Handles of the class index ``handles``: entry ``slot`` holds the object's encoded location
-    (>= 0) while it is live, and ``-1 - next_free_slot`` while the slot is free. Slot 0 is never
+    Handles of the class index ``handles``: entry ``i`` holds the object's encoded location
+    (>= 0) while it is live, and ``-1 - next free entry`` while it is free. Entry 0 is never
     used, so no handle is 0.
     """
 
     __slots__ = (
         "counts",
-        "free_slot",
+        "free_entry",
         "group_of",
         "handles",
         "heads",
@@ -167,7 +168,7 @@ class SizeClass:
         self.huge = spec.huge
         self.lock = threading.Lock()
         self.handles = array("q", [0])
-        self.free_slot = 0
+        self.free_entry = 0
         self.heads = [0] * NR_FULLNESS_GROUPS  #: first zspage of each group's list (0 = empty)
         self.counts = [0] * NR_FULLNESS_GROUPS  #: zspages in each group
         self.mask = 0  #: bit g set while list g is non-empty: the fullest is one bit_length away
@@ -180,7 +181,7 @@ class SizeClass:
         self.moves = 0  #: objects moved by compaction (a sequence number readers may check)
 
     def can_compact(self) -> int:
-        """``zs_can_compact``: frames freed if the free slots were packed into whole zspages."""
+        """``zs_can_compact``: frames freed if the free objects were packed into whole zspages."""
         wasted = self.obj_allocated - self.obj_used
         if wasted <= 0:
             return 0

@@ -1,4 +1,4 @@
-"""The slot table: one 16-byte entry per 4 KiB page of the device (zram's ``table[]``).
+"""The slot table's layout: one 16-byte entry per 4 KiB page of the device (zram's ``table[]``).
 
 =========  ====  ===============================================================
 column     type  meaning
@@ -12,12 +12,11 @@ The columns are lazily committed arrays: a 16 GiB device reserves 64 MiB of addr
 its table and pays memory only for the parts that have been written (0.39 % of the data at most).
 
 Flag bits are numbered as in the 7.0-era kernel. ``ZRAM_ENTRY_LOCK`` is kept for the numbering
-but unused: zramd locks slots with striped locks (``device.py``), not a bit in the entry.
+but unused: zramd locks slots with striped locks (``core.py``, ``csrc/zram.c``), not a bit in
+the entry. The columns themselves are the core's.
 """
 
 from __future__ import annotations
-
-from zramd.frames import lazy_array
 
 ZRAM_FLAG_SHIFT = 13  # PAGE_SHIFT + 1: sizes 0..4096 fit below the flags
 ZRAM_SIZE_MASK = (1 << ZRAM_FLAG_SHIFT) - 1
@@ -30,28 +29,3 @@ ZRAM_IDLE = 1 << 18  #: not accessed since the last ``idle`` marking
 ZRAM_INCOMPRESSIBLE = 1 << 19
 ZRAM_COMP_PRIORITY_SHIFT = 20  #: two bits: which algorithm produced the object (0 = primary)
 ZRAM_COMP_PRIORITY_MASK = 3 << ZRAM_COMP_PRIORITY_SHIFT
-
-
-class SlotTable:
-    """Columns for ``pages`` slots; every slot starts empty (reads as zeros)."""
-
-    __slots__ = ("actime", "flags", "handle", "pages")
-
-    def __init__(self, pages: int) -> None:
-        self.pages = pages
-        self.handle = lazy_array("Q", pages)
-        self.flags = lazy_array("I", pages)
-        self.actime = lazy_array("I", pages)
-
-    @staticmethod
-    def allocated(flags: int) -> bool:
-        """A slot holds data (or a fill word) iff it has a size, or is SAME or WB."""
-        return bool(flags & (ZRAM_SIZE_MASK | ZRAM_SAME | ZRAM_WB))
-
-    def metadata_bytes(self) -> int:
-        """Bytes the table takes once every slot has been written."""
-        return self.pages * (self.handle.itemsize + self.flags.itemsize + self.actime.itemsize)
-
-    def close(self) -> None:
-        for column in (self.handle, self.flags, self.actime):
-            column.release()

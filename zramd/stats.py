@@ -109,3 +109,23 @@ class MemStat:
     pool_metadata: int  #: handle tables, zspage descriptors, frame links
     slot_table: int  #: the 16-byte-per-page slot table, fully written
     arena_reserved: int  #: address space reserved for frames (not memory)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreStats:
+    """What the data path counts (``ZramCore.stats()``): sums over the table's stripes, the
+    failure and compaction counters, and the limit it enforces."""
+
+    stored: int  #: slots holding anything (pages_stored)
+    compr: int  #: bytes of pool objects (compr_data_size)
+    same: int  #: same-filled slots
+    huge: int  #: slots stored raw
+    huge_since: int  #: raw stores since init
+    notify_free: int  #: pages visited by discard / write-zeroes
+    failed_reads: int
+    failed_writes: int
+    direct_runs: int  #: compactions before refusing a write
+    direct_freed: int  #: frames they freed
+    max_pages: int  #: high-water mark of the pool, in frames
+    limit_pages: int  #: mem_limit in frames (0 = none)
+    wb_pending: int  #: written-back blocks freed by I/O, not yet reclaimed

@@ -39,7 +39,7 @@ from pathlib import Path
 import zramd
 from zramd import notify
 from zramd.errors import RunStateError, ServeError
-from zramd.pool import native_default, native_module
+from zramd.native import why_not_native
 from zramd.runstate import (
     SUPERVISOR_NAME,
     Cleanup,
@@ -104,12 +104,9 @@ def plugin_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def data_path() -> str:
-    """Which loops the server's data path runs (it inherits this environment and package)."""
-    if native_module() is None:
-        return "Python loops (zramd._zsfast is not built: pip install -e .)"
-    if not native_default():
-        return "Python loops (ZRAMD_NATIVE=0)"
-    return "C loops (zramd._zsfast)"
+    """Which data path the server runs (it inherits this environment and checkout)."""
+    why = why_not_native()
+    return "C (zramd._zram)" if why is None else f"Python ({why})"
 
 
 # -- starting nbdkit and waiting for it -------------------------------------------------------

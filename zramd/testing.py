@@ -14,9 +14,9 @@ import random
 from typing import Protocol
 
 from zramd._types import BytesLike
-from zramd.pool import HANDLE_CLASS_BITS, LOC_OFF_MASK, LOC_SHIFT, ZsPool
-from zramd.size_class import PAGE_SIZE
-from zramd.zspage import HDR_HANDLE_MASK, OBJ_ALLOCATED_TAG
+from zramd.errors import CorruptionError
+from zramd.page import PAGE_SIZE
+from zramd.pool_api import PoolAPI
 
 _WORDS = (
     b"the of and to in is that for it as was with be by on not he this are or his from at "
@@ -124,77 +124,10 @@ def check_block_device(dev: BlockBackend, seed: int = 0, steps: int = 300) -> No
     check(0, dev.read(0, size), "final read")
 
 
-def check_pool_invariants(pool: ZsPool) -> None:
-    """Walk every structure of an idle pool and cross-check it; AssertionError on a mismatch.
-
-    Checks: each class's fullness lists (links, group of every member, counts, mask), each
-    zspage's free list against its inuse count, every live handle's header, the class counters,
-    and ``total_pages`` against the frames of all zspages.
-    """
-    zs = pool.zspages
-    words = pool.words
-    links = pool.arena.links
-    frames = 0
-    zspages_seen = 0
-    for cls in pool.classes:
-        live = {}
-        for slot, loc in enumerate(cls.handles):
-            if slot and loc >= 0:
-                live[(slot << HANDLE_CLASS_BITS) | cls.index] = loc
-        assert cls.obj_used == len(live), (cls.size, cls.obj_used, len(live))
-        if cls.huge:
-            assert cls.counts[11] == cls.obj_used == cls.obj_allocated
-            assert sum(cls.counts[:11]) == 0
-            assert cls.mask == 0
-            frames += cls.obj_used
-            continue
-        members: dict[int, int] = {}
-        for group in range(1, 11):
-            zid, prev, n = cls.heads[group], 0, 0
-            assert bool(zid) == bool(cls.mask & (1 << group)), (cls.size, group)
-            while zid:
-                assert zs.prev[zid] == prev, "broken back link"
-                assert zid not in members, "zspage listed twice"
-                members[zid] = group
-                assert cls.group_of[zs.inuse[zid]] == group, "zspage filed in the wrong group"
-                prev, zid, n = zid, zs.next[zid], n + 1
-            assert n == cls.counts[group], (cls.size, group, n, cls.counts[group])
-        # objects per zspage from the handle table
-        per_zspage: dict[int, int] = {}
-        for handle, loc in live.items():
-            zid, off = loc >> LOC_SHIFT, loc & LOC_OFF_MASK
-            hdr = words[off >> 3]
-            assert hdr & HDR_HANDLE_MASK == (handle << 1) | OBJ_ALLOCATED_TAG, (
-                "header does not name its handle"
-            )
-            per_zspage[zid] = per_zspage.get(zid, 0) + 1
-        full = [zid for zid, n in per_zspage.items() if n == cls.objs_per_zspage]
-        assert len(full) == cls.counts[11], (cls.size, len(full), cls.counts[11])
-        for zid, n in per_zspage.items():
-            assert zs.inuse[zid] == n, (cls.size, zid, zs.inuse[zid], n)
-            assert (zid in members) == (n < cls.objs_per_zspage)
-            free, off = 0, zs.freeobj[zid]
-            while off:
-                assert not words[off >> 3] & OBJ_ALLOCATED_TAG, "allocated object on a free list"
-                free += 1
-                off = words[off >> 3] >> 1
-            assert free + zs.fresh_left[zid] == cls.objs_per_zspage - n
-            carved = zs.object_offsets(zid, cls, links)
-            assert len(carved) == cls.objs_per_zspage - zs.fresh_left[zid]
-            if zs.fresh_left[zid]:  # the cursor points at the first never-used object
-                co, frame = len(carved) * cls.size, zs.first[zid]
-                while co >= PAGE_SIZE:
-                    frame, co = links[frame], co - PAGE_SIZE
-                assert zs.fresh[zid] == (frame << 12) + co, "fresh cursor out of place"
-            assert sum(bool(words[o >> 3] & OBJ_ALLOCATED_TAG) for o in carved) == n
-            chain, frame = 0, zs.first[zid]
-            while frame:
-                chain += 1
-                frame = links[frame]
-            assert chain == cls.pages_per_zspage
-        assert set(members) <= set(per_zspage), "an empty zspage was kept"
-        assert cls.obj_allocated == len(per_zspage) * cls.objs_per_zspage
-        frames += len(per_zspage) * cls.pages_per_zspage
-        zspages_seen += len(per_zspage)
-    assert zs.count == zspages_seen, (zs.count, zspages_seen)
-    assert pool.total_pages == frames, (pool.total_pages, frames)
+def check_pool_invariants(pool: PoolAPI) -> None:
+    """Walk every structure of an idle pool and cross-check it (``pool.check()``: fullness
+    lists, free lists, headers, counters, frames); AssertionError naming the first mismatch."""
+    try:
+        pool.check()
+    except CorruptionError as e:
+        raise AssertionError(str(e)) from e

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from zramd.devices import device_name, parse_device_name
 from zramd.errors import ControlFileError
+from zramd.page import PAGE_SIZE
 from zramd.runstate import default_control, private_dir, runtime_dir
-from zramd.size_class import PAGE_SIZE
 
 CLASS_DIR = "zram-control"
 

@@ -30,9 +30,9 @@ prev, next    i32    neighbours in the class's fullness list; ``next`` also
 
 Free objects are found on the free list first (freed objects, LIFO, as in the kernel), then
 past the *fresh* cursor. The kernel carves every object of a new zspage into its free list up
-front; in Python that is a store per object (~1 µs each), so objects are carved lazily instead:
-a new zspage costs O(1), and only objects below the cursor have ever held a header (compaction
-and the invariant checker look no further).
+front; in Python that is a store per object, so objects are carved lazily instead: a new
+zspage costs O(1), and only objects below the cursor have ever held a header (compaction and
+the invariant checker look no further).
 
 Not locked here: a zspage belongs to one class and is touched only under that class's lock;
 ``alloc_id``/``free_id`` run under the pool's page lock.
@@ -41,9 +41,17 @@ Not locked here: a zspage belongs to one class and is touched only under that cl
 from __future__ import annotations
 
 from zramd.frames import lazy_array
-from zramd.size_class import PAGE_SHIFT, PAGE_SIZE, SizeClass
+from zramd.page import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from zramd.size_class import SizeClass
 
-PAGE_MASK = PAGE_SIZE - 1
+#: a handle is ``slot << HANDLE_CLASS_BITS | class index``: the entry of its class's handle
+#: table that holds the object's location
+HANDLE_CLASS_BITS = 8  # 255 class slots
+HANDLE_CLASS_MASK = (1 << HANDLE_CLASS_BITS) - 1
+#: a location is ``zspage id << LOC_SHIFT | arena offset`` (huge: ``size << LOC_SHIFT | frame
+#: offset``): arena offsets stay below 2**37 (MAX_FRAMES frames)
+LOC_SHIFT = 37
+LOC_OFF_MASK = (1 << LOC_SHIFT) - 1
 
 OBJ_ALLOCATED_TAG = 1
 HDR_HANDLE_SHIFT = 1

@@ -54,7 +54,7 @@ class Lz4(_Lz4Decoder):
     name = "lz4"
 
     #: compress one page: the binding itself with the options bound (a C-level partial costs
-    #: ~0.2 µs a page less than a Python method around it)
+    #: less per page than a Python method around it)
     compress: Callable[[BytesLike], bytes]
 
     def __init__(

@@ -23,7 +23,7 @@ from zramd.errors import CompressionError
 
 ZSTD_DEFAULT_LEVEL = 3  # ZSTD_CLEVEL_DEFAULT, what the kernel backend uses without params
 ZSTD_MIN_LEVEL = -(1 << 17)  # ZSTD_minCLevel(): libzstd treats anything lower as this
-PAGE_SIZE = 4096
+from zramd.page import PAGE_SIZE  # noqa: E402
 
 
 class _Contexts(threading.local):
