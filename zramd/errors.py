@@ -33,6 +33,15 @@ class MemoryLockError(ZramdError):
         self.errno = code
 
 
+class SwapModeError(ZramdError):
+    """Swap mode cannot be had here (``swapmode.py``): a missing privilege or data path, a log
+    on tmpfs. The message says what is missing and how to get it; ``errno`` is the system's."""
+
+    def __init__(self, message: str, code: int = _errno.EPERM) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
 class MemLimitError(ZramdError):
     """A write would take the pool over ``mem_limit``, even after direct compaction."""
 
