@@ -283,15 +283,17 @@ def test_reserve_bytes(disksize: int, mem_limit: int, reserve: int) -> None:
 
 
 def test_check_privileges_says_what_is_missing_and_how_to_get_it() -> None:
-    full = 1 << swapmode.CAP_IPC_LOCK | 1 << swapmode.CAP_SYS_RESOURCE
-    swapmode.check_privileges(full, (64 << 10, 64 << 10))
-    swapmode.check_privileges(
-        1 << swapmode.CAP_SYS_RESOURCE, (swapmode.RLIM_INFINITY,) * 2
-    )  # unlimited memlock
+    ipc, nice, res = (1 << c for c in (swapmode.CAP_IPC_LOCK, swapmode.CAP_SYS_NICE,
+                                       swapmode.CAP_SYS_RESOURCE))  # fmt: skip
+    swapmode.check_privileges(ipc | nice | res, (64 << 10, 64 << 10))
+    unlimited = (swapmode.RLIM_INFINITY, swapmode.RLIM_INFINITY)
+    swapmode.check_privileges(nice | res, unlimited)
     with pytest.raises(SwapModeError, match=r"RLIMIT_MEMLOCK is 64 KiB .*ulimit -l unlimited"):
-        swapmode.check_privileges(1 << swapmode.CAP_SYS_RESOURCE, (64 << 10, 64 << 10))
+        swapmode.check_privileges(nice | res, (64 << 10, 64 << 10))
+    with pytest.raises(SwapModeError, match="no CAP_SYS_NICE: the serving threads run SCHED_RR"):
+        swapmode.check_privileges(ipc | res, (0, 0))
     with pytest.raises(SwapModeError, match="no CAP_SYS_RESOURCE: oom_score_adj") as e:
-        swapmode.check_privileges(1 << swapmode.CAP_IPC_LOCK, (0, 0))
+        swapmode.check_privileges(ipc | nice, (0, 0))
     assert e.value.errno == errno.EPERM
 
 

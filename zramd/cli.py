@@ -309,6 +309,9 @@ def _check_swap(threads: int) -> None:
     if why is not None:
         raise click.ClickException(f"--swap needs the C data path: {why}")
     swapmode.check_privileges()
+    warning = swapmode.min_free_warning()
+    if warning is not None:
+        _err(f"zramd: warning: {warning}")
 
 
 def _check_config_options(

@@ -19,8 +19,10 @@ slot table                  ``Core.lock_table``: 16 bytes per page of   disksize
                             the disk, locked
 serving threads             ``Core.prepare_thread`` at connection open  ~MAX_REQUEST*3/1024
                             (scratch for MAX_REQUEST-byte writes, a     per thread + one
-                            warmed stream per thread); PR_SET_IO_FLUSHER codec stream
-                            (its allocations never start I/O)
+                            warmed stream per thread); PR_SET_IO_FLUSHER codec stream;
+                            (its allocations never start I/O); SCHED_RR a busy thread takes
+                            (its socket replies may dip into the min    95 % of a CPU
+                            watermark's reserve)
 whole process               mlockall(CURRENT|FUTURE|ONFAULT): code,     everything touched
                             heap, stacks stay; oom_score_adj -1000      stays resident
 heap                        glibc: one arena, no trimming, blocks up    HEAP_WARM bytes kept
@@ -75,7 +77,15 @@ MALLOC_ENV = {
 }
 OOM_SCORE_ADJ = "-1000"
 CAP_IPC_LOCK = 14
+CAP_SYS_NICE = 23
 CAP_SYS_RESOURCE = 24
+#: the serving threads' real-time priority (SCHED_RR): the lowest, for the allocator's sake
+#: alone (a real-time task may allocate a quarter of the way into the min watermark's
+#: reserve, ALLOC_HARDER), not for precedence over anything else
+RT_PRIORITY = 1
+#: vm.min_free_kbytes below which serve --swap warns: a quarter of it is what the serving
+#: threads' socket replies may use when nothing can be reclaimed without their own I/O
+MIN_FREE_KBYTES = 16384
 RLIM_INFINITY = resource.RLIM_INFINITY
 TMPFS = ("tmpfs", "ramfs", "shmem")
 
@@ -123,6 +133,11 @@ def check_privileges(caps: int | None = None, memlock: tuple[int, int] | None = 
             f"RLIMIT_MEMLOCK is {soft >> 10} KiB and there is no CAP_IPC_LOCK: locking the "
             "server's memory needs either (run as root, or raise the limit: ulimit -l "
             "unlimited, LimitMEMLOCK=infinity in a systemd unit)"
+        )
+    if not caps >> CAP_SYS_NICE & 1:
+        problems.append(
+            "no CAP_SYS_NICE: the serving threads run SCHED_RR (run as root, or "
+            "AmbientCapabilities=CAP_SYS_NICE in a systemd unit)"
         )
     if not caps >> CAP_SYS_RESOURCE & 1:
         problems.append(
@@ -197,8 +212,40 @@ def set_io_flusher() -> None:
         ) from None
 
 
+def set_realtime() -> None:
+    """SCHED_RR at RT_PRIORITY for the calling thread. Its replies go out through a socket,
+    and each send allocates an skb: when memory is short and the only reclaimable pages are
+    ones waiting for this very thread's replies, an ordinary task cannot get a page below the
+    min watermark, but a real-time one may dip a quarter of the way into it. SwapModeError
+    when the kernel refuses."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(RT_PRIORITY))
+    except OSError as e:
+        raise SwapModeError(
+            f"swap mode: SCHED_RR: {e.strerror} (it needs CAP_SYS_NICE)", e.errno or errno.EPERM
+        ) from None
+
+
+def min_free_warning(path: str = "/proc/sys/vm/min_free_kbytes") -> str | None:
+    """A warning when vm.min_free_kbytes is below MIN_FREE_KBYTES, else None."""
+    try:
+        with open(path) as f:
+            kbytes = int(f.read())
+    except (OSError, ValueError):
+        return None
+    if kbytes >= MIN_FREE_KBYTES:
+        return None
+    return (
+        f"vm.min_free_kbytes is {kbytes}: under memory pressure the server's replies may only "
+        f"use a quarter of it; raise it to at least {MIN_FREE_KBYTES} (sysctl "
+        f"vm.min_free_kbytes={MIN_FREE_KBYTES})"
+    )
+
+
 def prepare_thread(device: ZramDevice) -> None:
     """Ready the calling thread (an nbdkit connection's) to serve ``device`` in swap mode:
-    PR_SET_IO_FLUSHER, and scratch and codec streams for writes of up to MAX_REQUEST bytes."""
+    PR_SET_IO_FLUSHER, SCHED_RR (``set_realtime``), and scratch and codec streams for writes
+    of up to MAX_REQUEST bytes."""
     set_io_flusher()
+    set_realtime()
     device.prepare_thread(MAX_REQUEST)
