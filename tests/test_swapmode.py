@@ -435,3 +435,12 @@ def test_serve_swap_refuses_what_cannot_work(
 def test_swap_env_gives_one_warm_heap() -> None:
     assert swapmode.MALLOC_ENV["PYTHONMALLOC"] == "malloc"
     assert swapmode.MALLOC_ENV["MALLOC_ARENA_MAX"] == "1"
+
+
+def test_a_console_log_is_taken_only_in_swap_mode() -> None:
+    from zramd.errors import RunStateError  # noqa: PLC0415
+    from zramd.runstate import open_log  # noqa: PLC0415
+
+    os.close(open_log(Path("/dev/null"), device_ok=True))
+    with pytest.raises(RunStateError, match="not yours to write"):
+        open_log(Path("/dev/null"))
