@@ -896,19 +896,19 @@ say "$(grep -E '^(MemTotal|MemFree|MemAvailable)' /proc/meminfo | tr -s ' \n' ' 
 if [ "$MODE" = kernel-zram ]; then
     echo "SELFHOST_MMSTAT $(cat /sys/block/zram0/mm_stat | tr -s ' ' ' ')"
 else
-    echo "SELFHOST_MMSTAT $(timeout 20 cat /run/selfhost/control/mm_stat | tr -s ' ' ' ')"
+    echo "SELFHOST_MMSTAT $(timeout 20 cat /run/selfhost/control/zram0/mm_stat | tr -s ' ' ' ')"
     if [ "$DISCARD" = 1 ]; then
         # discards of freed clusters are queued work: wait until the pool holds less than
         # 8 MiB of data (the hog is gone; the rest of the guest swaps little), or 60 s
         t0=$(cut -d' ' -f1 /proc/uptime) mm=
         for _ in $(seq 60); do
-            mm=$(timeout 20 cat /run/selfhost/control/mm_stat | tr -s ' ' ' ')
+            mm=$(timeout 20 cat /run/selfhost/control/zram0/mm_stat | tr -s ' ' ' ')
             [ "${mm%% *}" -lt $((8 << 20)) ] 2>/dev/null && break
             sleep 1
         done
         echo "SELFHOST_MMSTAT_SETTLED $(awk -v a="$t0" '{printf "%.0f", $1-a}' /proc/uptime)s $mm"
     fi
-    timeout 20 cat /run/selfhost/control/mem_stat 2>/dev/null | sed 's/^/SELFHOST: mem_stat /'
+    timeout 20 cat /run/selfhost/control/zram0/mem_stat 2>/dev/null | sed 's/^/SELFHOST: mem_stat /'
     [ -f "$SLOG" ] && timeout 5 tail -n 5 "$SLOG" | sed 's/^/SELFHOST: zramd.log /'
 fi
 say "$(grep -E '^(MemFree|SwapFree|Mlocked)' /proc/meminfo | tr -s ' \n' ' ')"
