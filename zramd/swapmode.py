@@ -8,30 +8,20 @@ waits for itself. Locking what it already has, or PR_SET_IO_FLUSHER alone, does 
 request path must touch no memory it has not touched, and locked, before. Each measure and
 what it costs:
 
-==========================  ==========================================  ====================
-measure                     what it does                                cost
-==========================  ==========================================  ====================
-pool reserve                ``Pool.lock_frames``: ``reserve_bytes`` of  the reserve is
-                            frames faulted in and mlocked at disksize;  locked RAM, used or
-                            a store beyond them fails with ENOSPC at    not, that nothing
-                            once; freed frames stay (no madvise)        else can have
-slot table                  ``Core.lock_table``: 16 bytes per page of   disksize / 256
-                            the disk, locked
-serving threads             ``Core.prepare_thread`` at connection open  ~MAX_REQUEST*3/1024
-                            (scratch for MAX_REQUEST-byte writes, a     per thread + one
-                            warmed stream per thread); PR_SET_IO_FLUSHER codec stream;
-                            (its allocations never start I/O); SCHED_RR a busy thread takes
-                            (its socket replies may dip into the min    95 % of a CPU
-                            watermark's reserve)
-whole process               mlockall(CURRENT|FUTURE|ONFAULT): code,     everything touched
-                            heap, stacks stay; oom_score_adj -1000      stays resident
-heap                        glibc: one arena, no trimming, blocks up    HEAP_WARM bytes kept
-                            to 32 MiB from the heap, HEAP_WARM bytes    free
-                            pre-touched; Python objects from malloc
-                            (PYTHONMALLOC=malloc, ``supervise``)
-log                         never on tmpfs (``check_log``): a console,  none
-                            the journal (stderr), or a disk file
-==========================  ==========================================  ====================
+- pool reserve: ``Pool.lock_frames`` faults in and mlocks ``reserve_bytes`` of frames at
+  disksize; a store beyond them fails with ENOSPC at once; freed frames stay (no madvise).
+  Cost: the reserve is locked RAM, used or not, that nothing else can have.
+- slot table: ``Core.lock_table``, 16 bytes per page of the disk, locked.
+- serving threads, at connection open: ``Core.prepare_thread`` (scratch for MAX_REQUEST-byte
+  writes, a warmed stream and stack), PR_SET_IO_FLUSHER (their allocations never start I/O)
+  and SCHED_RR (their socket replies may dip into the min watermark's reserve). Cost: a busy
+  serving thread may take 95 % of a CPU from ordinary tasks.
+- whole process: mlockall(CURRENT|FUTURE|ONFAULT), so code, heap and stacks stay once
+  touched; oom_score_adj -1000.
+- heap: glibc with one arena, no trimming, blocks up to 32 MiB from the heap, HEAP_WARM bytes
+  pre-touched and kept free; Python objects from malloc (PYTHONMALLOC=malloc, set by
+  ``supervise``).
+- log: never on tmpfs (``check_log``): a console, the journal (stderr), or a disk file.
 
 This module is the policy: the C halves are ``zs_lock_frames`` (zsmalloc.c),
 ``zram_lock_table`` / ``zram_prepare_thread`` (zram.c) and ``lock_all`` / ``set_io_flusher``
