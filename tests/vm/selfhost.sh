@@ -903,7 +903,8 @@ else
         t0=$(cut -d' ' -f1 /proc/uptime) mm=
         for _ in $(seq 60); do
             mm=$(timeout 20 cat /run/selfhost/control/zram0/mm_stat | tr -s ' ' ' ')
-            [ "${mm%% *}" -lt $((8 << 20)) ] 2>/dev/null && break
+            o=$(echo $mm | cut -d" " -f1)  # mm_stat pads its fields: a leading blank
+            [ "${o:-x}" -lt $((8 << 20)) ] 2>/dev/null && break
             sleep 1
         done
         echo "SELFHOST_MMSTAT_SETTLED $(awk -v a="$t0" '{printf "%.0f", $1-a}' /proc/uptime)s $mm"
