@@ -132,6 +132,33 @@ def test_thread_runs_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
     dev.reset()
 
 
+def test_the_thread_survives_a_failing_check() -> None:
+    """An exception in a check (here: PSI unreadable in an unexpected way) is reported and
+    counted; the thread goes on checking, and compacts once the cause is gone."""
+    dev = sparse_device(8192)
+    dev.set_auto_compact(interval=0.01, min_bytes=1 << 40)  # only pressure can trigger it
+    failing = True
+    reports: list[str] = []
+
+    def pressure() -> bool:
+        if failing:
+            raise OSError(5, "Input/output error")
+        return True
+
+    s = Shrinker(dev, pressure=pressure, report=reports.append)
+    s.start()
+    wait_for(lambda: s.failures >= 3, what="three failed checks")
+    assert s._thread is not None
+    assert s._thread.is_alive()
+    assert reports[0] == (
+        "zramd: background compaction failed, will retry: OSError: [Errno 5] Input/output error"
+    )
+    failing = False
+    wait_for(lambda: dev.compact_stat().auto_runs, what="a compaction after the failures")
+    s.stop()
+    dev.reset()
+
+
 def test_uninitialised_device_is_left_alone() -> None:
     assert Shrinker(ZramDevice()).scan() == 0
 

@@ -17,11 +17,12 @@ from typing import Any, TypeVar
 import click
 
 import zramd
-from zramd import attach, daemon, supervise, units, zramctl
+from zramd import attach, daemon, supervise, swapmode, units, zramctl
 from zramd.compress import DEFAULT, available
 from zramd.devices import MAX_DEVICES, device_name
 from zramd.errors import ServeError, ZramdError
 from zramd.genconf import Config
+from zramd.native import why_not_native
 from zramd.parse import parse_size
 from zramd.runstate import (
     Server,
@@ -158,6 +159,13 @@ _device = _parsed(lambda value, name: zramctl.parse_device(value))
     "elsewhere attach them).",
 )
 @click.option(
+    "--swap",
+    is_flag=True,
+    help="Serve as this host's own swap: each device locks a pool reserve (--mem-limit, else "
+    "half the disk) and its slot table, and the server mlocks itself; writes beyond the reserve "
+    "fail with ENOSPC. Needs root (CAP_IPC_LOCK, CAP_SYS_RESOURCE); use swapon --discard.",
+)
+@click.option(
     "--foreground",
     "-f",
     is_flag=True,
@@ -186,6 +194,7 @@ def serve(
     threads: int,
     config_file: Path | None,
     no_attach: bool,
+    swap: bool,
     foreground: bool,
 ) -> None:
     """Serve compressed RAM block devices over NBD on a Unix socket (owner only), or over TCP
@@ -206,6 +215,9 @@ def serve(
             _err(f"zramd: warning: {config_file} configures no device: serving none")
     elif no_attach:
         raise click.UsageError("--no-attach goes with --config")
+    swap = swap or (config is not None and config.swap)
+    if swap:
+        _check_swap(threads)
     nbdkit = supervise.check_nbdkit()
     tls_opts = supervise.tls_args(tls, tls_certificates, tls_psk, tls_verify_peer)
     if tcp is not None and sock is not None:
@@ -215,6 +227,8 @@ def serve(
     control = None if no_control else (control or default_control()).absolute()
     pidfile = (pidfile or default_pidfile()).absolute()
     logfile = None if foreground else (logfile or default_log()).absolute()
+    if swap and logfile is not None:
+        swapmode.check_log(logfile)
     supervise.prepare_paths(run, sock, pidfile, logfile, control)
     if tcp is None:
         listen = ["-U", str(sock)]
@@ -242,6 +256,8 @@ def serve(
     else:
         keys = [f"devices={devices}", f"size={size}", f"comp_algorithm={algorithm}"]
     keys.append(f"auto_compact={auto_compact}")
+    if swap:
+        keys.append("swap=true")
     if level is not None:
         keys.append(f"level={level}")
     if mem_limit is not None:
@@ -252,7 +268,7 @@ def serve(
     if recomp_algorithm is not None:
         keys.append(f"recomp_algorithm={recomp_algorithm}")
     opts = supervise.ServeOptions(
-        nbdkit, listen, pidfile, sock, control, logfile, threads, tls_opts, keys, foreground
+        nbdkit, listen, pidfile, sock, control, logfile, threads, tls_opts, keys, foreground, swap
     )
     tell = daemon.Notifier(_err)
     with daemon.Signals() as signals:
@@ -279,6 +295,23 @@ def serve(
                 daemon.tear_down(record, log=_log)
             daemon.stop_started(running, _err)
             raise click.ClickException("interrupted: the server is stopped")
+
+
+def _check_swap(threads: int) -> None:
+    """What --swap needs before anything starts: one thread per connection (the thread that
+    open() prepared serves every request), the C data path and the privileges to lock."""
+    if threads != 1:
+        raise click.UsageError(
+            f"--swap serves each connection in the thread its open prepared: --threads {threads} "
+            "cannot go with it (use 1, the default)"
+        )
+    why = why_not_native()
+    if why is not None:
+        raise click.ClickException(f"--swap needs the C data path: {why}")
+    swapmode.check_privileges()
+    warning = swapmode.min_free_warning()
+    if warning is not None:
+        _err(f"zramd: warning: {warning}")
 
 
 def _check_config_options(
@@ -375,6 +408,8 @@ def _print_serving(
     info.append(f"  data path:   {supervise.data_path()}")
     if config is not None:
         info.append(f"  status:      {status}")
+    if "swap=true" in running.options.plugin_keys:
+        info.append("  swap mode:   reserve and server locked; swapon --discard frees pool memory")
     if logfile is not None:
         info.append(f"  log:         {logfile}      stop: zramd stop")
     click.echo("\n".join(info))

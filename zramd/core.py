@@ -58,6 +58,7 @@ change under their stripe's lock and are summed on demand.
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from array import array
@@ -69,6 +70,7 @@ from zramd.errors import (
     CorruptionError,
     InvalidIOError,
     MemLimitError,
+    MemoryLockError,
     PoolExhaustedError,
     ZramdError,
 )
@@ -1032,6 +1034,18 @@ class ZramCore:
             return True
         finally:
             self._leave()
+
+    def lock_table(self) -> None:
+        """Not in the Python core: a locked slot table serves swap, and this core's loops
+        allocate Python objects on every request (MemoryLockError, EOPNOTSUPP)."""
+        raise MemoryLockError(
+            "lock_table: only the C core (zramd._zram) can be locked", errno.EOPNOTSUPP
+        )
+
+    def prepare_thread(self, max_bytes: int) -> None:
+        """Nothing to prepare here (see ``lock_table``); ValueError for a negative size."""
+        if max_bytes < 0:
+            raise ValueError(f"prepare_thread({max_bytes}): a negative length")
 
     def slot(self, index: int) -> tuple[int, int, int]:
         """(handle, flags, actime) of slot ``index`` (tests and debugging)."""

@@ -103,6 +103,18 @@ class CoreAPI(Protocol):
     def slot(self, index: int, /) -> tuple[int, int, int]:
         """(handle, flags, actime) of one slot (tests and debugging)."""
 
+    # -- swap mode (swapmode.py) -------------------------------------------------------------
+
+    def lock_table(self) -> None:
+        """Fault in and mlock the slot table, so that no request waits for its pages.
+        MemoryLockError with mlock's errno (ENOMEM, EPERM); EOPNOTSUPP for the Python core,
+        whose loops allocate on every request anyway."""
+
+    def prepare_thread(self, max_bytes: int, /) -> None:
+        """Ready the calling thread to serve writes of up to ``max_bytes`` with no allocation:
+        its scratch grown and touched, a warmed compression stream kept for it. ValueError
+        for a negative size. The Python core has nothing to prepare (a no-op)."""
+
     def close(self) -> None:
         """Refuse new calls, wait for those in flight, free the table."""
 

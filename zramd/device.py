@@ -44,6 +44,7 @@ mem_limit and the auto_compact policy are single values, stored and read without
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -60,6 +61,7 @@ from zramd.errors import (
     DeviceBusyError,
     InvalidIOError,
     InvalidValueError,
+    MemoryLockError,
     NoDeviceError,
     OutOfRangeError,
     TryAgainError,
@@ -73,6 +75,7 @@ from zramd.recompress import priorities, recompress
 from zramd.shrinker import AutoCompact
 from zramd.size_class import DEFAULT_CHAIN_SIZE
 from zramd.stats import BdStat, CompactStat, DebugStat, IoStat, MemStat, MmStat
+from zramd.swapmode import reserve_bytes
 from zramd.writeback import WritebackSettings, writeback
 from zramd.zcomp import ZRAM_MAX_COMPS, ZRAM_SECONDARY_COMP, AlgorithmConfig, Comps
 
@@ -189,6 +192,7 @@ class ZramDevice:
         chain: int = DEFAULT_CHAIN_SIZE,
         clock: Callable[[], float] = time.monotonic,
         native: bool | None = None,
+        swap: bool = False,
     ) -> None:
         lookup(comp_algorithm)
         self._lock = threading.Lock()
@@ -206,6 +210,8 @@ class ZramDevice:
         self.wb = WritebackSettings()  #: writeback_limit(_enable), writeback_batch_size
         self.auto_compact = AutoCompact()  #: background compaction policy and counters
         self.openers = 0  #: open connections (the plugin counts them); reset needs none
+        #: swap mode (swapmode.py): disksize locks a reserve of pool frames and the slot table
+        self.swap = swap
         self._bind(_Unset())
 
     def _bind(self, io: CoreAPI | _Unset) -> None:
@@ -247,10 +253,47 @@ class ZramDevice:
             arena = min(2 * nbytes + ARENA_SLACK, (MAX_FRAMES - 1) * PAGE_SIZE)
             pool = new_pool(arena, chain=self._chain, native=self.native)
             backing = self._backing
-            core = self._new_core(nbytes >> PAGE_SHIFT, pool, comps, backing)
+            try:
+                if self.swap:
+                    self._lock_pool(pool, nbytes, arena)
+                core = self._new_core(nbytes >> PAGE_SHIFT, pool, comps, backing)
+            except BaseException:
+                pool.close()
+                raise
+            try:
+                if self.swap:
+                    core.lock_table()
+            except BaseException:
+                core.close()
+                pool.close()
+                raise
             core.set_mem_limit(self._limit_pages)
             self._state = _State(nbytes, pool, comps, core, backing)
             self._bind(core)
+
+    def _lock_pool(self, pool: PoolAPI, disksize: int, arena: int) -> None:
+        """Swap mode: lock the pool's reserve (``swapmode.reserve_bytes``; never more than the
+        arena). MemoryLockError (ENOMEM) when it is more than the memory available, or with
+        mlock's errno."""
+        reserve = min(reserve_bytes(disksize, self.mem_limit), arena)
+        available = _mem_available()
+        if available is not None and reserve >= available:
+            raise MemoryLockError(
+                f"disksize: swap mode locks a pool reserve of {reserve >> 20} MiB "
+                f"({'mem_limit' if self.mem_limit else 'disksize / 2'}), and only "
+                f"{available >> 20} MiB are available: set a smaller mem_limit first",
+                errno.ENOMEM,
+            )
+        pool.lock_frames(reserve >> PAGE_SHIFT)
+
+    def prepare_thread(self, max_bytes: int) -> None:
+        """Ready the calling thread to serve writes of up to ``max_bytes`` with no allocation
+        (``CoreAPI.prepare_thread``; swap mode, at connection open). Nothing before init."""
+        try:
+            with self._initialised("prepare_thread") as st:
+                st.core.prepare_thread(max_bytes)
+        except InvalidValueError:
+            return
 
     def _new_core(
         self, pages: int, pool: PoolAPI, comps: Comps, backing: BackingDevice | None
@@ -673,6 +716,18 @@ class ZramDevice:
         """Raw flags of slot ``index`` (tests and debugging)."""
         with self._initialised("slot_flags") as st:
             return st.core.slot(index)[1]
+
+
+def _mem_available(meminfo: str = "/proc/meminfo") -> int | None:
+    """MemAvailable in bytes, or None when it cannot be read."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _rss_bytes() -> int:

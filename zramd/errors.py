@@ -23,6 +23,25 @@ class PoolExhaustedError(ZramdError):
     errno = _errno.ENOSPC
 
 
+class MemoryLockError(ZramdError):
+    """Memory could not be locked (swap mode: ``mlock``, ``mlockall``); ``errno`` is the
+    system's (ENOMEM for RLIMIT_MEMLOCK or no memory, EPERM without CAP_IPC_LOCK, EBUSY for a
+    pool already in use)."""
+
+    def __init__(self, message: str, code: int = _errno.ENOMEM) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+class SwapModeError(ZramdError):
+    """Swap mode cannot be had here (``swapmode.py``): a missing privilege or data path, a log
+    on tmpfs. The message says what is missing and how to get it; ``errno`` is the system's."""
+
+    def __init__(self, message: str, code: int = _errno.EPERM) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
 class MemLimitError(ZramdError):
     """A write would take the pool over ``mem_limit``, even after direct compaction."""
 

@@ -44,6 +44,10 @@ and the obsolete ``memory-limit`` (= host-memory-limit), ``zram-fraction`` and
 ``min(int(fraction * ram), max)`` MiB, fraction 0.5 and no maximum by default (zram-generator's
 code; its man page still says 4096). A device whose size comes out as 0 is skipped.
 
+zramd's own settings for the server go in a ``[zramd]`` section (zram-generator skips it with
+a warning): ``swap = yes`` serves the devices as this host's own swap (``zramd serve --swap``,
+``swapmode.py``); its values are yes/no, true/false, on/off, 1/0.
+
 ``set!NAME = PROGRAM`` outside any section runs ``/bin/sh -c PROGRAM`` when the file is read,
 as zram-generator does, and evaluates its output as an expression that later sizes may use as
 ``NAME``. zramd runs it only from a file owned by root (or by the reading user) that nobody
@@ -81,6 +85,10 @@ BASE_DIRS = ("usr/lib", "usr/local/lib", "etc", "run")
 GENERATOR_CONF = "systemd/zram-generator.conf"
 
 _SECTION = re.compile(r"zram(0|[1-9][0-9]*)\Z")
+#: the section of zramd's own server settings
+SERVER_SECTION = "zramd"
+_TRUE = ("yes", "true", "on", "1")
+_FALSE = ("no", "false", "off", "0")
 _ALGORITHM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _PARAM = re.compile(r"[^\s,()]+\Z")
 _FS_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
@@ -154,6 +162,7 @@ class Config:
     files: tuple[Path, ...]
     ram_mib: int
     messages: tuple[str, ...] = ()
+    swap: bool = False  #: ``[zramd] swap``: serve as this host's own swap
 
     def device(self, name: str) -> DeviceConfig | None:
         return next((d for d in self.devices if d.name == name), None)
@@ -499,6 +508,7 @@ def read_config(
     messages: list[str] = []
     variables: dict[str, float] = {"ram": float(ram_mib)}
     sections: dict[str, _Section] = {}
+    swap = False
     for path in paths:
         for line in _read_lines(path):
             if line.section is None:
@@ -509,6 +519,10 @@ def read_config(
                     messages.append(f"{line.where()}: unknown operation {op}, ignored")
                 else:
                     messages.append(f"{line.where()}: a key outside any section, ignored")
+                continue
+            if line.section == SERVER_SECTION:
+                if line.key:
+                    swap = _server_key(line, messages, swap)
                 continue
             if not _SECTION.match(line.section):
                 if re.fullmatch(r"zram[0-9]+", line.section):
@@ -526,7 +540,20 @@ def read_config(
         device = _device(section, variables, ram_mib, messages)
         if device is not None:
             devices.append(device)
-    return Config(tuple(devices), tuple(paths), ram_mib, tuple(messages))
+    return Config(tuple(devices), tuple(paths), ram_mib, tuple(messages), swap)
+
+
+def _server_key(line: _Line, messages: list[str], swap: bool) -> bool:
+    """One key of the ``[zramd]`` section: the new ``swap`` setting (others: a warning)."""
+    if line.key != "swap":
+        messages.append(f"{line.where()}: unknown key, ignored")
+        return swap
+    value = line.value.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{line.where()}: expected yes or no")
 
 
 def _device(

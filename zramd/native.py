@@ -17,7 +17,7 @@ from zramd.size_class import DEFAULT_CHAIN_SIZE
 
 #: the version of zramd/csrc's Python interface this code expects (module.c's ABI_VERSION);
 #: a stale build is not used
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 def native_module() -> ModuleType | None:

@@ -58,13 +58,14 @@ the same handles, locations, statistics and errors (``pool_api.PoolAPI`` is the 
 
 from __future__ import annotations
 
+import errno
 import sys
 import threading
 from collections.abc import Iterable, Sequence
 
 from zramd._types import BytesLike
 from zramd.compaction import Compactor
-from zramd.errors import CorruptionError, InvalidHandleError, PoolExhaustedError
+from zramd.errors import CorruptionError, InvalidHandleError, MemoryLockError, PoolExhaustedError
 from zramd.frames import MAX_FRAMES, RELEASE_BATCH, FrameArena
 from zramd.page import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from zramd.size_class import (
@@ -574,6 +575,18 @@ class ZsPool:
             zspages_seen += len(per_zspage)
         assert zs.count == zspages_seen, (zs.count, zspages_seen)
         assert self.total_pages == frames, (self.total_pages, frames)
+
+    @property
+    def locked_frames(self) -> int:
+        """Always 0: the Python pool is never locked (``lock_frames``)."""
+        return 0
+
+    def lock_frames(self, frames: int, /) -> None:
+        """Not in the Python reference: a locked pool (swap mode) is the C pool's alone, since
+        this pool's own loops allocate Python objects on every call."""
+        raise MemoryLockError(
+            "lock_frames: only the C pool (zramd._zram) can be locked", errno.EOPNOTSUPP
+        )
 
     def close(self) -> None:
         """Unmap everything; every handle becomes invalid. Idempotent."""

@@ -107,6 +107,18 @@ class PoolAPI(Protocol):
         """Cross-check every structure; CorruptionError naming the first mismatch. Exact on
         an idle pool; for tests (it visits every object)."""
 
+    @property
+    def locked_frames(self) -> int:
+        """Frames ``lock_frames`` locked; 0 for a pool that is not locked."""
+
+    def lock_frames(self, frames: int, /) -> None:
+        """Swap mode: fault in and mlock the first ``frames`` frames and the metadata they can
+        need, cap the pool at them (a store beyond fails with PoolExhaustedError and touches
+        no new memory) and keep freed frames resident. Only on a pool that has stored nothing.
+        MemoryLockError (EBUSY for a used or locked pool, else mlock's errno: ENOMEM, EPERM)
+        or ValueError for ``frames`` outside the arena. The Python pool cannot lock: it
+        raises MemoryLockError (EOPNOTSUPP)."""
+
     def close(self) -> None:
         """Unmap everything; every handle becomes invalid. Idempotent."""
 

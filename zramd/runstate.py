@@ -336,9 +336,10 @@ def _own_regular(fd: int, path: Path, what: str) -> None:
         raise RunStateError(f"{what} {path} is {describe(st)}: not yours to write; left alone")
 
 
-def open_log(path: Path) -> int:
+def open_log(path: Path, *, device_ok: bool = False) -> int:
     """Open (create 0600, or append to) the server log; the descriptor. A symlink at ``path``
-    or a file someone else owns is refused (RunStateError)."""
+    or a file someone else owns is refused (RunStateError); ``device_ok`` lets a character
+    device through (a console or /dev/kmsg: swap mode's logs, which must not be on tmpfs)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
     try:
         fd = os.open(path, flags | os.O_NONBLOCK, 0o600)
@@ -348,7 +349,8 @@ def open_log(path: Path) -> int:
                 f"--log {path} is a symbolic link: zramd does not follow it (remove it)"
             ) from None
         raise RunStateError(f"--log {path}: cannot open it: {e.strerror}") from None
-    _own_regular(fd, path, "log")
+    if not (device_ok and stat.S_ISCHR(os.fstat(fd).st_mode)):
+        _own_regular(fd, path, "log")
     os.set_blocking(fd, True)
     return fd
 

@@ -7,9 +7,9 @@ their help in ``CONFIG_KEYS``. ``devices=N`` creates zram0..zramN-1 at start, as
 --config`` asks for: one device per ``[zramN]`` section, gaps included). The device keys
 (``size``, ``comp_algorithm``, ``level``, ``mem_limit``, ``backing_dev``, ``recomp_algorithm``)
 configure each of them, and a device added later through ``zram-control/hot_add`` starts
-uninitialised with the kernel's defaults, as the kernel's does. ``chain`` and the
+uninitialised with the kernel's defaults, as the kernel's does. ``chain``, ``swap`` and the
 ``auto_compact*`` keys are the process's own settings and apply to every device, hot-added
-ones too.
+ones too (``swap``: ``swapmode.py``).
 
 Each device is exported under its name (``zram0`` ...); the default export (an empty name) is
 ``zram0``.
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zramd import swapmode
 from zramd.compress import DEFAULT, available
 from zramd.device import ZramDevice
 from zramd.devices import MAX_DEVICES, Devices, Entry, device_name, parse_device_name
@@ -52,6 +53,8 @@ CONFIG_KEYS: dict[str, str] = {
     "auto_compact_percent": "... and at least this % of the pool (default 3)",
     "backing_dev": "file or NBD URI that writeback sends cold pages to (like zram's backing_dev)",
     "recomp_algorithm": "secondary algorithms for recompress, priority 1 first (e.g. zstd,deflate)",
+    "swap": "true to serve as this host's own swap (swapmode.py): each device's pool reserve "
+    "(mem_limit, else disksize / 2) and slot table locked, the process mlocked; needs root",
 }
 
 
@@ -105,6 +108,7 @@ class Settings:
     auto_compact_percent: int | None = None
     backing_dev: str | None = None
     recomp_algorithm: list[str] = field(default_factory=list)
+    swap: bool = False
     seen: set[str] = field(default_factory=set)
 
 
@@ -172,6 +176,8 @@ class Service:
                         choices = " ".join(available())
                         raise ConfigError(f"{key}: {name!r} is not available; choose {choices}")
                 s.recomp_algorithm = names
+            elif key == "swap":
+                s.swap = _bool(key, value)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
@@ -179,7 +185,7 @@ class Service:
         """A device as hot_add makes it: uninitialised, the kernel's defaults (``algorithm``
         aside), the process's chain size and background compaction policy."""
         s = self.settings
-        dev = ZramDevice(algorithm, chain=s.chain)
+        dev = ZramDevice(algorithm, chain=s.chain, swap=s.swap)
         dev.set_auto_compact(
             interval=s.auto_compact,
             min_bytes=s.auto_compact_min,
@@ -191,6 +197,8 @@ class Service:
         """Build the ``devices`` devices, or those of ``device_ids`` (each initialised when
         ``size`` was given)."""
         s = self.settings
+        if s.swap:  # before a pool is locked: say what is missing, not what mlock said
+            swapmode.check_privileges()
         if s.device_ids is not None and "devices" in s.seen:
             raise ConfigError("devices and device_ids: give one or the other")
         count = s.devices if s.device_ids is None else len(s.device_ids)
@@ -248,7 +256,14 @@ class Service:
         dev_id = parse_device_name(export or DEFAULT_EXPORT)
         if dev_id is None:
             raise NoDeviceError(f"no export {export!r}: the exports are zram0, zram1, ...")
-        return self.devices.open(dev_id)
+        device = self.devices.open(dev_id)
+        if self.settings.swap:  # the connection's thread serves it: nothing to allocate later
+            try:
+                swapmode.prepare_thread(device)
+            except BaseException:
+                device.close()  # the opener count open() raised
+                raise
+        return device
 
     def _added(self, entry: Entry) -> None:
         if self._started:
@@ -275,7 +290,11 @@ class Service:
             self.control.check()
 
     def start(self) -> None:
-        """Start the threads (the process that serves: after nbdkit's fork)."""
+        """Start the threads (the process that serves: after nbdkit's fork). In swap mode,
+        first make the process fit to serve swap (``swapmode.protect_process``): the threads
+        started here inherit PR_SET_IO_FLUSHER and find the heap warm."""
+        if self.settings.swap:
+            swapmode.protect_process()
         if self.control is not None:
             self.control.start()
         self._started = True

@@ -12,6 +12,7 @@ device so the control directory's ``auto_compact`` changes it while the thread r
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -82,6 +83,11 @@ def memory_pressure(path: str = PSI_PATH) -> bool:
     return float(fields.get("avg10", "0")) > 0
 
 
+def report_stderr(line: str) -> None:
+    """Where background threads report by default: stderr, the server log."""
+    print(line, file=sys.stderr, flush=True)
+
+
 class Shrinker:
     """Background compaction of one device, following ``device.auto_compact`` (interval,
     thresholds) and counting its work there (``compact_stat``)."""
@@ -91,9 +97,12 @@ class Shrinker:
         device: ZramDevice,
         *,
         pressure: Callable[[], bool] = memory_pressure,
+        report: Callable[[str], None] = report_stderr,
     ) -> None:
         self.device = device
         self.pressure = pressure
+        self.report = report
+        self.failures = 0  #: checks that raised (reported, then the thread went on)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -130,7 +139,16 @@ class Shrinker:
             if self._stop.wait(interval if interval > 0 else IDLE_POLL):
                 return
             if self.device.auto_compact.interval > 0:
-                self.scan()
+                self.check()
+
+    def check(self) -> None:
+        """``scan``, in the thread: an exception is reported and counted, never the thread's
+        end (a device whose compaction failed once still needs it later)."""
+        try:
+            self.scan()
+        except Exception as e:
+            self.failures += 1
+            self.report(f"zramd: background compaction failed, will retry: {type(e).__name__}: {e}")
 
     def stop(self) -> None:
         self._stop.set()

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zramd
-from zramd import notify
+from zramd import notify, swapmode
 from zramd.errors import RunStateError, ServeError
 from zramd.native import why_not_native
 from zramd.runstate import (
@@ -429,6 +429,7 @@ class ServeOptions:
     tls: list[str] = field(default_factory=list)
     plugin_keys: list[str] = field(default_factory=list)
     foreground: bool = False
+    swap: bool = False  #: swap mode: glibc and Python allocate from one warm heap
 
     def argv(self) -> list[str]:
         args = [self.nbdkit, "-f", f"--threads={self.threads}", *self.listen]
@@ -450,6 +451,8 @@ class Running:
 
 def _launch(opts: ServeOptions, log_fd: int | None) -> subprocess.Popen[bytes]:
     env = plugin_env()
+    if opts.swap:
+        env.update(swapmode.MALLOC_ENV)
     if log_fd is None:
         # its own process group: a Ctrl-C reaches serve alone, which takes the devices down
         # before it stops nbdkit (daemon.py)
@@ -479,7 +482,7 @@ def start_server(opts: ServeOptions, timeout: float | None = None) -> Running:
         check_control(opts.control)
     log_fd = None
     if opts.logfile is not None:
-        log_fd = open_log(opts.logfile)
+        log_fd = open_log(opts.logfile, device_ok=opts.swap)
     try:
         claim_pidfile(opts.pidfile)  # last: from here on, a failure cleans up
     except RunStateError:
@@ -502,6 +505,8 @@ def start_server(opts: ServeOptions, timeout: float | None = None) -> Running:
             why = f"not ready within {limit:g} s"
         elif opts.logfile is None:
             why = "see above"
+        elif not opts.logfile.is_file():  # a console: nothing to read back
+            why = "see the log"
         else:
             why = failure_reason(read_log_from(opts.logfile, log_offset))
         if opts.logfile is not None:

@@ -31,7 +31,7 @@ typedef struct {
 } CoreObject;
 
 static PyObject *InvalidIOError, *MemLimitError, *PoolExhaustedError, *CorruptionError,
-    *CompressionError, *InvalidHandleError, *CoreStats;
+    *CompressionError, *InvalidHandleError, *MemoryLockError, *CoreStats;
 
 #define EXTENT_PAGES_MAX (1u << 16) /* one extents() call describes at most 256 MiB */
 
@@ -182,6 +182,20 @@ static int frames_arg(const char *what, PyObject *o, uint64_t *pages)
     if (r > 0)
         PyErr_Format(PyExc_ValueError, "%s: %S pages is out of range", what, o);
     return r ? -1 : 0;
+}
+
+/* MemoryLockError for mlock's negative errno `rc`, naming what and how many MiB. */
+static PyObject *raise_lock_error(int rc, const char *what, unsigned long long mib)
+{
+    PyObject *e = PyObject_CallFunction(MemoryLockError, "Ni",
+                                        PyUnicode_FromFormat("%s (%llu MiB) failed: %s", what,
+                                                             mib, strerror(-rc)),
+                                        -rc);
+    if (e) {
+        PyErr_SetObject(MemoryLockError, e);
+        Py_DECREF(e);
+    }
+    return NULL;
 }
 
 /* Read the blocks `need` lists through backing_read: a bytes object of n pages, or NULL. */
@@ -904,6 +918,40 @@ static PyObject *core_slot(CoreObject *self, PyObject *arg)
     return Py_BuildValue("(KII)", (unsigned long long)handle, flags, actime);
 }
 
+static PyObject *core_lock_table(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!ready(self))
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = zram_lock_table(self->z);
+    Py_END_ALLOW_THREADS
+    if (rc)
+        return raise_lock_error(rc, "lock_table: mlock of the slot table",
+                                (self->pages * 16) >> 20);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_prepare_thread(CoreObject *self, PyObject *arg)
+{
+    if (!ready(self))
+        return NULL;
+    Py_ssize_t max_len = PyLong_AsSsize_t(arg);
+    if (max_len == -1 && PyErr_Occurred())
+        return NULL;
+    if (max_len < 0)
+        return PyErr_Format(PyExc_ValueError, "prepare_thread(%zd): a negative length", max_len);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = zram_prepare_thread(self->z, (size_t)max_len);
+    Py_END_ALLOW_THREADS
+    if (rc == -ENOMEM)
+        return PyErr_NoMemory();
+    if (rc)
+        return raise_rc(self, rc, "prepare_thread", 0, 0);
+    Py_RETURN_NONE;
+}
+
 static PyObject *core_close(CoreObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->z) {
@@ -971,6 +1019,12 @@ static PyMethodDef core_methods[] = {
      "stats($self, /)\n--\n\nThe counters (CoreStats)."},
     {"slot", (PyCFunction)core_slot, METH_O,
      "slot($self, index, /)\n--\n\n(handle, flags, actime) of one slot."},
+    {"lock_table", (PyCFunction)core_lock_table, METH_NOARGS,
+     "lock_table($self, /)\n--\n\nFault in and mlock the slot table (swap mode); MemoryLockError."},
+    {"prepare_thread", (PyCFunction)core_prepare_thread, METH_O,
+     "prepare_thread($self, max_bytes, /)\n--\n\n"
+     "Ready the calling thread to serve writes of up to max_bytes with no allocation\n"
+     "(swap mode)."},
     {"close", (PyCFunction)core_close, METH_NOARGS,
      "close($self, /)\n--\n\nWait for requests in flight; then every call fails."},
     {NULL, NULL, 0, NULL},
@@ -1009,6 +1063,7 @@ static int import_names(void)
         {&InvalidIOError, "InvalidIOError"},         {&MemLimitError, "MemLimitError"},
         {&PoolExhaustedError, "PoolExhaustedError"}, {&CorruptionError, "CorruptionError"},
         {&CompressionError, "CompressionError"},     {&InvalidHandleError, "InvalidHandleError"},
+        {&MemoryLockError, "MemoryLockError"},
     };
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         *names[k].dst = PyObject_GetAttrString(errors, names[k].name);

@@ -25,7 +25,7 @@
 #include "zsmalloc.h"
 
 /* public names of the Python half, imported once by zram_register_pool */
-static PyObject *InvalidHandleError, *CorruptionError, *PoolExhaustedError;
+static PyObject *InvalidHandleError, *CorruptionError, *PoolExhaustedError, *MemoryLockError;
 static PyObject *ClassStat, *PoolStats, *ClassSpec, *ClassTable;
 
 typedef struct {
@@ -581,6 +581,49 @@ static PyObject *Pool_close(PoolObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+static PyObject *Pool_lock_frames(PoolObject *self, PyObject *arg)
+{
+    unsigned long long frames = PyLong_AsUnsignedLongLong(arg);
+    if (frames == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    int err;
+    WITHOUT_GIL(self, err, zs_lock_frames(self->pool, frames));
+    if (!err)
+        Py_RETURN_NONE;
+    if (err == -EINVAL) {
+        struct zs_pool_stats ps;
+        if (pool_snapshot(self, &ps, NULL) < 0)
+            return NULL;
+        return PyErr_Format(PyExc_ValueError, "lock_frames(%llu): the arena has 1..%llu frames",
+                            frames, (unsigned long long)ps.frames_reserved - 1);
+    }
+    PyObject *msg;
+    if (err == -EBUSY)
+        msg = PyUnicode_FromString("lock_frames: the pool is locked already, or in use");
+    else
+        msg = PyUnicode_FromFormat("lock_frames: mlock of %llu MiB failed: %s (it needs "
+                                   "CAP_IPC_LOCK or an RLIMIT_MEMLOCK that large, and the memory)",
+                                   (frames + 255) >> 8, strerror(-err));
+    PyObject *e = msg ? PyObject_CallFunction(MemoryLockError, "Oi", msg, -err) : NULL;
+    Py_XDECREF(msg);
+    if (e) {
+        PyErr_SetObject(MemoryLockError, e);
+        Py_DECREF(e);
+    }
+    return NULL;
+fail:
+    return NULL;
+}
+
+static PyObject *Pool_get_locked_frames(PoolObject *self, void *Py_UNUSED(closure))
+{
+    if (pool_enter(self) < 0)
+        return NULL;
+    uint64_t frames = zs_locked_frames(self->pool);
+    pool_leave(self);
+    return PyLong_FromUnsignedLongLong(frames);
+}
+
 /* A pool counter, read with no class lock. */
 static PyObject *counter(PoolObject *self, size_t field)
 {
@@ -758,6 +801,11 @@ static PyMethodDef Pool_methods[] = {
      "check($self, /)\n--\n\n"
      "Walk every structure and cross-check it; CorruptionError naming the first mismatch.\n"
      "Exact on an idle pool. For tests: it visits every object."},
+    {"lock_frames", (PyCFunction)Pool_lock_frames, METH_O,
+     "lock_frames($self, frames, /)\n--\n\n"
+     "Fault in and mlock the first `frames` frames (and their metadata), cap the pool at\n"
+     "them and keep freed frames resident (a swap device's pool; zsmalloc.h). Only on a pool\n"
+     "that has stored nothing: MemoryLockError (EBUSY) otherwise, or with mlock's errno."},
     {"close", (PyCFunction)Pool_close, METH_NOARGS,
      "close($self, /)\n--\n\n"
      "Unmap everything once calls in flight are done; every handle becomes invalid and\n"
@@ -780,6 +828,8 @@ static PyGetSetDef Pool_getset[] = {
      COUNTER(pages_compacted)},
     {"bytes_moved", (getter)Pool_get_counter, NULL,
      "Object bytes (headers included) copied by compaction.", COUNTER(bytes_moved)},
+    {"locked_frames", (getter)Pool_get_locked_frames, NULL,
+     "Frames lock_frames locked (0: not locked).", NULL},
     {"max_slice_ns", (getter)Pool_get_counter, NULL,
      "Longest class-lock hold of a gentle compaction slice.", COUNTER(max_slice_ns)},
     {NULL, NULL, NULL, NULL, NULL},
@@ -839,10 +889,11 @@ static int import_names(const char *module_name, const char *const *names, PyObj
 int zram_register_pool(PyObject *module)
 {
     static const char *const errors[] = {"InvalidHandleError", "CorruptionError",
-                                         "PoolExhaustedError", NULL};
+                                         "PoolExhaustedError", "MemoryLockError", NULL};
     static const char *const stats[] = {"ClassStat", "PoolStats", NULL};
     static const char *const size_class[] = {"ClassSpec", "ClassTable", NULL};
-    PyObject **error_out[] = {&InvalidHandleError, &CorruptionError, &PoolExhaustedError};
+    PyObject **error_out[] = {&InvalidHandleError, &CorruptionError, &PoolExhaustedError,
+                              &MemoryLockError};
     PyObject **stats_out[] = {&ClassStat, &PoolStats};
     PyObject **size_class_out[] = {&ClassSpec, &ClassTable};
     if (import_names("zramd.errors", errors, error_out) < 0

@@ -338,6 +338,40 @@ void zcomp_stream_put(struct zcomp *comp, struct zcomp_strm *zstrm)
         strm_free(comp, zstrm);
 }
 
+int zcomp_reserve_streams(struct zcomp *comp, unsigned int n)
+{
+    unsigned char page[ZCOMP_PAGE_SIZE], back[ZCOMP_PAGE_SIZE];
+    struct zcomp_strm *held = NULL;
+    int rc = 0;
+
+    /* a page with matches and literals, so each library runs its whole path */
+    for (size_t i = 0; i < sizeof(page); i++)
+        page[i] = (unsigned char)(i % 251 < 128 ? i / 64 : i * 7919 >> 3);
+    if (n > ZCOMP_MAX_IDLE)
+        n = ZCOMP_MAX_IDLE;
+    /* hold n at once, so that n exist; those that existed are warmed again, harmlessly */
+    for (unsigned int got = 0; got < n; got++) {
+        struct zcomp_strm *zstrm = zcomp_stream_get(comp);
+        unsigned int len;
+
+        if (!zstrm) {
+            rc = -ENOMEM;
+            break;
+        }
+        if (zcomp_compress(comp, zstrm, page, &len) == 0 && len <= ZCOMP_PAGE_SIZE)
+            (void)zcomp_decompress(comp, zstrm, zstrm->buffer, len, back);
+        zstrm->next = held;
+        held = zstrm;
+    }
+    while (held) {
+        struct zcomp_strm *next = held->next;
+
+        zcomp_stream_put(comp, held);
+        held = next;
+    }
+    return rc;
+}
+
 size_t zcomp_compress_bound(const struct zcomp *comp, size_t src_len)
 {
     return comp->be->ops->compress_bound(&comp->params, src_len);

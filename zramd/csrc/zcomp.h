@@ -155,6 +155,10 @@ void zcomp_stream_counts(struct zcomp *comp, unsigned int *total, unsigned int *
 /* An idle stream, or a new one; NULL only when memory runs out. Never blocks on others. */
 struct zcomp_strm *zcomp_stream_get(struct zcomp *comp);
 void zcomp_stream_put(struct zcomp *comp, struct zcomp_strm *zstrm);
+/* Make sure `n` streams exist (at most ZCOMP_MAX_IDLE), each run once through a compression
+ * and a decompression so that libraries that allocate their workspace on first use (zstd)
+ * have done so; they wait idle. 0 or -ENOMEM. */
+int zcomp_reserve_streams(struct zcomp *comp, unsigned int n);
 
 /*
  * Compress the ZCOMP_PAGE_SIZE bytes at src into zstrm->buffer; *dst_len is the compressed

@@ -64,6 +64,8 @@ struct zram_core {
     _Atomic uint64_t failed_reads, failed_writes;
     _Atomic uint64_t direct_runs, direct_freed;
 
+    _Atomic unsigned prepared; /* threads zram_prepare_thread readied: streams kept for each */
+
     /* gate: requests in flight; close() sets closing and waits for the count to drain */
     _Atomic long active;
     _Atomic int closing;
@@ -83,16 +85,22 @@ struct zram_core {
 
 /* -- per-thread scratch ---------------------------------------------------------------------
  * Buffers a request needs, kept per thread (nbdkit runs one or a few threads per connection)
- * and grown to the largest request seen, so the request path does not allocate. */
+ * and grown to the largest write seen (zram_prepare_thread grows it up front), so the request
+ * path does not allocate. Discard and write-zeroes need no per-page arrays. */
+
+/* Old objects a write replaces are freed once its stripe locks are dropped, in one batch; a
+ * request replacing more frees each full batch under the locks (stripe -> pool is the lock
+ * order), so the list never grows. */
+#define STALE_MAX 256
 
 struct scratch {
     unsigned char objs[STRIPE_PAGES][PAGE]; /* one stripe's objects, copied out */
     uint32_t objsize[STRIPE_PAGES];
     unsigned char page[PAGE]; /* an edge page being patched */
-    uint64_t *values;         /* per page of a request: new handle or fill word */
+    uint64_t *values;         /* per page of a write: new handle or fill word */
     uint32_t *vflags;         /* ... and its flags (0: empty the slot) */
-    uint64_t *stale;          /* handles to free once the locks are dropped */
-    size_t cap, nstale, stale_cap;
+    size_t cap, nstale;
+    uint64_t stale[STALE_MAX]; /* handles to free once the locks are dropped */
 };
 
 static pthread_key_t scratch_key;
@@ -105,7 +113,6 @@ static void scratch_free(void *p)
         return;
     free(s->values);
     free(s->vflags);
-    free(s->stale);
     free(s);
 }
 
@@ -138,18 +145,13 @@ static struct scratch *scratch_get(size_t pages)
     return s;
 }
 
-static int stale_push(struct scratch *s, uint64_t handle)
+static void stale_push(struct zram_core *z, struct scratch *s, uint64_t handle)
 {
-    if (s->nstale == s->stale_cap) {
-        size_t cap = s->stale_cap ? 2 * s->stale_cap : 64;
-        uint64_t *p = realloc(s->stale, cap * sizeof *p);
-        if (!p)
-            return -ENOMEM;
-        s->stale = p;
-        s->stale_cap = cap;
+    if (s->nstale == STALE_MAX) {
+        zs_free_many(z->pool, s->nstale, s->stale, NULL);
+        s->nstale = 0;
     }
     s->stale[s->nstale++] = handle;
-    return 0;
 }
 
 /* -- lifecycle ------------------------------------------------------------------------------ */
@@ -243,6 +245,56 @@ void zram_destroy(struct zram_core *z)
 }
 
 uint64_t zram_pages(const struct zram_core *z) { return z->pages; }
+
+int zram_lock_table(struct zram_core *z)
+{
+    /* mlock faults every page in (a write fault: private pages of our own), then keeps them */
+    if (mlock(z, sizeof *z) != 0)
+        return -errno;
+    if (z->map_bytes && mlock(z->handle, z->map_bytes) != 0) {
+        int err = errno;
+        munlock(z, sizeof *z);
+        return -err;
+    }
+    return 0;
+}
+
+/* Stack a serving thread may use below its prepare call (a request's C and Python frames):
+ * touched up front, so that under mlockall those pages are resident and locked already. */
+#define PREPARE_STACK (128 << 10)
+
+static void __attribute__((noinline)) touch_stack(void)
+{
+    unsigned char room[PREPARE_STACK];
+    memset(room, 0, sizeof room);
+    __asm__ volatile("" : : "r"(room) : "memory"); /* the stores are not optimised away */
+}
+
+int zram_prepare_thread(struct zram_core *z, size_t max_len)
+{
+    int rc = gate_enter(z);
+    if (rc)
+        return rc;
+    /* a write of max_len bytes at any offset covers at most this many whole pages */
+    struct scratch *s = scratch_get(max_len / PAGE + 1);
+    if (!s) {
+        gate_leave(z);
+        return -ENOMEM;
+    }
+    /* calloc and realloc may hand out pages never touched: touch them all now */
+    memset(s->objs, 0, sizeof s->objs);
+    memset(s->page, 0, sizeof s->page);
+    memset(s->stale, 0, sizeof s->stale);
+    memset(s->values, 0, s->cap * sizeof *s->values);
+    memset(s->vflags, 0, s->cap * sizeof *s->vflags);
+    touch_stack();
+    unsigned threads = atomic_fetch_add(&z->prepared, 1) + 1;
+    for (int p = 0; p < ZRAM_MAX_COMPS && !rc; p++)
+        if (z->comps[p])
+            rc = zcomp_reserve_streams(z->comps[p], threads);
+    gate_leave(z);
+    return rc;
+}
 
 static inline pthread_mutex_t *stripe_lock(struct zram_core *z, uint64_t index)
 {
@@ -489,13 +541,12 @@ static void free_encoded(struct zram_core *z, const uint64_t *values, const uint
 
 /* zram_free_page for slot i (stripe lock held): counters, and what the old contents held:
  * its pool object goes on the scratch's stale list, its backing block on the freed queue. */
-static int free_slot(struct zram_core *z, struct scratch *s, uint64_t i)
+static void free_slot(struct zram_core *z, struct scratch *s, uint64_t i)
 {
     uint32_t old = z->flags[i];
     if (!(old & STORED_MASK))
-        return 0;
+        return;
     struct zram_stripe_stat *ss = stripe_stat(z, i);
-    int rc = 0;
     if (old & ZRAM_SAME) {
         ss->same--;
     } else if (old & ZRAM_WB) {
@@ -513,7 +564,7 @@ static int free_slot(struct zram_core *z, struct scratch *s, uint64_t i)
         /* else: the block stays marked in use on the store (leaked, never corrupted) */
         pthread_mutex_unlock(&z->freed_lock);
     } else {
-        rc = stale_push(s, z->handle[i]);
+        stale_push(z, s, z->handle[i]);
         ss->compr -= old & ZRAM_SIZE_MASK;
         if (old & ZRAM_HUGE)
             ss->huge--;
@@ -522,11 +573,9 @@ static int free_slot(struct zram_core *z, struct scratch *s, uint64_t i)
     z->handle[i] = 0;
     z->flags[i] = 0;
     z->actime[i] = 0;
-    return rc;
 }
 
-/* Switch slot i to (value, flags); flags 0 empties it. Stripe lock held; cannot fail except
- * by running out of memory for the stale list, which is checked before anything changes. */
+/* Switch slot i to (value, flags); flags 0 empties it. Stripe lock held; cannot fail. */
 static void install_slot(struct zram_core *z, struct scratch *s, uint64_t i, uint64_t value,
                          uint32_t f, uint32_t now)
 {
@@ -680,7 +729,7 @@ static int apply(struct zram_core *z, uint64_t offset, uint64_t end, const unsig
     if (full_hi < full_lo)
         full_hi = full_lo;
     size_t n_full = (size_t)(full_hi - full_lo);
-    struct scratch *s = scratch_get(n_full);
+    struct scratch *s = scratch_get(src ? n_full : 0);
     if (!s)
         return -ENOMEM;
     uint64_t *values = s->values;
@@ -698,11 +747,6 @@ static int apply(struct zram_core *z, uint64_t offset, uint64_t end, const unsig
                              &flags[done]);
             if (rc)
                 goto fail_encoded;
-        }
-    } else {
-        for (; done < n_full; done++) {
-            values[done] = 0;
-            flags[done] = hole ? 0 : ZRAM_SAME;
         }
     }
 
@@ -743,21 +787,10 @@ static int apply(struct zram_core *z, uint64_t offset, uint64_t end, const unsig
         }
     }
 
-    /* 4. switch the slots over; nothing below can fail but the stale list's growth, which is
-     * reserved first so that it cannot fail half way */
-    if (s->stale_cap < n_full + 2) {
-        uint64_t *p = realloc(s->stale, (n_full + 2) * sizeof *p);
-        if (!p) {
-            unlock_stripes(z, held);
-            free_encoded(z, edge_value, edge_flags, (size_t)nedges);
-            rc = -ENOMEM;
-            goto fail_encoded;
-        }
-        s->stale = p;
-        s->stale_cap = n_full + 2;
-    }
+    /* 4. switch the slots over: nothing below can fail (zeroing: no fill word, or zero) */
     for (size_t k = 0; k < n_full; k++)
-        install_slot(z, s, full_lo + k, values[k], flags[k], now);
+        install_slot(z, s, full_lo + k, src ? values[k] : 0, src ? flags[k] : hole ? 0 : ZRAM_SAME,
+                     now);
     for (int e = 0; e < nedges; e++)
         install_slot(z, s, edge_page[e], edge_value[e], edge_flags[e], now);
     if (!src) /* the kernel counts every whole page a discard visits */

@@ -122,6 +122,19 @@ void zram_destroy(struct zram_core *z);
 
 uint64_t zram_pages(const struct zram_core *z);
 
+/* Swap mode: nothing a request touches may need a page from the kernel.
+ *
+ * zram_lock_table faults in and mlocks the slot table and the core's own structure (stripe
+ * locks and statistics); 0 or mlock's negative errno (-ENOMEM, -EPERM, -EAGAIN).
+ *
+ * zram_prepare_thread, in each thread that will serve requests, before its first: grows the
+ * thread's scratch for writes of up to `max_len` bytes and touches every page of it, and has
+ * each algorithm keep one warmed stream (a compression and a decompression run once, so lazy
+ * library workspaces exist) per prepared thread, and touches the next 128 KiB of the thread's
+ * stack. 0, -ENOMEM or -ESHUTDOWN. */
+int zram_lock_table(struct zram_core *z);
+int zram_prepare_thread(struct zram_core *z, size_t max_len);
+
 /* Data path. `now` is the access time stored in every slot touched (seconds). */
 
 /* Write `len` bytes at `offset` (any alignment: partial pages are read-modify-written). All or

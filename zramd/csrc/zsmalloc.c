@@ -42,6 +42,15 @@
  * Every choice (class table, frame and zspage-id reuse order, release batches) is pool.py's,
  * so the two give the same handles and locations for the same calls.
  *
+ * A locked pool (zs_lock_frames: a swap device's) is the one thing pool.py has no twin of. Its
+ * frames 1..N are faulted in and mlocked up front and the pool is capped at them; freed frames
+ * go straight back on the free list, resident, and no frame is ever madvised away. Handle
+ * tables cannot grow by realloc there (new heap pages are memory the kernel may have to
+ * reclaim, by swapping into this very pool), so each class's table becomes a directory of
+ * 512-entry chunks, one frame of the reserve each:
+ *
+ *     class->chunks[entry >> 9][entry & 511] = location       (the directory itself is locked)
+ *
  * Locking
  * =======
  *
@@ -117,6 +126,8 @@ struct size_class {
     uint64_t nr_zspages[NR_FULLNESS_GROUPS];    /* zspages in each group */
     uint32_t fullness_mask; /* bit g set while list g is non-empty */
     int64_t *handles;       /* location (>= 0) or -1 - next free entry */
+    int64_t **chunks;       /* a locked pool's table instead: 512-entry chunks (table_entry) */
+    uint64_t max_chunks;    /* ... and the room in its directory */
     uint64_t nr_handles;    /* entries in use, entry 0 included */
     uint64_t max_handles;   /* entries allocated */
     uint64_t free_entry;     /* first free entry (0: none) */
@@ -132,7 +143,12 @@ struct zs_pool {
     unsigned char *arena; /* frame f at f << PAGE_SHIFT; frame 0 is a guard */
     uint32_t *links;      /* per frame: next frame of its zspage, or of the free list */
     struct zspage *zspages;
-    uint32_t max_frames;
+    uint32_t max_frames;  /* frames the pool may use, frame 0 included (locked: the cap) */
+    uint32_t map_frames;  /* frames mapped (the arena, links and zspage reservations) */
+    bool locked;          /* zs_lock_frames: set once, before any frame is handed out */
+    uint64_t locked_frames;
+    int64_t **dir;        /* locked: every class's chunk directory, one locked mapping */
+    size_t dir_bytes;
     unsigned release_batch;
     unsigned huge_class_size;
     unsigned nr_classes;
@@ -155,6 +171,7 @@ struct zs_pool {
     uint32_t zs_free;
     uint32_t zs_count;
     uint64_t releases;
+    uint64_t table_frames;    /* a locked pool's frames holding handle-table chunks */
     uint64_t pages_allocated; /* written under page_lock, read anywhere (atomic) */
     uint64_t pages_peak;      /* most frames held at once since creation (same rules) */
 
@@ -431,6 +448,18 @@ static void release_frames(struct zs_pool *pool, uint32_t min)
  * lock). */
 static bool free_chain(struct zs_pool *pool, uint32_t first)
 {
+    if (pool->locked) { /* locked frames stay resident: straight onto the free list */
+        unsigned count = 0;
+        for (uint32_t frame = first, next; frame; frame = next) {
+            next = pool->links[frame];
+            pool->links[frame] = pool->free_head;
+            pool->free_head = frame;
+            count++;
+        }
+        pool->free_frames += count;
+        WRITE_ONCE(pool->pages_allocated, pool->pages_allocated - count);
+        return false;
+    }
     /* Other threads' chains may have filled the cache past its batch before the thread that
      * filled it first got to release_frames: then release it here, so a chain always fits. */
     if (pool->nr_cached + ZS_MAX_CHAIN_SIZE > pool->cache_size)
@@ -604,6 +633,17 @@ static void obj_read(struct zs_pool *pool, uint64_t off, unsigned char *dst, siz
 
 /* -- handles ---------------------------------------------------------------------------------- */
 
+#define HCHUNK_SHIFT (PAGE_SHIFT - 3) /* a locked pool's table chunk: one frame of entries */
+#define HCHUNK_MASK ((UINT64_C(1) << HCHUNK_SHIFT) - 1)
+
+/* The handle-table entry of `entry` (entry < max_handles), in either table layout. */
+static inline int64_t *table_entry(const struct size_class *class, uint64_t entry)
+{
+    if (class->chunks)
+        return &class->chunks[entry >> HCHUNK_SHIFT][entry & HCHUNK_MASK];
+    return &class->handles[entry];
+}
+
 static struct size_class *handle_to_class(struct zs_pool *pool, uint64_t handle,
                                           struct zs_fault *fault)
 {
@@ -619,11 +659,11 @@ static int handle_to_location(struct size_class *class, uint64_t handle, uint64_
                               struct zs_fault *fault)
 {
     uint64_t entry = handle >> HANDLE_CLASS_BITS;
-    if (entry >= class->nr_handles || class->handles[entry] < 0) {
+    if (entry >= class->nr_handles || *table_entry(class, entry) < 0) {
         set_fault(fault, ZS_FAULT_NOT_ALLOCATED, handle);
         return -EINVAL;
     }
-    *loc = (uint64_t)class->handles[entry];
+    *loc = (uint64_t)*table_entry(class, entry);
     return 0;
 }
 
@@ -643,9 +683,48 @@ static int obj_header(struct zs_pool *pool, struct size_class *class, uint64_t h
     return -EIO;
 }
 
-/* A free handle-table entry, growing the table as CPython's array does (1/16 more), or
- * -ENOSPC / -ENOMEM with nothing changed. */
-static int reserve_entry(struct size_class *class, struct zs_fault *fault)
+/* A locked pool's table grows by a chunk: a frame of the reserve (under class->lock; takes
+ * the page lock). -ENOSPC when the reserve has no frame left. */
+static int grow_chunks(struct zs_pool *pool, struct size_class *class, struct zs_fault *fault)
+{
+    uint64_t k = class->max_handles >> HCHUNK_SHIFT;
+    if (k >= class->max_chunks) { /* the directory covers every object the reserve can hold */
+        set_fault(fault, ZS_FAULT_NO_HANDLE, 0);
+        if (fault)
+            fault->obj_size = class->spec.size;
+        return -ENOSPC;
+    }
+    uint32_t frame;
+    pthread_mutex_lock(&pool->page_lock);
+    if (!frames_available(pool)) {
+        pthread_mutex_unlock(&pool->page_lock);
+        if (fault) {
+            fault->kind = ZS_FAULT_ARENA_FULL;
+            fault->frames_needed = 1;
+            fault->frames_left = 0;
+            fault->frames_max = pool->max_frames;
+        }
+        return -ENOSPC;
+    }
+    if (pool->free_head) {
+        frame = pool->free_head;
+        pool->free_head = pool->links[frame];
+        pool->free_frames--;
+    } else {
+        frame = pool->top++;
+    }
+    pool->table_frames++;
+    pthread_mutex_unlock(&pool->page_lock);
+    class->chunks[k] = (int64_t *)(pool->arena + frame_offset(frame));
+    if (!k)
+        class->chunks[0][0] = 0;
+    class->max_handles += UINT64_C(1) << HCHUNK_SHIFT;
+    return 0;
+}
+
+/* A free handle-table entry, growing the table as CPython's array does (1/16 more; a locked
+ * pool's by a chunk), or -ENOSPC / -ENOMEM with nothing changed. */
+static int reserve_entry(struct zs_pool *pool, struct size_class *class, struct zs_fault *fault)
 {
     if (class->free_entry)
         return 0;
@@ -657,6 +736,8 @@ static int reserve_entry(struct size_class *class, struct zs_fault *fault)
     }
     if (class->nr_handles < class->max_handles)
         return 0;
+    if (class->chunks)
+        return grow_chunks(pool, class, fault);
     uint64_t max = class->max_handles + (class->max_handles >> 4) + 8;
     int64_t *handles = realloc(class->handles, max * sizeof(*handles));
     if (!handles) {
@@ -675,18 +756,18 @@ static uint64_t alloc_handle(struct size_class *class, uint64_t loc)
 {
     uint64_t entry = class->free_entry;
     if (entry) {
-        class->free_entry = (uint64_t)(-1 - class->handles[entry]);
+        class->free_entry = (uint64_t)(-1 - *table_entry(class, entry));
     } else {
         entry = class->nr_handles++;
     }
-    class->handles[entry] = (int64_t)loc;
+    *table_entry(class, entry) = (int64_t)loc;
     return entry << HANDLE_CLASS_BITS | class->spec.index;
 }
 
 static void free_handle(struct size_class *class, uint64_t handle)
 {
     uint64_t entry = handle >> HANDLE_CLASS_BITS;
-    class->handles[entry] = -1 - (int64_t)class->free_entry;
+    *table_entry(class, entry) = -1 - (int64_t)class->free_entry;
     class->free_entry = entry;
 }
 
@@ -697,7 +778,7 @@ static void free_handle(struct size_class *class, uint64_t handle)
 static int obj_malloc(struct zs_pool *pool, struct size_class *class, uint32_t size,
                       uint64_t *handle, uint64_t *payload, struct zs_fault *fault)
 {
-    int err = reserve_entry(class, fault);
+    int err = reserve_entry(pool, class, fault);
     if (err)
         return err;
     uint64_t off, loc;
@@ -1027,7 +1108,8 @@ static void migrate_object(struct zs_pool *pool, struct size_class *class, uint6
     obj_read(pool, off, buf, n);
     obj_write(pool, dst_off, buf, n);
     uint64_t handle = (hdr & HDR_HANDLE_MASK) >> HDR_HANDLE_SHIFT;
-    class->handles[handle >> HANDLE_CLASS_BITS] = (int64_t)((uint64_t)dst << LOC_SHIFT | dst_off);
+    *table_entry(class, handle >> HANDLE_CLASS_BITS) =
+        (int64_t)((uint64_t)dst << LOC_SHIFT | dst_off);
     WRITE_ONCE(pool->bytes_moved, pool->bytes_moved + n); /* single flight: one writer */
 }
 
@@ -1154,7 +1236,7 @@ void zs_pool_stats(struct zs_pool *pool, struct zs_pool_stats *stats, struct zs_
             row->freeable = class_can_compact(class);
         }
         objects += class->obj_used;
-        handle_bytes += class->max_handles * sizeof(*class->handles);
+        handle_bytes += class->max_handles * sizeof(int64_t);
         pthread_mutex_unlock(&class->lock);
     }
     pthread_mutex_lock(&pool->page_lock);
@@ -1163,7 +1245,7 @@ void zs_pool_stats(struct zs_pool *pool, struct zs_pool_stats *stats, struct zs_
     stats->frames_reserved = pool->max_frames;
     stats->releases = pool->releases;
     stats->metadata_bytes = handle_bytes + (uint64_t)pool->zs_top * sizeof(struct zspage)
-                            + (uint64_t)pool->top * sizeof(*pool->links);
+                            + (uint64_t)pool->top * sizeof(*pool->links) + pool->dir_bytes;
     pthread_mutex_unlock(&pool->page_lock);
     stats->pages_compacted = READ_ONCE(pool->pages_compacted);
     stats->bytes_moved = READ_ONCE(pool->bytes_moved);
@@ -1261,9 +1343,9 @@ static int check_class(struct zs_pool *pool, struct size_class *class, uint32_t 
     unsigned size = class->spec.size;
     uint64_t live = 0, free = 0;
     for (uint64_t entry = 1; entry < class->nr_handles; entry++) {
-        if (class->handles[entry] < 0)
+        if (*table_entry(class, entry) < 0)
             continue;
-        uint64_t loc = (uint64_t)class->handles[entry], off = loc & LOC_OFF_MASK;
+        uint64_t loc = (uint64_t)*table_entry(class, entry), off = loc & LOC_OFF_MASK;
         uint64_t handle = entry << HANDLE_CLASS_BITS | class->spec.index;
         live++;
         CHECK(off >> PAGE_SHIFT && off >> PAGE_SHIFT < pool->max_frames,
@@ -1284,8 +1366,10 @@ static int check_class(struct zs_pool *pool, struct size_class *class, uint32_t 
               (unsigned long)handle);
         per_zspage[zid]++;
     }
-    for (uint64_t entry = class->free_entry; entry; entry = (uint64_t)(-1 - class->handles[entry])) {
-        CHECK(entry < class->nr_handles && class->handles[entry] < 0 && free < class->nr_handles,
+    for (uint64_t entry = class->free_entry; entry;
+         entry = (uint64_t)(-1 - *table_entry(class, entry))) {
+        CHECK(entry < class->nr_handles && *table_entry(class, entry) < 0
+                  && free < class->nr_handles,
               "class %u: broken free handle list at entry %lu", size, (unsigned long)entry);
         free++;
     }
@@ -1339,12 +1423,20 @@ int zs_check(struct zs_pool *pool, char *msg, size_t len)
     uint64_t allocated = pool->pages_allocated;
     uint64_t idle = (uint64_t)pool->free_frames + pool->nr_cached + pool->releasing;
     uint32_t top = pool->top, count = pool->zs_count;
+    uint64_t tables = pool->table_frames;
     pthread_mutex_unlock(&pool->page_lock);
+    uint64_t chunks = 0;
+    for (unsigned i = 0; i < pool->nr_classes; i++)
+        if (pool->classes[i].chunks)
+            chunks += pool->classes[i].max_handles >> HCHUNK_SHIFT;
     CHECK(count == zspages, "%u zspages allocated, %lu found", count, (unsigned long)zspages);
     CHECK(allocated == frames, "total_pages %lu, zspages hold %lu frames",
           (unsigned long)allocated, (unsigned long)frames);
-    CHECK(top - 1 == allocated + idle, "%u frames handed out, %lu held + %lu free",
-          top - 1, (unsigned long)allocated, (unsigned long)idle);
+    CHECK(tables == chunks, "%lu frames hold handle tables, %lu chunks found",
+          (unsigned long)tables, (unsigned long)chunks);
+    CHECK(top - 1 == allocated + idle + tables, "%u frames handed out, %lu held + %lu free + "
+          "%lu tables", top - 1, (unsigned long)allocated, (unsigned long)idle,
+          (unsigned long)tables);
     return 0;
 }
 
@@ -1371,6 +1463,7 @@ struct zs_pool *zs_create_pool(uint64_t max_bytes, int chain, int release_batch)
     }
     memset(pool, 0, sizeof(*pool));
     pool->max_frames = (uint32_t)((max_bytes + PAGE_SIZE - 1) / PAGE_SIZE + 1); /* + guard */
+    pool->map_frames = pool->max_frames;
     pool->release_batch = release_batch < 1 ? 1 : (unsigned)release_batch;
     pool->top = 1;
     pool->zs_top = 1;
@@ -1393,16 +1486,92 @@ struct zs_pool *zs_create_pool(uint64_t max_bytes, int chain, int release_batch)
     return pool;
 }
 
+/* Objects of `class` that `frames` frames can hold: the most handles it can ever need. */
+static uint64_t class_capacity(const struct size_class *class, uint64_t frames)
+{
+    if (class->huge)
+        return frames;
+    return frames / class->spec.pages_per_zspage * class->spec.objs_per_zspage;
+}
+
+int zs_lock_frames(struct zs_pool *pool, uint64_t frames)
+{
+    if (!frames || frames > (uint64_t)pool->map_frames - 1)
+        return -EINVAL;
+    pthread_mutex_lock(&pool->page_lock);
+    bool fresh = !pool->locked && pool->top == 1;
+    pthread_mutex_unlock(&pool->page_lock);
+    if (!fresh)
+        return -EBUSY;
+    /* one directory mapping for every class, sized for all the objects the frames can hold */
+    uint64_t total = 0;
+    uint64_t room[ZS_MAX_CLASSES];
+    for (unsigned i = 0; i < pool->nr_classes; i++) {
+        uint64_t entries = class_capacity(&pool->classes[i], frames) + 1; /* + entry 0 */
+        room[i] = (entries + HCHUNK_MASK) >> HCHUNK_SHIFT;
+        total += room[i];
+    }
+    size_t dir_bytes = (size_t)total * sizeof(int64_t *);
+    int64_t **dir = reserve(dir_bytes);
+    if (!dir)
+        return -ENOMEM;
+    struct {
+        void *addr;
+        size_t len;
+    } part[] = {
+        {pool->arena + PAGE_SIZE, (size_t)frames << PAGE_SHIFT},
+        {pool->links, (size_t)(frames + 1) * sizeof(*pool->links)},
+        {pool->zspages, (size_t)(frames + 1) * sizeof(*pool->zspages)}, /* ids 1..frames */
+        {dir, dir_bytes},
+    };
+    size_t nparts = sizeof(part) / sizeof(part[0]);
+    for (size_t k = 0; k < nparts; k++) {
+        if (mlock(part[k].addr, part[k].len) == 0) /* faults every page in */
+            continue;
+        int err = errno;
+        while (k-- > 0) { /* give back what was taken: the pool is as it was */
+            munlock(part[k].addr, part[k].len);
+            (void)madvise(part[k].addr, part[k].len, MADV_DONTNEED);
+        }
+        munmap(dir, dir_bytes);
+        return -err;
+    }
+    uint64_t at = 0;
+    for (unsigned i = 0; i < pool->nr_classes; i++) {
+        struct size_class *class = &pool->classes[i];
+        pthread_mutex_lock(&class->lock);
+        class->chunks = dir + at;
+        class->max_chunks = room[i];
+        pthread_mutex_unlock(&class->lock);
+        at += room[i];
+    }
+    pthread_mutex_lock(&pool->page_lock);
+    pool->dir = dir;
+    pool->dir_bytes = dir_bytes;
+    pool->max_frames = (uint32_t)(frames + 1);
+    WRITE_ONCE(pool->locked_frames, frames);
+    pool->locked = true;
+    pthread_mutex_unlock(&pool->page_lock);
+    return 0;
+}
+
+uint64_t zs_locked_frames(struct zs_pool *pool)
+{
+    return READ_ONCE(pool->locked_frames);
+}
+
 void zs_destroy_pool(struct zs_pool *pool)
 {
     if (!pool)
         return;
     if (pool->arena)
-        munmap(pool->arena, (size_t)pool->max_frames << PAGE_SHIFT);
+        munmap(pool->arena, (size_t)pool->map_frames << PAGE_SHIFT);
     if (pool->links)
-        munmap(pool->links, (size_t)pool->max_frames * sizeof(*pool->links));
+        munmap(pool->links, (size_t)pool->map_frames * sizeof(*pool->links));
     if (pool->zspages)
-        munmap(pool->zspages, (size_t)pool->max_frames * sizeof(*pool->zspages));
+        munmap(pool->zspages, (size_t)pool->map_frames * sizeof(*pool->zspages));
+    if (pool->dir)
+        munmap(pool->dir, pool->dir_bytes);
     if (pool->classes) {
         for (unsigned i = 0; i < pool->nr_classes; i++) {
             free(pool->classes[i].handles);

@@ -92,7 +92,8 @@ struct zs_pool_stats {
     uint64_t bytes_moved;     /* object bytes (headers included) copied by compaction */
     uint64_t max_slice_ns;    /* longest class-lock hold of a gentle compaction slice */
     uint64_t frames_cached;   /* freed frames still resident, awaiting a batched release */
-    uint64_t frames_reserved; /* the arena's reservation, in frames (frame 0 included) */
+    uint64_t frames_reserved; /* the arena's reservation, in frames (frame 0 included); a
+                               * locked pool's cap (zs_lock_frames) */
     uint64_t releases;        /* madvise calls made to return frames */
     uint64_t metadata_bytes;  /* handle tables + zspage descriptors + frame link words */
     uint64_t objects;         /* live objects in all classes */
@@ -111,6 +112,26 @@ struct zs_pool *zs_create_pool(uint64_t max_bytes, int chain, int release_batch)
 
 /* Unmap and free everything. No other call on the pool may be running or follow. */
 void zs_destroy_pool(struct zs_pool *pool);
+
+/*
+ * Lock the pool into memory (a swap device's pool: no store may ever wait for the kernel to
+ * find a page). Faults in and mlocks frames 1..`frames` of the arena with the metadata they
+ * can need (their link words, as many zspage descriptors, and a directory of handle-table
+ * chunks for every class), and caps the pool at those frames. From then on:
+ *   - a store takes only locked frames; beyond them it fails with -ENOSPC at once, touching
+ *     no new memory;
+ *   - handle tables grow by one frame of the reserve at a time (512 handles), not by malloc;
+ *     such frames stay with their class until the pool is destroyed and are not counted in
+ *     zs_get_total_pages (as the kernel's handle cache is not);
+ *   - freed frames are kept, locked, on the free list: nothing is ever given back to the OS.
+ * Call it on a pool that has handed out no frame. 0, or -EINVAL (`frames` 0 or beyond the
+ * arena), -EBUSY (already locked, or in use), or mlock's -ENOMEM / -EPERM / -EAGAIN
+ * (RLIMIT_MEMLOCK, no CAP_IPC_LOCK, no memory), with the pool unchanged.
+ */
+int zs_lock_frames(struct zs_pool *pool, uint64_t frames);
+
+/* Frames locked by zs_lock_frames (0: the pool is not locked). */
+uint64_t zs_locked_frames(struct zs_pool *pool);
 
 /*
  * Store `n` objects: `size[i]` bytes (1..ZS_MAX_ALLOC_SIZE) from `src[i]`, handles in order
