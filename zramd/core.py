@@ -724,8 +724,10 @@ class ZramCore:
     def read_into(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` (a writable byte buffer) from ``offset``; never-written and discarded
         bytes read as zeros. BufferError for a read-only buffer."""
-        if memoryview(buf).readonly:
+        mv = memoryview(buf)
+        if mv.readonly:
             raise BufferError("read_into: the buffer is read-only")
+        buf = mv.cast("B")  # bytes, whatever the buffer's item size (as the C core's b.len)
         length = len(buf)
         now = int(self._clock())
         self._begin(offset, length, "read")
@@ -734,8 +736,9 @@ class ZramCore:
         try:
             if length:
                 self._read(offset, buf, now, need, pinned)
-        except ZramdError:
-            self._count("_failed_reads")
+        except BaseException as e:  # whatever failed, a pin taken is dropped (as zram_read's)
+            if isinstance(e, ZramdError):
+                self._count("_failed_reads")
             if pinned[0]:
                 self._unpin(pinned[0])
             raise

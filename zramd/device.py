@@ -666,7 +666,9 @@ class ZramDevice:
     def bd_stat(self) -> BdStat:
         """Backing device use in 4 KiB blocks (zeros without one)."""
         st = self._state
-        b = self._backing  # the state's backing device is this same object while initialised
+        # one snapshot: the blocks a core frees go back to that core's own store, never to a
+        # store set after a reset (its blocks are other pages')
+        b = st.backing if st is not None else self._backing
         if b is None:
             return BdStat(0, 0, 0)
         if st is not None:  # blocks overwrites freed count as free once nobody reads them
