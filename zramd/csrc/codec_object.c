@@ -259,6 +259,20 @@ static PyObject *codec_compress(CodecObject *self, PyObject *arg)
     return out;
 }
 
+/* A decompressed size argument: 0..ZCOMP_MAX_BUF, or -1 with an exception set. */
+static Py_ssize_t size_arg(struct zcomp *comp, PyObject *arg)
+{
+    Py_ssize_t size = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (size == -1 && PyErr_Occurred())
+        return -1;
+    if (size < 0 || size > ZCOMP_MAX_BUF) {
+        PyErr_Format(PyExc_ValueError, "%s: size %zd outside 0..%d", zcomp_name(comp), size,
+                     ZCOMP_MAX_BUF);
+        return -1;
+    }
+    return size;
+}
+
 static PyObject *codec_decompress(CodecObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     struct zcomp *comp = self->comp;
@@ -273,14 +287,9 @@ static PyObject *codec_decompress(CodecObject *self, PyObject *const *args, Py_s
                      nargs);
         return NULL;
     }
-    size = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
-    if (size == -1 && PyErr_Occurred())
+    size = size_arg(comp, args[1]);
+    if (size < 0)
         return NULL;
-    if (size < 0 || size > ZCOMP_MAX_BUF) {
-        PyErr_Format(PyExc_ValueError, "%s: size %zd outside 0..%d", zcomp_name(comp), size,
-                     ZCOMP_MAX_BUF);
-        return NULL;
-    }
     if (PyObject_GetBuffer(args[0], &src, PyBUF_SIMPLE) < 0)
         return NULL;
     src_len = src.len;
@@ -441,14 +450,9 @@ static PyObject *codec_decompress_many(CodecObject *self, PyObject *const *args,
                      "decompress_many() takes 2 arguments (srcs, size), %zd given", nargs);
         return NULL;
     }
-    size = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
-    if (size == -1 && PyErr_Occurred())
+    size = size_arg(comp, args[1]);
+    if (size < 0)
         return NULL;
-    if (size < 0 || size > ZCOMP_MAX_BUF) {
-        PyErr_Format(PyExc_ValueError, "%s: size %zd outside 0..%d", zcomp_name(comp), size,
-                     ZCOMP_MAX_BUF);
-        return NULL;
-    }
     seq = PySequence_Fast(args[0], "decompress_many() takes a sequence of buffers");
     if (!seq)
         return NULL;
