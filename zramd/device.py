@@ -253,18 +253,16 @@ class ZramDevice:
             arena = min(2 * nbytes + ARENA_SLACK, (MAX_FRAMES - 1) * PAGE_SIZE)
             pool = new_pool(arena, chain=self._chain, native=self.native)
             backing = self._backing
+            core: CoreAPI | None = None
             try:
                 if self.swap:
                     self._lock_pool(pool, nbytes, arena)
                 core = self._new_core(nbytes >> PAGE_SHIFT, pool, comps, backing)
-            except BaseException:
-                pool.close()
-                raise
-            try:
                 if self.swap:
                     core.lock_table()
             except BaseException:
-                core.close()
+                if core is not None:
+                    core.close()
                 pool.close()
                 raise
             core.set_mem_limit(self._limit_pages)
