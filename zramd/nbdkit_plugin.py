@@ -88,7 +88,8 @@ def errno_from_zramd(fn: F) -> F:
 
 
 def thread_model() -> int:
-    # Requests run in parallel: compression releases the GIL, the device locks per region.
+    # Requests run in parallel: the data path runs in C with the GIL released, under stripe
+    # locks (one worker thread per connection: zramd serve --threads=1).
     return int(nbdkit.THREAD_MODEL_PARALLEL)
 
 
