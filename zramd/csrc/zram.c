@@ -1125,41 +1125,7 @@ void zram_unpick(struct zram_core *z, const uint64_t *idx, size_t n)
     gate_leave(z);
 }
 
-int zram_take_page(struct zram_core *z, uint64_t index, uint32_t *flags, uint64_t *handle,
-                   unsigned char *page)
-{
-    if (gate_enter(z))
-        return -ESHUTDOWN;
-    if (index >= z->pages) {
-        gate_leave(z);
-        return -EINVAL;
-    }
-    unsigned char obj[PAGE];
-    pthread_mutex_t *lock = stripe_lock(z, index);
-    pthread_mutex_lock(lock);
-    uint32_t f = z->flags[index];
-    int n = 0;
-    if (f & ZRAM_PP_SLOT && f & ZRAM_SIZE_MASK) {
-        *flags = f;
-        *handle = z->handle[index];
-        n = load_object(z, *handle, obj);
-    }
-    pthread_mutex_unlock(lock);
-    int rc = 0;
-    if (n < 0) {
-        rc = n;
-    } else if (n) {
-        struct streams st = {{0}};
-        rc = decode_object(z, &st, f, obj, (uint32_t)n, page);
-        streams_put(z, &st);
-        if (!rc)
-            rc = 1;
-    }
-    gate_leave(z);
-    return rc;
-}
-
-/* A post-processing switch of slot `index`: enter the gate and take the slot's stripe lock;
+/* Post-processing's access to slot `index`: enter the gate and take the slot's stripe lock;
  * the lock, or NULL with -ESHUTDOWN / -EINVAL in *rc. */
 static pthread_mutex_t *pp_enter(struct zram_core *z, uint64_t index, int *rc)
 {
@@ -1196,6 +1162,36 @@ static inline int still_picked(const struct zram_core *z, uint64_t index, uint64
     return f & ZRAM_PP_SLOT && f & ZRAM_SIZE_MASK && z->handle[index] == handle;
 }
 
+int zram_take_page(struct zram_core *z, uint64_t index, uint32_t *flags, uint64_t *handle,
+                   unsigned char *page)
+{
+    int rc;
+    pthread_mutex_t *lock = pp_enter(z, index, &rc);
+    if (!lock)
+        return rc;
+    unsigned char obj[PAGE];
+    uint32_t f = z->flags[index];
+    int n = 0;
+    if (f & ZRAM_PP_SLOT && f & ZRAM_SIZE_MASK) {
+        *flags = f;
+        *handle = z->handle[index];
+        n = load_object(z, *handle, obj);
+    }
+    pthread_mutex_unlock(lock);
+    rc = 0;
+    if (n < 0) {
+        rc = n;
+    } else if (n) {
+        struct streams st = {{0}};
+        rc = decode_object(z, &st, f, obj, (uint32_t)n, page);
+        streams_put(z, &st);
+        if (!rc)
+            rc = 1;
+    }
+    gate_leave(z);
+    return rc;
+}
+
 int zram_complete_writeback(struct zram_core *z, uint64_t index, uint64_t handle, uint64_t block)
 {
     int rc;
@@ -1218,19 +1214,16 @@ int zram_complete_writeback(struct zram_core *z, uint64_t index, uint64_t handle
 
 void zram_tried(struct zram_core *z, uint64_t index, uint64_t handle, int incompressible)
 {
-    if (gate_enter(z))
+    int rc;
+    pthread_mutex_t *lock = pp_enter(z, index, &rc);
+    if (!lock)
         return;
-    if (index < z->pages) {
-        pthread_mutex_t *lock = stripe_lock(z, index);
-        pthread_mutex_lock(lock);
-        uint32_t f = z->flags[index];
-        if (f & ZRAM_PP_SLOT && z->handle[index] == handle) {
-            f &= ~(ZRAM_PP_SLOT | ZRAM_IDLE);
-            z->flags[index] = f | (incompressible ? ZRAM_INCOMPRESSIBLE : 0);
-        }
-        pthread_mutex_unlock(lock);
+    uint32_t f = z->flags[index];
+    if (f & ZRAM_PP_SLOT && z->handle[index] == handle) {
+        f &= ~(ZRAM_PP_SLOT | ZRAM_IDLE);
+        z->flags[index] = f | (incompressible ? ZRAM_INCOMPRESSIBLE : 0);
     }
-    gate_leave(z);
+    pp_leave(z, lock, 0, 0);
 }
 
 int zram_complete_recompress(struct zram_core *z, uint64_t index, uint64_t handle, uint64_t newh,
